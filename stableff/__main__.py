@@ -1,0 +1,5 @@
+import sys
+
+from stableff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,27 @@
+"""Every field name a batch can carry, with its shape and unit.
+
+N = atoms in the batch, E = edges (directed neighbour pairs), B = structures in the batch.
+Units: Angstrom, eV, eV/Angstrom, eV/Angstrom^3.
+"""
+
+POSITIONS = "positions"  # [N, 3] float, Angstrom
+SPECIES = "species"  # [N] long, index into the model's type_names
+ATOMIC_NUMBERS = "atomic_numbers"  # [N] long
+BATCH = "batch"  # [N] long, structure index of each atom
+NUM_ATOMS = "num_atoms"  # [B] long
+CELL = "cell"  # [B, 3, 3] float, Angstrom (rows are lattice vectors; zeros if non-periodic)
+PBC = "pbc"  # [B, 3] bool
+EDGE_INDEX = "edge_index"  # [2, E] long; row 0 = centre i, row 1 = neighbour j (messages flow j -> i)
+EDGE_CELL_SHIFT = "edge_cell_shift"  # [E, 3] float, integer lattice shifts of the neighbour
+EDGE_VECTORS = "edge_vectors"  # [E, 3] float, r_j - r_i (+ shift @ cell), Angstrom
+EDGE_LENGTHS = "edge_lengths"  # [E] float, Angstrom
+
+TOTAL_ENERGY = "energy"  # [B] float, eV
+ATOMIC_ENERGIES = "atomic_energies"  # [N] float, eV
+FORCES = "forces"  # [N, 3] float, eV/Angstrom
+STRESS = "stress"  # [B, 3, 3] float, eV/Angstrom^3 (ASE sign convention)
+VIRIAL = "virial"  # [B, 3, 3] float, eV
+EDGE_FEATURES = "edge_features"  # list over layers of [E, d_l] invariant per-edge tensors
+
+# labels a dataset may carry
+LABEL_KEYS = (TOTAL_ENERGY, FORCES, STRESS)

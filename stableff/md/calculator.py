@@ -1,0 +1,54 @@
+"""stableff models as ASE calculators, so every ASE tool (MD, relaxations, NEB, ...) works with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from stableff.data import keys
+from stableff.data.graph import collate, frame_to_graph, to_device
+from stableff.data.io import frame_from_atoms
+from stableff.train.checkpoint import model_from_checkpoint
+
+
+class StableFFCalculator(Calculator):
+    """ASE calculator for a trained stableff checkpoint.
+
+    >>> calc = StableFFCalculator("run/best.ckpt")        # doctest: +SKIP
+    >>> atoms.calc = calc; atoms.get_forces()             # doctest: +SKIP
+
+    Implements energy, free_energy, energies (per atom), forces and, for fully periodic cells, stress
+    (eV, eV/A, eV/A^3). ``model_path`` may also be an already built model (then ``statistics`` is None).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model_path, device: str = "cpu", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model_path, torch.nn.Module):
+            self.model, self.statistics = model_path.eval(), None
+        else:
+            self.model, self.statistics = model_from_checkpoint(model_path, device=device)
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.dtype = next(self.model.parameters()).dtype
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        frame = frame_from_atoms(self.atoms)
+        frame.energy = frame.forces = frame.stress = None
+        graph = frame_to_graph(frame, self.model.type_numbers, self.model.r_max, self.dtype)
+        batch = to_device(collate([graph]), self.device)
+        periodic = bool(np.all(self.atoms.pbc))
+        out = self.model(batch, compute_forces=True, compute_stress=periodic and "stress" in properties, create_graph=False)
+        energy = float(out[keys.TOTAL_ENERGY].detach().cpu()[0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out[keys.ATOMIC_ENERGIES].detach().cpu().double().numpy(),
+            "forces": out[keys.FORCES].detach().cpu().double().numpy(),
+        }
+        if keys.STRESS in out:
+            s = out[keys.STRESS].detach().cpu().double().numpy()[0]
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

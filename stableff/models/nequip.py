@@ -1,0 +1,148 @@
+"""NequIP (Batzner et al., Nat. Commun. 2022): E(3)-equivariant message passing with e3nn.
+
+Each interaction layer computes, on every edge i <- j, the message
+    m_ij = TP( W1 h_j , Y(r_ij) ; R(|r_ij|) )
+(a tensor product of the neighbour's features with the spherical harmonics of the edge, weighted
+per path by a radial MLP R of the Bessel basis times the polynomial cutoff), sums the messages on
+each atom divided by sqrt(mean neighbour count), mixes them with a linear layer, adds a
+species-dependent self-connection, and applies an equivariant gate nonlinearity (with a residual
+connection where shapes allow). The invariant view of m_ij (scalars, and norms of l > 0 channels)
+is the layer's ``edge_features``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet, Gate
+from torch import nn
+
+from stableff.data import keys
+from stableff.models.base import ForceField
+from stableff.models.blocks import BesselBasis, PolynomialCutoff, invariant_channels, scatter_sum
+
+
+def _path_exists(irreps_in, irreps_edge, ir_out) -> bool:
+    ir_out = o3.Irrep(ir_out)
+    return any(ir_out in ir1 * ir2 for _, ir1 in irreps_in for _, ir2 in irreps_edge)
+
+
+def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
+    """num_features copies of every irrep up to l_max (both parities if ``parity``)."""
+    parities = (1, -1) if parity else (1,)
+    irreps = [(num_features, (l, p)) for l in range(l_max + 1) for p in parities]
+    return o3.Irreps(irreps).sort().irreps.simplify()
+
+
+class InteractionLayer(nn.Module):
+    """One NequIP convolution + gate. Returns new node features and the invariant edge messages."""
+
+    def __init__(self, irreps_in, irreps_target, irreps_edge, num_species, num_basis, radial_hidden, avg_num_neighbors, resnet):
+        super().__init__()
+        irreps_in = o3.Irreps(irreps_in)
+        act_scalars = {1: torch.nn.functional.silu, -1: torch.tanh}
+        act_gates = {1: torch.sigmoid, -1: torch.tanh}
+        scalars = o3.Irreps([(m, ir) for m, ir in irreps_target if ir.l == 0 and _path_exists(irreps_in, irreps_edge, ir)]).simplify()
+        gated = o3.Irreps([(m, ir) for m, ir in irreps_target if ir.l > 0 and _path_exists(irreps_in, irreps_edge, ir)]).simplify()
+        gate_ir = "0e" if _path_exists(irreps_in, irreps_edge, "0e") else "0o"
+        gates = o3.Irreps([(m, gate_ir) for m, _ in gated]).simplify()
+        self.gate = Gate(
+            scalars, [act_scalars[ir.p] for _, ir in scalars], gates, [act_gates[o3.Irrep(gate_ir).p] for _ in gates], gated
+        )
+        irreps_out = self.gate.irreps_in  # what the convolution must produce
+
+        self.linear_1 = o3.Linear(irreps_in, irreps_in)
+        irreps_mid, instructions = [], []
+        for i, (mul, ir_in) in enumerate(irreps_in):
+            for j, (_, ir_edge) in enumerate(irreps_edge):
+                for ir_out in ir_in * ir_edge:
+                    if ir_out in irreps_out:
+                        instructions.append((i, j, len(irreps_mid), "uvu", True))
+                        irreps_mid.append((mul, ir_out))
+        irreps_mid = o3.Irreps(irreps_mid)
+        irreps_mid, permutation, _ = irreps_mid.sort()
+        instructions = [(a, b, permutation[c], mode, train) for a, b, c, mode, train in instructions]
+        self.tp = o3.TensorProduct(irreps_in, irreps_edge, irreps_mid, instructions, shared_weights=False, internal_weights=False)
+        self.radial = FullyConnectedNet([num_basis] + list(radial_hidden) + [self.tp.weight_numel], torch.nn.functional.silu)
+        self.linear_2 = o3.Linear(irreps_mid.simplify(), irreps_out)
+        self.self_connection = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_species}x0e"), irreps_out)
+        self.irreps_mid = irreps_mid
+        self.irreps_out = self.gate.irreps_out
+        self.inv_sqrt_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
+        self.resnet = resnet and irreps_in == self.irreps_out
+
+    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index):
+        centre, neighbour = edge_index
+        weights = self.radial(edge_radial)
+        messages = self.tp(self.linear_1(node_features)[neighbour], edge_sh, weights)
+        aggregated = scatter_sum(messages, centre, node_features.shape[0]) * self.inv_sqrt_neighbors
+        updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
+        updated = self.gate(updated)
+        if self.resnet:
+            updated = updated + node_features
+        return updated, invariant_channels(messages, self.irreps_mid)
+
+
+class NequIP(ForceField):
+    """NequIP energy model. Hyper-parameters follow the upstream names (r_max in Angstrom)."""
+
+    model_name = "nequip"
+
+    def __init__(
+        self,
+        type_numbers,
+        r_max: float = 5.0,
+        num_layers: int = 3,
+        l_max: int = 1,
+        parity: bool = True,
+        num_features: int = 32,
+        num_bessels: int = 8,
+        polynomial_p: float = 6.0,
+        radial_mlp_depth: int = 2,
+        radial_mlp_width: int = 64,
+        avg_num_neighbors: float = 1.0,
+        energy_scale=1.0,
+        energy_shift=0.0,
+        resnet: bool = True,
+    ):
+        super().__init__(type_numbers, energy_scale, energy_shift)
+        self.hyperparameters = dict(
+            r_max=r_max, num_layers=num_layers, l_max=l_max, parity=parity, num_features=num_features,
+            num_bessels=num_bessels, polynomial_p=polynomial_p, radial_mlp_depth=radial_mlp_depth,
+            radial_mlp_width=radial_mlp_width, avg_num_neighbors=avg_num_neighbors, resnet=resnet,
+        )
+        self.r_max = float(r_max)
+        n = self.num_species
+        self.irreps_edge = o3.Irreps.spherical_harmonics(l_max)
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_edge, normalize=True, normalization="component")
+        self.bessel = BesselBasis(r_max, num_bessels)
+        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+        self.embedding = o3.Linear(o3.Irreps(f"{n}x0e"), o3.Irreps(f"{num_features}x0e"))
+        target = hidden_irreps(num_features, l_max, parity)
+        irreps = o3.Irreps(f"{num_features}x0e")
+        layers = []
+        for _ in range(num_layers):
+            layer = InteractionLayer(
+                irreps, target, self.irreps_edge, n, num_bessels,
+                [radial_mlp_width] * radial_mlp_depth, avg_num_neighbors, resnet,
+            )
+            layers.append(layer)
+            irreps = layer.irreps_out
+        self.layers = nn.ModuleList(layers)
+        self.readout_hidden = o3.Linear(irreps, o3.Irreps(f"{max(num_features // 2, 1)}x0e"))
+        self.readout = o3.Linear(o3.Irreps(f"{max(num_features // 2, 1)}x0e"), o3.Irreps("1x0e"))
+
+    def atomic_energies(self, batch, edge_vectors, edge_lengths):
+        species = batch[keys.SPECIES]
+        onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
+        edge_sh = self.spherical_harmonics(edge_vectors)
+        edge_radial = self.bessel(edge_lengths) * self.cutoff(edge_lengths).unsqueeze(-1)
+        features = self.embedding(onehot)
+        edge_features = []
+        for layer in self.layers:
+            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX])
+            edge_features.append(messages)
+        energies = self.readout(self.readout_hidden(features)).squeeze(-1)
+        return energies, edge_features

@@ -1,0 +1,72 @@
+"""PNG plots (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def parity_plot(prediction: dict, metrics: dict, title: str, path: str | Path) -> Path:
+    """Energy-per-atom and force-component parity plots side by side, with MAEs in the legend."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    n = prediction["num_atoms"]
+    e_ref = prediction["energy_ref"] / n
+    e_pred = prediction["energy_pred"] / n
+    offset = np.mean(e_ref)
+    ax = axes[0]
+    ax.scatter(e_ref - offset, e_pred - offset, s=6, alpha=0.6, label=f"EMAE {metrics['emae_meV_per_atom']:.2f} meV/atom")
+    lims = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+    ax.plot(lims, lims, "k--", lw=0.8)
+    ax.set_xlabel(f"DFT energy - {offset:.3f} (eV/atom)")
+    ax.set_ylabel(f"model energy - {offset:.3f} (eV/atom)")
+    ax.set_title("energy per atom")
+    ax.legend(loc="upper left")
+    ax = axes[1]
+    species = np.repeat(prediction["species"], 3)
+    f_ref = prediction["forces_ref"].ravel()
+    f_pred = prediction["forces_pred"].ravel()
+    from ase.data import chemical_symbols
+
+    for z in np.unique(species):
+        mask = species == z
+        symbol = chemical_symbols[int(z)]
+        ax.scatter(f_ref[mask], f_pred[mask], s=3, alpha=0.4, label=f"{symbol}: {metrics['fmae_by_species_meV_per_A'][symbol]:.0f} meV/A")
+    lims = [min(f_ref.min(), f_pred.min()), max(f_ref.max(), f_pred.max())]
+    ax.plot(lims, lims, "k--", lw=0.8)
+    ax.set_xlabel("DFT force component (eV/A)")
+    ax.set_ylabel("model force component (eV/A)")
+    ax.set_title(f"forces, FMAE {metrics['fmae_meV_per_A']:.1f} meV/A")
+    ax.legend(loc="upper left", markerscale=3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Validation EMAE/FMAE and training loss by epoch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].semilogy(epochs, [row["train_loss"] for row in history])
+    axes[0].set_ylabel("training loss")
+    axes[1].plot(epochs, [row["val_emae_meV_per_atom"] for row in history])
+    axes[1].set_ylabel("validation EMAE (meV/atom)")
+    axes[2].plot(epochs, [row["val_fmae_meV_per_A"] for row in history])
+    axes[2].set_ylabel("validation FMAE (meV/A)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,150 @@
+"""The training configuration, validated with pydantic; every error names its key."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stableff.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    train: str | list[str]  # files (or embedded "acac:train_300K")
+    validation: str | list[str] | None = None  # if None, val_fraction of train is held out
+    test: str | list[str] | None = None  # if None, test_fraction of train is held out
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    max_train_frames: int | None = Field(None, ge=1)
+    isolated_atoms: str | None = None  # file of single-atom frames giving E0 per species
+    train_stress: bool = False
+
+
+class ModelConfig(BaseModel):
+    """``name`` picks the architecture; every other key is a hyper-parameter of that model."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "nequip"
+
+    @model_validator(mode="after")
+    def _known_hyperparameters(self):
+        from stableff.models import MODELS
+
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model '{self.name}' (choose from {', '.join(MODELS)})")
+        allowed = set(inspect.signature(MODELS[self.name].__init__).parameters) - {
+            "self", "type_numbers", "energy_scale", "energy_shift", "avg_num_neighbors"
+        }
+        unknown = sorted(set(self.model_extra or {}) - allowed)
+        if unknown:
+            raise ValueError(f"unknown hyper-parameter(s) {unknown} for {self.name} (allowed: {sorted(allowed)})")
+        return self
+
+    def hyperparameters(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class LossConfig(_Strict):
+    energy_weight: float = Field(1.0, ge=0)  # on per-atom energy MSE, eV^2/atom^2
+    forces_weight: float = Field(1.0, ge=0)  # on force-component MSE, (eV/A)^2
+    stress_weight: float = Field(0.0, ge=0)  # on stress-component MSE, (eV/A^3)^2
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(5e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["plateau", "cosine", "none"] = "plateau"
+    factor: float = Field(0.5, gt=0, lt=1)  # plateau
+    patience: int = Field(10, ge=0)  # plateau, epochs
+    min_lr: float = Field(1e-6, ge=0)
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)  # global batch (structures), split across processes
+    seed: int = 0
+    ema_decay: float | None = Field(0.99, ge=0, lt=1)
+    grad_clip: float | None = Field(10.0, gt=0)  # max gradient norm
+    early_stopping_patience: int | None = Field(None, ge=1)  # epochs without validation improvement
+    device: str = "cpu"
+    dtype: Literal["float32", "float64"] = "float32"
+    num_threads: int | None = Field(None, ge=1)
+
+
+class Config(_Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_defaults(cls, value):
+        return value if value is not None else {}
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{key}: {message}")
+    return f"{source}: invalid configuration: " + "; ".join(lines)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. training.epochs=5)")
+        dotted, _, text = item.partition("=")
+        value = yaml.safe_load(text)
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def parse_config(raw: dict, source: str = "<config>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a configuration must be a mapping of sections (data, model, training, ...)")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return parse_config(apply_overrides(raw, overrides or []), str(path))
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")

@@ -1,0 +1,66 @@
+"""Predictions over a dataset and the accuracy metrics of DESIGN.md (EMAE meV/atom, FMAE meV/A,
+their RMSEs, stress MAE meV/A^3, per-species force MAE)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from stableff.data import keys
+from stableff.data.graph import collate, to_device
+
+
+def predict(model, graphs: Sequence[dict], batch_size: int = 8, device="cpu", progress: bool = False) -> dict:
+    """Run the model over graphs; return numpy arrays of predictions and references.
+
+    Keys: energy_pred/energy_ref [B] (eV), num_atoms [B], forces_pred/forces_ref [N, 3],
+    species [N] (atomic numbers), stress_pred/stress_ref [B', 3, 3] (periodic frames with stress).
+    """
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    collected = {k: [] for k in ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species", "stress_pred", "stress_ref")}
+    starts = range(0, len(graphs), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="evaluating", unit="batch", leave=False)
+    for start in starts:
+        batch = to_device(collate(graphs[start : start + batch_size]), device, dtype)
+        has_stress = keys.STRESS in batch and bool(batch[keys.PBC].all())
+        out = model(batch, compute_forces=True, compute_stress=has_stress, create_graph=False)
+        collected["energy_pred"].append(out[keys.TOTAL_ENERGY].detach().cpu().double().numpy())
+        collected["num_atoms"].append(batch[keys.NUM_ATOMS].cpu().numpy())
+        collected["forces_pred"].append(out[keys.FORCES].detach().cpu().double().numpy())
+        collected["species"].append(batch[keys.ATOMIC_NUMBERS].cpu().numpy())
+        if keys.TOTAL_ENERGY in batch:
+            collected["energy_ref"].append(batch[keys.TOTAL_ENERGY].cpu().double().numpy())
+        if keys.FORCES in batch:
+            collected["forces_ref"].append(batch[keys.FORCES].cpu().double().numpy())
+        if has_stress:
+            collected["stress_pred"].append(out[keys.STRESS].detach().cpu().double().numpy())
+            collected["stress_ref"].append(batch[keys.STRESS].cpu().double().numpy())
+    return {k: (np.concatenate(v) if v else None) for k, v in collected.items()}
+
+
+def error_metrics(prediction: dict) -> dict:
+    """Accuracy metrics in meV units from :func:`predict` output."""
+    metrics = {"n_frames": int(len(prediction["energy_pred"]))}
+    if prediction["energy_ref"] is not None:
+        per_atom = (prediction["energy_pred"] - prediction["energy_ref"]) / prediction["num_atoms"]
+        metrics["emae_meV_per_atom"] = float(1000 * np.mean(np.abs(per_atom)))
+        metrics["ermse_meV_per_atom"] = float(1000 * np.sqrt(np.mean(per_atom**2)))
+    if prediction["forces_ref"] is not None:
+        error = prediction["forces_pred"] - prediction["forces_ref"]
+        metrics["fmae_meV_per_A"] = float(1000 * np.mean(np.abs(error)))
+        metrics["frmse_meV_per_A"] = float(1000 * np.sqrt(np.mean(error**2)))
+        from ase.data import chemical_symbols
+
+        metrics["fmae_by_species_meV_per_A"] = {
+            chemical_symbols[int(z)]: float(1000 * np.mean(np.abs(error[prediction["species"] == z])))
+            for z in np.unique(prediction["species"])
+        }
+    if prediction["stress_ref"] is not None:
+        metrics["smae_meV_per_A3"] = float(1000 * np.mean(np.abs(prediction["stress_pred"] - prediction["stress_ref"])))
+    return metrics

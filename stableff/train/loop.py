@@ -1,0 +1,309 @@
+"""The training loop: one process or data-parallel over several (torchrun; gloo on CPU, nccl on GPU).
+
+All randomness is derived from (seed, epoch), so a run resumed from ``last.ckpt`` continues exactly
+as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from stableff.data import keys
+from stableff.data.graph import collate, frame_to_graph, to_device
+from stableff.data.stats import compute_statistics
+from stableff.errors import StableFFError
+from stableff.models import build_model
+from stableff.train.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
+from stableff.train.config import Config, config_to_dict
+from stableff.train.data import load_splits, read_many
+from stableff.train.ema import ExponentialMovingAverage
+from stableff.train.evaluation import error_metrics, predict
+from stableff.train.losses import loss_sums, weighted_loss
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; initialises the process group if needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("STABLEFF_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend)
+    return rank, world
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Shuffled global batches of item indices; the order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_items, generator=generator).tolist()
+    return [order[k : k + batch_size] for k in range(0, num_items, batch_size)]
+
+
+def build_from_statistics(config: Config, statistics) -> torch.nn.Module:
+    """The configured model with scale = force RMS, shift = E0 + mean residual, neighbour normalisation."""
+    torch.manual_seed(config.training.seed)
+    shift = np.asarray(statistics.reference_energies) + statistics.energy_per_atom_residual_mean
+    return build_model(
+        config.model.name,
+        type_numbers=statistics.type_numbers,
+        avg_num_neighbors=statistics.mean_num_neighbors,
+        energy_scale=statistics.force_rms,
+        energy_shift=torch.as_tensor(shift),
+        **config.model.hyperparameters(),
+    )
+
+
+def gradient_step(model, local_graphs, config: Config, world: int, device, dtype):
+    """Forward + backward of one global batch (this process's share); gradients are summed over
+    processes, and the loss uses global counts, so the result equals single-process training."""
+    weights = {"energy": config.loss.energy_weight, "forces": config.loss.forces_weight, "stress": config.loss.stress_weight}
+    use_stress = config.loss.stress_weight > 0
+    if local_graphs:
+        batch = to_device(collate(local_graphs), device, dtype)
+        prediction = model(batch, compute_forces=True, compute_stress=use_stress and bool(batch[keys.PBC].all()), create_graph=True)
+        sums = loss_sums(prediction, batch, use_stress)
+    else:
+        prediction, sums = None, {}
+    names = ["energy", "forces"] + (["stress"] if use_stress else [])
+    counts = torch.tensor([float(sums[n][1]) if n in sums else 0.0 for n in names], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(counts)
+    global_counts = dict(zip(names, counts.tolist()))
+    loss, terms = weighted_loss(sums, global_counts, weights) if sums else (None, {})
+    model.zero_grad(set_to_none=False)
+    if loss is not None:
+        loss.backward()
+    if world > 1:
+        for parameter in model.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            dist.all_reduce(parameter.grad)
+    values = torch.tensor([float(terms[n].detach()) if n in terms else 0.0 for n in names], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(values)
+    term_values = dict(zip(names, values.tolist()))
+    total = sum(weights[n] * v for n, v in term_values.items())
+    return total, term_values, prediction
+
+
+class Trainer:
+    """Fits a model as configured, writing into ``out_dir``: config.yaml, metrics.csv, last.ckpt,
+    best.ckpt (atomically, every epoch / on validation improvement)."""
+
+    def __init__(self, config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.rank, self.world = distributed_context()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        training = config.training
+        if training.num_threads:
+            torch.set_num_threads(training.num_threads)
+        self.device = torch.device(training.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise StableFFError("training.device is 'cuda' but no CUDA device is available")
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.dtype = getattr(torch, training.dtype)
+        last = self.out_dir / "last.ckpt"
+        if resume and not last.is_file():
+            raise StableFFError(f"{self.out_dir}: nothing to resume (no last.ckpt)")
+        if not resume and last.is_file():
+            raise StableFFError(f"{self.out_dir} already holds a training run; pass --resume to continue it or choose another --out")
+        self.resume_from = load_checkpoint(last) if resume else None
+
+    # ------------------------------------------------------------------ setup
+    def _log(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+    def _prepare(self) -> None:
+        config = self.config
+        t0 = time.perf_counter()
+        splits = load_splits(config.data)
+        isolated = read_many(config.data.isolated_atoms, require=("energy",)) if config.data.isolated_atoms else None
+        if self.resume_from is not None:
+            from stableff.data.stats import DatasetStatistics
+
+            self.statistics = DatasetStatistics.from_dict(self.resume_from["statistics"])
+        else:
+            r_max = float(config.model.hyperparameters().get("r_max", 5.0))
+            self.statistics = compute_statistics(splits["train"], r_max, isolated_atoms=isolated)
+        self.model = build_from_statistics(config, self.statistics).to(device=self.device, dtype=self.dtype)
+        cutoff = self.model.r_max
+        types = self.statistics.type_numbers
+        self.graphs = {name: [frame_to_graph(f, types, cutoff, self.dtype) for f in frames] for name, frames in splits.items()}
+        self._log(
+            f"data: {len(self.graphs['train'])} train / {len(self.graphs['validation'])} validation / "
+            f"{len(self.graphs['test'])} test frames; {self.statistics.mean_num_neighbors:.1f} neighbours per atom "
+            f"within {cutoff:.2f} A; force RMS {self.statistics.force_rms:.3f} eV/A ({time.perf_counter() - t0:.1f} s)"
+        )
+        self._log(f"model: {config.model.name}, {sum(p.numel() for p in self.model.parameters()):,} parameters, {config.training.dtype}, {self.device}")
+        optimizer_cls = torch.optim.AdamW if config.optimizer.name == "adamw" else torch.optim.Adam
+        self.optimizer = optimizer_cls(self.model.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay)
+        scheduler = config.scheduler
+        if scheduler.name == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=scheduler.factor, patience=scheduler.patience, min_lr=scheduler.min_lr)
+        elif scheduler.name == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.training.epochs, eta_min=scheduler.min_lr)
+        else:
+            self.scheduler = None
+        self.ema = ExponentialMovingAverage(self.model, config.training.ema_decay) if config.training.ema_decay else None
+        self.eval_model = copy.deepcopy(self.model)
+        self.start_epoch, self.step, self.best_val, self.bad_epochs, self.history = 0, 0, math.inf, 0, []
+        self.train_seconds = 0.0
+        if self.resume_from is not None:
+            state = self.resume_from["train_state"]
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.start_epoch = state["epoch"] + 1
+            self.step, self.best_val, self.bad_epochs = state["step"], state["best_val"], state["bad_epochs"]
+            self.history = state["history"]
+            self.train_seconds = state.get("train_seconds", 0.0)
+            self._log(f"resuming from {self.out_dir / 'last.ckpt'} after epoch {state['epoch'] + 1}")
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(yaml.safe_dump(config_to_dict(self.config), sort_keys=False), self.out_dir / "config.yaml")
+
+    # ------------------------------------------------------------------ epochs
+    def inference_state(self) -> dict:
+        return self.ema.averaged_state_dict(self.model) if self.ema is not None else copy.deepcopy(self.model.state_dict())
+
+    def _train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        graphs = self.graphs["train"]
+        batches = epoch_batches(len(graphs), self.config.training.batch_size, self.config.training.seed, epoch)
+        iterator = batches
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.config.training.epochs}", unit="batch", leave=False, file=sys.stderr, mininterval=0.5)
+            iterator = bar
+        totals, n = {}, 0
+        for global_batch in iterator:
+            local = [graphs[i] for i in global_batch[self.rank :: self.world]]
+            loss, terms, _ = gradient_step(self.model, local, self.config, self.world, self.device, self.dtype)
+            if self.config.training.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step += 1
+            n += 1
+            totals["loss"] = totals.get("loss", 0.0) + loss
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + value
+            if bar is not None:
+                bar.set_postfix_str(f"loss {loss:.4g}  F-RMSE {1000 * math.sqrt(terms.get('forces', 0.0)):.0f} meV/A")
+        return {k: v / max(n, 1) for k, v in totals.items()}
+
+    def _validate(self) -> dict:
+        self.eval_model.load_state_dict(self.inference_state())
+        prediction = predict(self.eval_model, self.graphs["validation"], batch_size=max(self.config.training.batch_size, 8), device=self.device)
+        metrics = error_metrics(prediction)
+        energy_mse = (metrics["ermse_meV_per_atom"] / 1000) ** 2
+        force_mse = (metrics["frmse_meV_per_A"] / 1000) ** 2
+        metrics["loss"] = self.config.loss.energy_weight * energy_mse + self.config.loss.forces_weight * force_mse
+        return metrics
+
+    def _checkpoint(self, epoch: int) -> dict:
+        return {
+            "format": FORMAT,
+            "model_name": self.config.model.name,
+            "hyperparameters": self.model.hyperparameters,
+            "type_numbers": self.model.type_numbers,
+            "dtype": self.config.training.dtype,
+            "statistics": self.statistics.to_dict(),
+            "config": config_to_dict(self.config),
+            "model_state": self.inference_state(),
+            "epoch": epoch,
+            "metrics": self.history[-1] if self.history else {},
+            "train_state": {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "epoch": epoch,
+                "step": self.step,
+                "best_val": self.best_val,
+                "bad_epochs": self.bad_epochs,
+                "history": self.history,
+                "train_seconds": self.train_seconds,
+            },
+        }
+
+    def _write_metrics(self) -> None:
+        columns: list[str] = []
+        for row in self.history:
+            columns.extend(k for k in row if k not in columns)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_text_atomic(buffer.getvalue(), self.out_dir / "metrics.csv")
+
+    def run(self) -> dict:
+        """Train to the configured number of epochs (or early stop); return the last metrics row."""
+        self._prepare()
+        training = self.config.training
+        for epoch in range(self.start_epoch, training.epochs):
+            t0 = time.perf_counter()
+            train_terms = self._train_epoch(epoch)
+            validation = self._validate()
+            self.train_seconds += time.perf_counter() - t0
+            lr = self.optimizer.param_groups[0]["lr"]
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(validation["loss"])
+            elif self.scheduler is not None:
+                self.scheduler.step()
+            improved = validation["loss"] < self.best_val
+            if improved:
+                self.best_val, self.bad_epochs = validation["loss"], 0
+            else:
+                self.bad_epochs += 1
+            row = {
+                "epoch": epoch + 1,
+                "step": self.step,
+                "time_s": round(self.train_seconds, 3),
+                "lr": lr,
+                "train_loss": train_terms.get("loss", float("nan")),
+                "train_energy_mse_eV2_per_atom2": train_terms.get("energy", float("nan")),
+                "train_forces_mse_eV2_per_A2": train_terms.get("forces", float("nan")),
+                "val_loss": validation["loss"],
+                "val_emae_meV_per_atom": validation["emae_meV_per_atom"],
+                "val_fmae_meV_per_A": validation["fmae_meV_per_A"],
+            }
+            self.history.append(row)
+            if self.is_main:
+                checkpoint = self._checkpoint(epoch)
+                if improved:
+                    save_atomic(checkpoint, self.out_dir / "best.ckpt")
+                save_atomic(checkpoint, self.out_dir / "last.ckpt")
+                self._write_metrics()
+                self._log(
+                    f"epoch {epoch + 1:4d}/{training.epochs}  loss {row['train_loss']:.4g}  "
+                    f"val EMAE {row['val_emae_meV_per_atom']:7.2f} meV/atom  FMAE {row['val_fmae_meV_per_A']:7.1f} meV/A  "
+                    f"lr {lr:.2e}  {time.perf_counter() - t0:5.1f} s{'  *best' if improved else ''}"
+                )
+            if training.early_stopping_patience and self.bad_epochs >= training.early_stopping_patience:
+                self._log(f"early stopping: no validation improvement for {self.bad_epochs} epochs")
+                break
+        if self.world > 1:
+            dist.barrier()
+        return self.history[-1] if self.history else {}
