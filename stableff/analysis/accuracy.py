@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stableff.data.graph import frame_to_graph
-from stableff.data.io import read_frames
+from stableff.data.io import read_frames, resolve_path
 from stableff.train.checkpoint import model_from_checkpoint
 from stableff.train.evaluation import error_metrics, predict
 
@@ -23,6 +23,6 @@ def evaluate_files(model_or_path, paths, batch_size: int = 8, device: str = "cpu
         frames = read_frames(path, require=("energy", "forces"))
         graphs = [frame_to_graph(f, model.type_numbers, model.r_max, dtype) for f in frames]
         prediction = predict(model, graphs, batch_size=batch_size, device=device, progress=progress)
-        metrics = {"path": str(path), **error_metrics(prediction), "prediction": prediction}
+        metrics = {"path": str(resolve_path(path)), **error_metrics(prediction), "prediction": prediction}
         results.append(metrics)
     return results

@@ -210,7 +210,7 @@ class Trainer:
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value
             if bar is not None:
-                bar.set_postfix_str(f"loss {loss:.4g}  F-RMSE {1000 * math.sqrt(terms.get('forces', 0.0)):.0f} meV/A")
+                bar.set_postfix_str(f"loss {loss:.4g}  F-RMSE {1000 * math.sqrt(terms.get('forces', 0.0)):.0f} meV/A", refresh=False)
         return {k: v / max(n, 1) for k, v in totals.items()}
 
     def _validate(self) -> dict:

@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ACAC = Path(__file__).resolve().parents[1] / "stableff" / "datasets" / "acac"
+
+# small versions of every model, for the physics suite
+SMALL_HYPERPARAMETERS = {
+    "nequip": dict(r_max=3.5, num_layers=2, l_max=2, num_features=4, num_bessels=4, radial_mlp_width=8, radial_mlp_depth=1),
+}
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def requires_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared/data is not beside this checkout)")
+
+
+@pytest.fixture
+def acac_frames():
+    from stableff.data.io import read_frames
+
+    return read_frames(ACAC / "train_300K.xyz", index=":12")
