@@ -30,9 +30,9 @@ def _path_exists(irreps_in, irreps_edge, ir_out) -> bool:
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
-    """num_features copies of every irrep up to l_max (both parities if ``parity``)."""
-    parities = (1, -1) if parity else (1,)
-    irreps = [(num_features, (l, p)) for l in range(l_max + 1) for p in parities]
+    """num_features copies of every irrep up to l_max: both parities if ``parity``, else the natural
+    parity (-1)^l only (as upstream NequIP)."""
+    irreps = [(num_features, (l, p)) for l in range(l_max + 1) for p in ((1, -1) if parity else ((-1) ** l,))]
     return o3.Irreps(irreps).sort().irreps.simplify()
 
 
@@ -105,25 +105,29 @@ class NequIP(ForceField):
         avg_num_neighbors: float = 1.0,
         energy_scale=1.0,
         energy_shift=0.0,
-        resnet: bool = True,
+        resnet: bool = False,
+        bessel_trainable: bool = False,
     ):
         super().__init__(type_numbers, energy_scale, energy_shift)
         self.hyperparameters = dict(
             r_max=r_max, num_layers=num_layers, l_max=l_max, parity=parity, num_features=num_features,
             num_bessels=num_bessels, polynomial_p=polynomial_p, radial_mlp_depth=radial_mlp_depth,
             radial_mlp_width=radial_mlp_width, avg_num_neighbors=avg_num_neighbors, resnet=resnet,
+            bessel_trainable=bessel_trainable,
         )
         self.r_max = float(r_max)
         n = self.num_species
         self.irreps_edge = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_edge, normalize=True, normalization="component")
-        self.bessel = BesselBasis(r_max, num_bessels)
+        self.bessel = BesselBasis(r_max, num_bessels, trainable=bessel_trainable)
         self.cutoff = PolynomialCutoff(r_max, polynomial_p)
         self.embedding = o3.Linear(o3.Irreps(f"{n}x0e"), o3.Irreps(f"{num_features}x0e"))
-        target = hidden_irreps(num_features, l_max, parity)
+        hidden = hidden_irreps(num_features, l_max, parity)
         irreps = o3.Irreps(f"{num_features}x0e")
         layers = []
-        for _ in range(num_layers):
+        for index in range(num_layers):
+            # the last layer only needs the scalars the energy readout uses
+            target = hidden if index < num_layers - 1 else o3.Irreps(f"{num_features}x0e")
             layer = InteractionLayer(
                 irreps, target, self.irreps_edge, n, num_bessels,
                 [radial_mlp_width] * radial_mlp_depth, avg_num_neighbors, resnet,
@@ -131,8 +135,7 @@ class NequIP(ForceField):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
-        self.readout_hidden = o3.Linear(irreps, o3.Irreps(f"{max(num_features // 2, 1)}x0e"))
-        self.readout = o3.Linear(o3.Irreps(f"{max(num_features // 2, 1)}x0e"), o3.Irreps("1x0e"))
+        self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths):
         species = batch[keys.SPECIES]
@@ -144,5 +147,5 @@ class NequIP(ForceField):
         for layer in self.layers:
             features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX])
             edge_features.append(messages)
-        energies = self.readout(self.readout_hidden(features)).squeeze(-1)
+        energies = self.readout(features).squeeze(-1)
         return energies, edge_features

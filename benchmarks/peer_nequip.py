@@ -1,0 +1,84 @@
+"""Runs inside the upstream-nequip virtual environment (made by throughput.py --peer nequip).
+
+Times upstream NequIP (the `nequip` package) with the given hyper-parameters on the same frames,
+the same way throughput.py times stableff: training steps (forward, energy+force MSE, backward,
+Adam step) and energy+force evaluations. Prints one JSON line.
+"""
+
+import argparse
+import json
+import time
+
+import ase.io
+import torch
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=10)
+    parser.add_argument("--eval-repeats", type=int, default=10)
+    parser.add_argument("--hyper", required=True, help="JSON of hyper-parameters")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hp = json.loads(args.hyper)
+
+    from nequip.data import AtomicDataDict, from_ase, compute_neighborlist_
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
+    from nequip.model import NequIPGNNModel
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()  # upstream requires this before building a model
+
+    frames = ase.io.read(args.data, index=f":{args.frames}")
+    type_names = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: ase.data.atomic_numbers[s])
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
+    data = []
+    for atoms in frames:
+        d = compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"])
+        data.append(d)
+    model = NequIPGNNModel(
+        seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
+        l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
+        polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
+        avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
+    )
+    batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY
+
+    def train_step(batch):
+        out = model(dict(batch))
+        n = batch[AtomicDataDict.NUM_NODES_KEY].to(out[energy_key].dtype)
+        loss = (((out[energy_key].view(-1) - batch[energy_key].view(-1)) / n) ** 2).mean() + ((out[force_key] - batch[force_key]) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    train_step(batches[0])  # warm-up
+    t0 = time.perf_counter()
+    for step in range(args.train_steps):
+        train_step(batches[step % len(batches)])
+    train_time = time.perf_counter() - t0
+    model.eval()
+    single = AtomicDataDict.batched_from_list([data[0]])
+    model(dict(single))
+    t0 = time.perf_counter()
+    for _ in range(args.eval_repeats):
+        model(dict(single))[force_key].sum().item()
+    eval_time = time.perf_counter() - t0
+    print(json.dumps({
+        "train_frames_per_s": args.train_steps * args.batch_size / train_time,
+        "ms_per_eval": 1000 * eval_time / args.eval_repeats,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "version": __import__("nequip").__version__,
+    }))
+
+
+if __name__ == "__main__":
+    main()

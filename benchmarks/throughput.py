@@ -1,0 +1,130 @@
+"""Training and inference throughput of stableff models on 96-atom HfO2 cells.
+
+    python benchmarks/throughput.py                 # stableff, bench-S NequIP
+    python benchmarks/throughput.py --peer nequip   # + upstream nequip in the same run, and the ratio
+
+bench-S: NequIP, r_max 5.0, 3 layers, l_max 1, 32 features, 8 Bessel functions, p = 6, radial MLP
+2 x 64, float32, batch 4, on ../shared/data/hfo2/train_Hf32O64.extxyz. Prints training frames per
+second (forward + energy/force loss + backward + Adam step) and milliseconds per energy+forces
+evaluation of one cell. The peer runs in its own virtual environment (.venv-peer-nequip, created
+on first use with `pip install torch==2.13.0 nequip`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hfo2" / "train_Hf32O64.extxyz"
+PEER_VENV = ROOT / ".venv-peer-nequip"
+
+BENCH_S = dict(r_max=5.0, num_layers=3, l_max=1, parity=True, num_features=32, num_bessels=8, polynomial_p=6, radial_mlp_depth=2, radial_mlp_width=64)
+
+
+def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name="nequip"):
+    from stableff.data.graph import collate, frame_to_graph
+    from stableff.data.stats import compute_statistics
+    from stableff.models import build_model
+    from stableff.data import keys
+
+    stats = compute_statistics(frames, hyper["r_max"])
+    torch.manual_seed(0)
+    model = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=1.0, energy_shift=0.0, **hyper)
+    graphs = [frame_to_graph(f, stats.type_numbers, hyper["r_max"]) for f in frames]
+    batches = [collate(graphs[k : k + batch_size]) for k in range(0, len(graphs), batch_size)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def train_step(batch):
+        out = model(batch, compute_forces=True, compute_stress=False, create_graph=True)
+        n = batch[keys.NUM_ATOMS].to(out[keys.TOTAL_ENERGY].dtype)
+        loss = (((out[keys.TOTAL_ENERGY] - batch[keys.TOTAL_ENERGY]) / n) ** 2).mean() + ((out[keys.FORCES] - batch[keys.FORCES]) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    train_step(batches[0])
+    t0 = time.perf_counter()
+    for step in range(train_steps):
+        train_step(batches[step % len(batches)])
+    train_time = time.perf_counter() - t0
+    model.eval()
+    single = collate([graphs[0]])
+    model(single, compute_stress=False)
+    t0 = time.perf_counter()
+    for _ in range(eval_repeats):
+        model(single, compute_stress=False)[keys.FORCES].sum().item()
+    eval_time = time.perf_counter() - t0
+    return {
+        "train_frames_per_s": train_steps * batch_size / train_time,
+        "ms_per_eval": 1000 * eval_time / eval_repeats,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "mean_num_neighbors": stats.mean_num_neighbors,
+    }
+
+
+def ensure_peer_venv() -> Path:
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {PEER_VENV} with upstream nequip (one-time, a few minutes) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "torch==2.13.0", "nequip"], check=True)
+    return python
+
+
+def measure_peer(data, hyper, avg_num_neighbors, batch_size, frames, train_steps, eval_repeats, threads):
+    python = ensure_peer_venv()
+    hp = dict(hyper, avg_num_neighbors=avg_num_neighbors)
+    result = subprocess.run(
+        [str(python), str(ROOT / "benchmarks" / "peer_nequip.py"), "--data", str(data), "--frames", str(frames), "--batch-size", str(batch_size),
+         "--train-steps", str(train_steps), "--eval-repeats", str(eval_repeats), "--hyper", json.dumps(hp), "--threads", str(threads)],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"upstream nequip run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=12)
+    parser.add_argument("--eval-repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate stableff and peer this many times; the best round counts")
+    parser.add_argument("--peer", choices=["nequip"], help="also measure the upstream code with the same hyper-parameters")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from stableff.data.io import read_frames
+
+    frames = read_frames(args.data, index=f":{args.frames}", require=("energy", "forces"))
+    print(f"bench-S NequIP on {len(frames)} frames of {len(frames[0])} atoms from {args.data}; batch {args.batch_size}, float32, {args.threads} threads")
+    ours, peer = [], []
+    for round_ in range(args.rounds):
+        ours.append(measure_stableff(frames, BENCH_S, args.batch_size, args.train_steps, args.eval_repeats))
+        if args.peer:
+            peer.append(measure_peer(args.data, BENCH_S, ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps, args.eval_repeats, args.threads))
+    best = lambda runs: {"train_frames_per_s": max(r["train_frames_per_s"] for r in runs), "ms_per_eval": min(r["ms_per_eval"] for r in runs), "num_parameters": runs[0]["num_parameters"]}
+    rows = [("stableff", best(ours))]
+    if peer:
+        rows.append((f"nequip {peer[0]['version']}", best(peer)))
+    print(f"\n{'code':<16} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
+    for name, r in rows:
+        print(f"{name:<16} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")
+    if peer:
+        a, b = rows[0][1], rows[1][1]
+        print(f"\nratio stableff / nequip: training {a['train_frames_per_s'] / b['train_frames_per_s']:.2f}x, evaluation {b['ms_per_eval'] / a['ms_per_eval']:.2f}x (higher is faster)")
+
+
+if __name__ == "__main__":
+    main()
