@@ -66,6 +66,39 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_correlation(args) -> int:
+    from stableff.analysis.correlation import correlation_of_files
+
+    result = correlation_of_files(args.model, args.data, batch_size=args.batch_size, device=args.device, channels=args.channels)
+    print(f"edge-feature correlation of {args.model} over {result['n_frames']} frames ({result['n_batches']} batches of {args.batch_size})")
+    print(f"{'layer':>5} {'channels':>8} {'mean |R_ij|':>12} {'std over batches':>17}")
+    for k, (mean, std, n) in enumerate(zip(result["corr_mean"], result["corr_std"], result["n_channels"])):
+        print(f"{k:>5} {n:>8} {mean:>12.4f} {std:>17.4f}")
+    print(f"mean over layers: {sum(result['corr_mean']) / len(result['corr_mean']):.4f} (0 = decorrelated, 1 = fully redundant)")
+    if args.plot:
+        from stableff.report.plots import correlation_bars, correlation_heatmaps
+
+        name = Path(args.model).parent.name or Path(args.model).stem
+        heat = correlation_heatmaps(result["matrices"], result["corr_mean"], Path(args.plot) / "correlation_heatmaps.png", f"edge-feature correlation R per layer ({name})")
+        bars = correlation_bars({name: (result["corr_mean"], result["corr_std"])}, Path(args.plot) / "correlation_by_layer.png", "edge-feature correlation by layer")
+        print(f"plots: {heat}, {bars}")
+    if args.json:
+        payload = {
+            "model": str(args.model),
+            "data": [str(p) for p in args.data],
+            "n_frames": result["n_frames"],
+            "channels": args.channels,
+            "layers": [
+                {"layer": k, "corr": m, "corr_std": s, "n_channels": n}
+                for k, (m, s, n) in enumerate(zip(result["corr_mean"], result["corr_std"], result["n_channels"]))
+            ],
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"correlation written to {args.json}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Train a small NequIP on the embedded acac data and evaluate it in and out of distribution."""
     import shutil
@@ -122,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("correlation", help="per-layer edge-feature correlation of a model over a dataset")
+    p.add_argument("model", help="checkpoint (best.ckpt)")
+    p.add_argument("data", nargs="+", help="structure files (labels not needed)")
+    p.add_argument("--json", help="write per-layer correlation to this JSON file")
+    p.add_argument("--plot", help="write heatmaps and a bar chart (PNG) into this folder")
+    p.add_argument("--channels", choices=["all", "scalars"], default="all", help="invariant view of all channels (default) or l = 0 only")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_correlation)
 
     p = sub.add_parser("demo", help="the study on the embedded acetylacetone data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

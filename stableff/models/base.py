@@ -33,6 +33,8 @@ class ForceField(nn.Module):
         self.per_species_scale = nn.Parameter(scale, requires_grad=trainable_scale_shift)
         self.per_species_shift = nn.Parameter(shift, requires_grad=trainable_scale_shift)
         self.hyperparameters: dict = {}
+        #: per layer, how many leading columns of edge_features[l] are l = 0 scalars (rest: norms)
+        self.edge_feature_scalar_counts: list[int] | None = None
 
     @property
     def num_species(self) -> int:

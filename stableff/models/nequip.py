@@ -135,6 +135,7 @@ class NequIP(ForceField):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
+        self.edge_feature_scalar_counts = [sum(mul for mul, ir in layer.irreps_mid if ir.l == 0) for layer in layers]
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths):

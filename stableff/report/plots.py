@@ -70,3 +70,43 @@ def learning_curves(history: list[dict], path: str | Path, title: str = "") -> P
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def correlation_heatmaps(matrices, corr_values, path: str | Path, title: str = "") -> Path:
+    """One heatmap of the edge-feature correlation matrix R per layer (colour scale -1..1)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(matrices)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4.0), squeeze=False)
+    image = None
+    for k, (ax, matrix) in enumerate(zip(axes[0], matrices)):
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"layer {k}: mean |R_ij| = {corr_values[k]:.3f}")
+        ax.set_xlabel("channel")
+        ax.set_ylabel("channel")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="R_ij")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def correlation_bars(series: dict[str, tuple[list[float], list[float]]], path: str | Path, title: str = "") -> Path:
+    """Bar chart of corr_l by layer; ``series`` maps a label to (means, stds), drawn side by side."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    width = 0.8 / max(len(series), 1)
+    for k, (label, (means, stds)) in enumerate(series.items()):
+        x = np.arange(len(means)) + (k - (len(series) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=label)
+    ax.set_xticks(np.arange(max(len(m) for m, _ in series.values())))
+    ax.set_xlabel("interaction layer")
+    ax.set_ylabel("edge-feature correlation mean |R_ij|")
+    ax.set_ylim(0, None)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

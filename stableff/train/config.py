@@ -59,9 +59,39 @@ class LossConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["adam", "adamw"] = "adam"
+    name: Literal["adam", "adamw", "sam"] = "adam"
     lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    base: Literal["adam", "adamw"] = "adam"  # SAM's base optimiser
+    rho: float = Field(0.005, ge=0)  # SAM neighbourhood radius
+    adaptive: bool = False  # ASAM
+
+
+class DecorrelationConfig(_Strict):
+    """L = w_E L_E + w_F L_F (+ w_S L_S) + lambda(t) L_corr (DESIGN.md)."""
+
+    enabled: bool = False
+    lambda_max: float = Field(0.3, ge=0)
+    lambda_min: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine", "warmup_cosine"] = "cosine"
+    warmup: float = Field(0.1, ge=0, le=1)  # fraction of training, warmup_cosine only
+    layers: list[int] | None = None  # layer indices (negative from the end); None = all layers
+    layer_weights: list[float] | None = None  # w_l, one per chosen layer; None = 1 each
+    max_edges: int | None = Field(4096, ge=2)  # edges sampled per batch for L_corr; None = all
+    channels: Literal["all", "scalars"] = "all"  # invariant view of every channel, or l = 0 only
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.lambda_min > self.lambda_max:
+            raise ValueError(f"lambda_min ({self.lambda_min}) is larger than lambda_max ({self.lambda_max})")
+        if self.layer_weights is not None:
+            if self.layers is None:
+                raise ValueError("layer_weights needs layers (one weight per listed layer)")
+            if len(self.layer_weights) != len(self.layers):
+                raise ValueError(f"layer_weights has {len(self.layer_weights)} entries but layers has {len(self.layers)}")
+            if any(w < 0 for w in self.layer_weights):
+                raise ValueError("layer_weights must be >= 0")
+        return self
 
 
 class SchedulerConfig(_Strict):
@@ -90,6 +120,17 @@ class Config(_Strict):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     training: TrainingConfig = TrainingConfig()
+    decorrelation: DecorrelationConfig = DecorrelationConfig()
+
+    @model_validator(mode="after")
+    def _layers_exist(self):
+        layers = self.decorrelation.layers
+        num_layers = self.model.hyperparameters().get("num_layers")
+        if layers is not None and num_layers is not None:
+            bad = [l for l in layers if not -num_layers <= l < num_layers]
+            if bad:
+                raise ValueError(f"decorrelation.layers {bad} out of range for a model with {num_layers} layers")
+        return self
 
     @field_validator("model", mode="before")
     @classmethod

@@ -30,7 +30,9 @@ from stableff.train.config import Config, config_to_dict
 from stableff.train.data import load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
 from stableff.train.evaluation import error_metrics, predict
+from stableff.train.decorrelation import coefficient, correlation_loss, dataset_correlation
 from stableff.train.losses import loss_sums, weighted_loss
+from stableff.train.sam import SAM
 
 
 def distributed_context() -> tuple[int, int]:
@@ -64,15 +66,26 @@ def build_from_statistics(config: Config, statistics) -> torch.nn.Module:
     )
 
 
-def gradient_step(model, local_graphs, config: Config, world: int, device, dtype):
+def gradient_step(model, local_graphs, config: Config, world: int, device, dtype, lambda_corr: float = 0.0, generator: torch.Generator | None = None):
     """Forward + backward of one global batch (this process's share); gradients are summed over
-    processes, and the loss uses global counts, so the result equals single-process training."""
+    processes, and the physical loss uses global counts, so it equals single-process training.
+
+    With decorrelation enabled, adds lambda_corr * L_corr (L_corr on this process's edges, averaged
+    over processes). Returns (total loss, per-term values, per-layer corr_l or None).
+    """
     weights = {"energy": config.loss.energy_weight, "forces": config.loss.forces_weight, "stress": config.loss.stress_weight}
     use_stress = config.loss.stress_weight > 0
+    decorrelation = config.decorrelation
+    l_corr, measures = None, None
     if local_graphs:
         batch = to_device(collate(local_graphs), device, dtype)
         prediction = model(batch, compute_forces=True, compute_stress=use_stress and bool(batch[keys.PBC].all()), create_graph=True)
         sums = loss_sums(prediction, batch, use_stress)
+        if decorrelation.enabled:
+            l_corr, measures = correlation_loss(
+                prediction[keys.EDGE_FEATURES], decorrelation.layers, decorrelation.layer_weights, decorrelation.max_edges,
+                generator, model.edge_feature_scalar_counts, decorrelation.channels,
+            )
     else:
         prediction, sums = None, {}
     names = ["energy", "forces"] + (["stress"] if use_stress else [])
@@ -81,6 +94,8 @@ def gradient_step(model, local_graphs, config: Config, world: int, device, dtype
         dist.all_reduce(counts)
     global_counts = dict(zip(names, counts.tolist()))
     loss, terms = weighted_loss(sums, global_counts, weights) if sums else (None, {})
+    if l_corr is not None and lambda_corr > 0:
+        loss = loss + (lambda_corr / world) * l_corr
     model.zero_grad(set_to_none=False)
     if loss is not None:
         loss.backward()
@@ -89,12 +104,21 @@ def gradient_step(model, local_graphs, config: Config, world: int, device, dtype
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
             dist.all_reduce(parameter.grad)
-    values = torch.tensor([float(terms[n].detach()) if n in terms else 0.0 for n in names], dtype=torch.float64)
+    values = [float(terms[n].detach()) if n in terms else 0.0 for n in names]
+    if decorrelation.enabled:
+        values.append(float(l_corr.detach()) / world if l_corr is not None else 0.0)
+        values.extend((m / world if m == m else 0.0) for m in (measures or []))
+    values = torch.tensor(values, dtype=torch.float64)
     if world > 1:
         dist.all_reduce(values)
-    term_values = dict(zip(names, values.tolist()))
+    term_values = dict(zip(names, values[: len(names)].tolist()))
     total = sum(weights[n] * v for n, v in term_values.items())
-    return total, term_values, prediction
+    layer_corr = None
+    if decorrelation.enabled:
+        term_values["corr"] = float(values[len(names)])
+        total += lambda_corr * term_values["corr"]
+        layer_corr = values[len(names) + 1 :].tolist()
+    return total, term_values, layer_corr
 
 
 class Trainer:
@@ -150,8 +174,13 @@ class Trainer:
             f"within {cutoff:.2f} A; force RMS {self.statistics.force_rms:.3f} eV/A ({time.perf_counter() - t0:.1f} s)"
         )
         self._log(f"model: {config.model.name}, {sum(p.numel() for p in self.model.parameters()):,} parameters, {config.training.dtype}, {self.device}")
-        optimizer_cls = torch.optim.AdamW if config.optimizer.name == "adamw" else torch.optim.Adam
-        self.optimizer = optimizer_cls(self.model.parameters(), lr=config.optimizer.lr, weight_decay=config.optimizer.weight_decay)
+        opt = config.optimizer
+        if opt.name == "sam":
+            base = torch.optim.AdamW if opt.base == "adamw" else torch.optim.Adam
+            self.optimizer = SAM(self.model.parameters(), base, rho=opt.rho, adaptive=opt.adaptive, lr=opt.lr, weight_decay=opt.weight_decay)
+        else:
+            optimizer_cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+            self.optimizer = optimizer_cls(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         scheduler = config.scheduler
         if scheduler.name == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=scheduler.factor, patience=scheduler.patience, min_lr=scheduler.min_lr)
@@ -184,34 +213,63 @@ class Trainer:
     def inference_state(self) -> dict:
         return self.ema.averaged_state_dict(self.model) if self.ema is not None else copy.deepcopy(self.model.state_dict())
 
+    def lambda_at(self, step: int, steps_per_epoch: int) -> float:
+        """The decorrelation coefficient at a step (t = step / total steps)."""
+        decorrelation = self.config.decorrelation
+        if not decorrelation.enabled:
+            return 0.0
+        t = step / max(self.config.training.epochs * steps_per_epoch, 1)
+        return coefficient(decorrelation.schedule, t, decorrelation.lambda_max, decorrelation.lambda_min, decorrelation.warmup)
+
     def _train_epoch(self, epoch: int) -> dict:
         self.model.train()
         graphs = self.graphs["train"]
-        batches = epoch_batches(len(graphs), self.config.training.batch_size, self.config.training.seed, epoch)
+        training = self.config.training
+        batches = epoch_batches(len(graphs), training.batch_size, training.seed, epoch)
         iterator = batches
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.config.training.epochs}", unit="batch", leave=False, file=sys.stderr, mininterval=0.5)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{training.epochs}", unit="batch", leave=False, file=sys.stderr, mininterval=0.5)
             iterator = bar
-        totals, n = {}, 0
+        totals, layer_totals, n = {}, None, 0
+        sam = isinstance(self.optimizer, SAM)
         for global_batch in iterator:
             local = [graphs[i] for i in global_batch[self.rank :: self.world]]
-            loss, terms, _ = gradient_step(self.model, local, self.config, self.world, self.device, self.dtype)
-            if self.config.training.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
-            self.optimizer.step()
+            lambda_corr = self.lambda_at(self.step, len(batches))
+            # the edge subsample depends only on (seed, step, rank): resumable and reproducible
+            generator = torch.Generator().manual_seed(training.seed * 1_000_003 + 500_009 * self.step + self.rank + 1)
+            step_args = (self.model, local, self.config, self.world, self.device, self.dtype, lambda_corr)
+            loss, terms, layer_corr = gradient_step(*step_args, generator)
+            if sam:
+                self.optimizer.first_step()
+                generator = torch.Generator().manual_seed(training.seed * 1_000_003 + 500_009 * self.step + self.rank + 1)
+                gradient_step(*step_args, generator)
+            if training.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
+            if sam:
+                self.optimizer.second_step()
+            else:
+                self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step += 1
             n += 1
             totals["loss"] = totals.get("loss", 0.0) + loss
+            totals["lambda"] = totals.get("lambda", 0.0) + lambda_corr
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value
+            if layer_corr is not None:
+                layer_totals = layer_corr if layer_totals is None else [a + b for a, b in zip(layer_totals, layer_corr)]
             if bar is not None:
-                bar.set_postfix_str(f"loss {loss:.4g}  F-RMSE {1000 * math.sqrt(terms.get('forces', 0.0)):.0f} meV/A", refresh=False)
-        return {k: v / max(n, 1) for k, v in totals.items()}
+                text = f"loss {loss:.4g}  F-RMSE {1000 * math.sqrt(terms.get('forces', 0.0)):.0f} meV/A"
+                if "corr" in terms:
+                    text += f"  lambda {lambda_corr:.3g}  L_corr {terms['corr']:.3g}"
+                bar.set_postfix_str(text, refresh=False)
+        means = {k: v / max(n, 1) for k, v in totals.items()}
+        means["layer_corr"] = [v / max(n, 1) for v in layer_totals] if layer_totals is not None else None
+        return means
 
     def _validate(self) -> dict:
         self.eval_model.load_state_dict(self.inference_state())
@@ -220,6 +278,11 @@ class Trainer:
         energy_mse = (metrics["ermse_meV_per_atom"] / 1000) ** 2
         force_mse = (metrics["frmse_meV_per_A"] / 1000) ** 2
         metrics["loss"] = self.config.loss.energy_weight * energy_mse + self.config.loss.forces_weight * force_mse
+        correlation = dataset_correlation(
+            self.eval_model, self.graphs["validation"], batch_size=max(self.config.training.batch_size, 8), device=self.device,
+            scalar_counts=self.eval_model.edge_feature_scalar_counts, channels=self.config.decorrelation.channels,
+        )
+        metrics["layer_corr"] = correlation["corr_mean"]
         return metrics
 
     def _checkpoint(self, epoch: int) -> dict:
@@ -288,7 +351,13 @@ class Trainer:
                 "val_loss": validation["loss"],
                 "val_emae_meV_per_atom": validation["emae_meV_per_atom"],
                 "val_fmae_meV_per_A": validation["fmae_meV_per_A"],
+                "lambda": train_terms.get("lambda", 0.0),
             }
+            if train_terms.get("layer_corr") is not None:
+                row["train_L_corr"] = train_terms["corr"]
+                row.update({f"train_corr_l{k}": v for k, v in enumerate(train_terms["layer_corr"])})
+            row.update({f"val_corr_l{k}": v for k, v in enumerate(validation["layer_corr"])})
+            row["val_corr_mean"] = float(np.nanmean(validation["layer_corr"]))
             self.history.append(row)
             if self.is_main:
                 checkpoint = self._checkpoint(epoch)
@@ -299,6 +368,7 @@ class Trainer:
                 self._log(
                     f"epoch {epoch + 1:4d}/{training.epochs}  loss {row['train_loss']:.4g}  "
                     f"val EMAE {row['val_emae_meV_per_atom']:7.2f} meV/atom  FMAE {row['val_fmae_meV_per_A']:7.1f} meV/A  "
+                    f"corr {row['val_corr_mean']:.3f}  lambda {row['lambda']:.3g}  "
                     f"lr {lr:.2e}  {time.perf_counter() - t0:5.1f} s{'  *best' if improved else ''}"
                 )
             if training.early_stopping_patience and self.bad_epochs >= training.early_stopping_patience:
