@@ -1,0 +1,180 @@
+"""The decorrelation loss, its schedules, SAM, and their effect in a real (short) training run."""
+
+import math
+
+import pytest
+import torch
+
+from stableff.data import keys
+from stableff.data.graph import collate, frame_to_graph
+from stableff.errors import ConfigError
+from stableff.train.config import parse_config
+from stableff.train.decorrelation import (
+    coefficient,
+    correlation_loss,
+    mean_abs_correlation,
+    mean_squared_correlation,
+    sample_edges,
+)
+from stableff.train.sam import SAM
+
+from test_physics import MODEL_NAMES, make_model
+
+
+def test_loss_near_zero_for_independent_channels_and_maximal_for_duplicates():
+    generator = torch.Generator().manual_seed(0)
+    independent = torch.randn(50_000, 12, generator=generator)
+    assert mean_squared_correlation(independent).item() < 1e-3
+    assert mean_abs_correlation(independent) < 0.02
+    duplicated = torch.randn(5_000, 1, generator=generator).repeat(1, 12)
+    assert mean_squared_correlation(duplicated).item() == pytest.approx(1.0, abs=1e-4)
+    assert mean_abs_correlation(duplicated) == pytest.approx(1.0, abs=1e-4)
+    anti = torch.cat([duplicated[:, :1], -duplicated[:, :1]], dim=1)  # R = -1 counts as redundant too
+    assert mean_abs_correlation(anti) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_loss_invariant_to_scaling_and_shifting_a_channel():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2_000, 6, generator=generator)
+    x[:, 1] += 0.7 * x[:, 0]
+    scaled = x.clone()
+    scaled[:, 1] = 250.0 * scaled[:, 1] + 3.0
+    assert mean_squared_correlation(scaled).item() == pytest.approx(mean_squared_correlation(x).item(), rel=1e-5)
+
+
+def test_edge_subsample_is_reproducible_with_a_seed():
+    a = sample_edges(100_000, 4096, torch.Generator().manual_seed(5))
+    b = sample_edges(100_000, 4096, torch.Generator().manual_seed(5))
+    c = sample_edges(100_000, 4096, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and len(a.unique()) == 4096
+    assert sample_edges(100, 4096) is None  # small batches use every edge
+    features = [torch.randn(10_000, 8), torch.randn(10_000, 8)]
+    l1, m1 = correlation_loss(features, max_edges=512, generator=torch.Generator().manual_seed(3))
+    l2, m2 = correlation_loss(features, max_edges=512, generator=torch.Generator().manual_seed(3))
+    assert l1.item() == l2.item() and m1 == m2
+
+
+def test_layer_selection_and_weights():
+    same = torch.randn(1_000, 1).repeat(1, 4)
+    free = torch.randn(1_000, 4)
+    loss, measures = correlation_loss([same, free], layers=[0], layer_weights=[2.0], max_edges=None)
+    assert loss.item() == pytest.approx(2.0, abs=1e-3)
+    assert measures[0] == pytest.approx(1.0, abs=1e-3) and math.isnan(measures[1])
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ("constant", (0.3, 0.3, 0.3)),
+        ("linear", (0.3, 0.16, 0.02)),
+        ("cosine", (0.3, 0.16, 0.02)),
+        ("warmup_cosine", (0.02, 0.02 + 0.28 * (1 + math.cos(math.pi * (0.5 - 0.2) / 0.8)) / 2, 0.02)),
+    ],
+)
+def test_schedules_at_start_middle_and_end(schedule, expected):
+    values = [coefficient(schedule, t, lambda_max=0.3, lambda_min=0.02, warmup=0.2) for t in (0.0, 0.5, 1.0)]
+    assert values == pytest.approx(list(expected), abs=1e-12)
+    assert coefficient("warmup_cosine", 0.2, 0.3, 0.02, 0.2) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_gradients_reach_weights_through_correlation_and_force_terms(name, acac_frames):
+    model = make_model(name).train()
+    batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in acac_frames[:2]])
+    out = model(batch, create_graph=True)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    corr, _ = correlation_loss(out[keys.EDGE_FEATURES], max_edges=None)
+    force = (out[keys.FORCES] - batch[keys.FORCES]).pow(2).mean()
+    corr_grads = torch.autograd.grad(corr, parameters, retain_graph=True, allow_unused=True)
+    force_grads = torch.autograd.grad(force, parameters, allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in corr_grads if g is not None) > 0
+    assert sum(float(g.abs().sum()) for g in force_grads if g is not None) > 0
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_decorrelation_step_changes_the_weights(name, acac_frames):
+    model = make_model(name).train()
+    batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in acac_frames[:2]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    loss, _ = correlation_loss(model(batch, create_graph=True)[keys.EDGE_FEATURES], max_edges=None)
+    loss.backward()
+    optimizer.step()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any("layers" in k for k in changed)
+
+
+def test_sam_differs_from_adam_and_minimises_a_quadratic():
+    target = torch.tensor([1.0, -2.0, 0.5])
+    curvature = torch.tensor([1.0, 10.0, 0.1])
+
+    def run(use_sam, steps):
+        w = torch.nn.Parameter(torch.zeros(3))
+        optimizer = SAM([w], torch.optim.Adam, rho=0.05, lr=0.05) if use_sam else torch.optim.Adam([w], lr=0.05)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = 0.5 * (curvature * (w - target) ** 2).sum()
+            loss.backward()
+            return loss
+
+        for _ in range(steps):
+            optimizer.step(closure)
+        return w.detach(), 0.5 * float((curvature * (w.detach() - target) ** 2).sum())
+
+    # Adam's first step is lr * sign(g) whatever the gradient's size, so compare a few steps in
+    sam_w, _ = run(True, 5)
+    adam_w, _ = run(False, 5)
+    assert not torch.allclose(sam_w, adam_w, atol=1e-5)
+    start = 0.5 * float((curvature * target**2).sum())
+    _, end = run(True, 300)
+    assert end < 1e-2 * start
+
+
+def test_decorrelation_config_errors():
+    base = {"data": {"train": "x"}}
+    with pytest.raises(ConfigError, match="lambda_min .* is larger than lambda_max"):
+        parse_config({**base, "decorrelation": {"lambda_max": 0.1, "lambda_min": 0.2}})
+    with pytest.raises(ConfigError, match="layer_weights has 1 entries but layers has 2"):
+        parse_config({**base, "decorrelation": {"layers": [0, 1], "layer_weights": [1.0]}})
+    with pytest.raises(ConfigError, match=r"decorrelation\.schedule"):
+        parse_config({**base, "decorrelation": {"schedule": "exponential"}})
+    with pytest.raises(ConfigError, match=r"decorrelation.layers \[5\] out of range"):
+        parse_config({**base, "model": {"num_layers": 3}, "decorrelation": {"layers": [5]}})
+    assert parse_config(base).decorrelation.lambda_max == 0.3 and parse_config(base).decorrelation.schedule == "cosine"
+
+
+def test_short_training_with_decorrelation_lowers_correlation(tmp_path):
+    """Same seed and steps: the decorrelated run ends with lower edge-feature correlation."""
+    from stableff.train.loop import Trainer
+
+    raw = {
+        "data": {"train": "acac:train_300K", "isolated_atoms": "acac:isolated_atoms", "val_fraction": 0.1, "max_train_frames": 40},
+        "model": {"name": "nequip", "r_max": 3.5, "num_layers": 2, "num_features": 8, "num_bessels": 6, "radial_mlp_width": 16, "radial_mlp_depth": 1},
+        "training": {"epochs": 4, "batch_size": 4, "seed": 0, "num_threads": 1},
+        "optimizer": {"lr": 0.01},
+    }
+    results = {}
+    for enabled in (False, True):
+        config = parse_config({**raw, "decorrelation": {"enabled": enabled, "lambda_max": 1.0, "schedule": "constant"}})
+        row = Trainer(config, tmp_path / str(enabled), progress=False).run()
+        results[enabled] = row
+    assert results[True]["val_corr_mean"] < 0.8 * results[False]["val_corr_mean"]
+    assert results[True]["lambda"] == 1.0 and results[False]["lambda"] == 0.0
+    assert "train_corr_l0" in results[True] and "val_corr_l1" in results[False]
+
+
+def test_sam_training_runs_and_resumes_state(tmp_path):
+    from stableff.train.loop import Trainer
+
+    raw = {
+        "data": {"train": "acac:train_300K", "val_fraction": 0.2, "max_train_frames": 8},
+        "model": {"name": "nequip", "r_max": 3.5, "num_layers": 2, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+        "training": {"epochs": 2, "batch_size": 4, "num_threads": 1},
+        "optimizer": {"name": "sam", "rho": 0.01},
+        "decorrelation": {"enabled": True},
+    }
+    row = Trainer(parse_config(raw), tmp_path / "sam", progress=False).run()
+    assert math.isfinite(row["train_loss"]) and row["step"] == 4
+    resumed = Trainer(parse_config({**raw, "training": {**raw["training"], "epochs": 3}}), tmp_path / "sam", resume=True, progress=False).run()
+    assert resumed["epoch"] == 3 and resumed["step"] == 6
