@@ -51,7 +51,7 @@ def cmd_evaluate(args) -> int:
     from stableff.analysis.accuracy import evaluate_files
 
     results = evaluate_files(args.model, args.data, batch_size=args.batch_size, device=args.device)
-    _print_accuracy_table(results)
+    _print_accuracy_table(results, [str(p) for p in args.data])
     if args.plot:
         from stableff.report.plots import parity_plot
 
@@ -177,7 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from stableff.errors import StableFFError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides (key=value) may come after options such as --out; anything else is an error
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides or []) + extra
     try:
         return args.func(args)
     except StableFFError as exc:

@@ -146,7 +146,8 @@ def _gradients(rank, world, port, queue):
     model = build_from_statistics(config, statistics).double()
     graphs = [frame_to_graph(f, statistics.type_numbers, 3.5, torch.float64) for f in frames]
     loss, terms, _ = gradient_step(model, graphs[rank::world], config, world, "cpu", torch.float64)
-    queue.put((rank, loss, {n: p.grad.numpy().copy() for n, p in model.named_parameters()}))
+    # a weight no loss reaches has no gradient in one process and a zero one after all-reduce
+    queue.put((rank, loss, {n: (p.grad.numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape), dtype=np.float64)) for n, p in model.named_parameters()}))
     if world > 1:
         torch.distributed.destroy_process_group()
 

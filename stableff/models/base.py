@@ -41,7 +41,12 @@ class ForceField(nn.Module):
         return len(self.type_numbers)
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Return raw per-atom energies [N] (before scale/shift) and per-layer edge features."""
+        """Return raw per-atom energies [N] (before scale/shift) and per-layer edge features.
+
+        Edge features are invariant [E_s, d_l] tensors in the autograd graph, computed on the edges
+        listed in ``batch[keys.EDGE_FEATURE_SAMPLE]`` when present (else on all edges), so that a
+        loss on a subsample only backpropagates through that subsample.
+        """
         raise NotImplementedError
 
     def forward(self, batch: dict, compute_forces: bool = True, compute_stress: bool | None = None, create_graph: bool | None = None) -> dict:

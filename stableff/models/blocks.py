@@ -52,18 +52,37 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return out.index_add_(0, index, src)
 
 
-def invariant_channels(features: torch.Tensor, irreps) -> torch.Tensor:
+class InvariantChannels(nn.Module):
     """Invariant view [E, d] of equivariant features: scalars as they are, each l > 0 channel by its norm.
 
-    This is the per-layer ``edge_features`` tensor the decorrelation loss reads.
+    This is the per-layer ``edge_features`` tensor the decorrelation loss reads. Written with one
+    ``split`` and one ``index_add`` so that its backward (only taken when the decorrelation loss is
+    on) costs two dense passes instead of a zero-filled gradient per irrep block.
     """
-    parts = []
-    for (mul, ir), sl in zip(irreps, irreps.slices()):
-        block = features[..., sl]
-        if ir.l == 0:
-            parts.append(block)
-        else:
-            block = block.reshape(block.shape[:-1] + (mul, ir.dim))
-            # eps keeps the gradient finite where a channel vanishes
-            parts.append(torch.sqrt(block.pow(2).sum(-1) + 1e-12))
-    return torch.cat(parts, dim=-1)
+
+    def __init__(self, irreps):
+        super().__init__()
+        scalar_dims, channel_of_component, num_vector_channels = [], [], 0
+        for (mul, ir), sl in zip(irreps, irreps.slices()):
+            if ir.l == 0:
+                scalar_dims.extend(range(sl.start, sl.stop))
+            else:
+                for u in range(mul):
+                    channel_of_component.extend([num_vector_channels + u] * ir.dim)
+                num_vector_channels += mul
+        self.num_scalars = len(scalar_dims)
+        self.num_vector_channels = num_vector_channels
+        self.scalars_first = scalar_dims == list(range(self.num_scalars))
+        order = scalar_dims + [d for d in range(irreps.dim) if d not in set(scalar_dims)]
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
+        self.register_buffer("channel_of_component", torch.tensor(channel_of_component, dtype=torch.long), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.scalars_first:
+            features = features.index_select(-1, self.order)
+        scalars, rest = torch.split(features, [self.num_scalars, features.shape[-1] - self.num_scalars], dim=-1)
+        if self.num_vector_channels == 0:
+            return scalars
+        squared = rest.new_zeros(rest.shape[:-1] + (self.num_vector_channels,)).index_add_(-1, self.channel_of_component, rest * rest)
+        # eps keeps the gradient finite where a channel vanishes
+        return torch.cat([scalars, torch.sqrt(squared + 1e-12)], dim=-1)

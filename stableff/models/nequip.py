@@ -21,7 +21,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import BesselBasis, PolynomialCutoff, invariant_channels, scatter_sum
+from stableff.models.blocks import BesselBasis, InvariantChannels, PolynomialCutoff, scatter_sum
 
 
 def _path_exists(irreps_in, irreps_edge, ir_out) -> bool:
@@ -69,20 +69,28 @@ class InteractionLayer(nn.Module):
         self.linear_2 = o3.Linear(irreps_mid.simplify(), irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_species}x0e"), irreps_out)
         self.irreps_mid = irreps_mid
+        self.invariant_view = InvariantChannels(irreps_mid)
         self.irreps_out = self.gate.irreps_out
         self.inv_sqrt_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = resnet and irreps_in == self.irreps_out
 
-    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index):
+    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, feature_edges=None):
         centre, neighbour = edge_index
         weights = self.radial(edge_radial)
-        messages = self.tp(self.linear_1(node_features)[neighbour], edge_sh, weights)
+        mixed = self.linear_1(node_features)
+        messages = self.tp(mixed[neighbour], edge_sh, weights)
         aggregated = scatter_sum(messages, centre, node_features.shape[0]) * self.inv_sqrt_neighbors
         updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
         updated = self.gate(updated)
         if self.resnet:
             updated = updated + node_features
-        return updated, invariant_channels(messages, self.irreps_mid)
+        if feature_edges is None:
+            return updated, self.invariant_view(messages)
+        # the same messages, recomputed on the sampled edges only: equal values, and a loss on them
+        # backpropagates through E_s edges instead of all E
+        # (radial weights recomputed too: their gradient then scatters into [E, num_basis], not [E, weight_numel])
+        sampled = self.tp(mixed[neighbour[feature_edges]], edge_sh[feature_edges], self.radial(edge_radial[feature_edges]))
+        return updated, self.invariant_view(sampled)
 
 
 class NequIP(ForceField):
@@ -135,7 +143,7 @@ class NequIP(ForceField):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
-        self.edge_feature_scalar_counts = [sum(mul for mul, ir in layer.irreps_mid if ir.l == 0) for layer in layers]
+        self.edge_feature_scalar_counts = [layer.invariant_view.num_scalars for layer in layers]
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths):
@@ -146,7 +154,7 @@ class NequIP(ForceField):
         features = self.embedding(onehot)
         edge_features = []
         for layer in self.layers:
-            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX])
+            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], batch.get(keys.EDGE_FEATURE_SAMPLE))
             edge_features.append(messages)
         energies = self.readout(features).squeeze(-1)
         return energies, edge_features

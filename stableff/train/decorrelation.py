@@ -85,8 +85,11 @@ def correlation_loss(
         features = edge_features[layer]
         features = features if index is None else features.index_select(0, index)
         features = select_channels(features, None if scalar_counts is None else scalar_counts[layer], channels)
-        loss = loss + weight * mean_squared_correlation(features)
-        measures[layer] = mean_abs_correlation(features)
+        if features.shape[0] < 2 or features.shape[1] < 2:
+            continue
+        off_diagonal = _off_diagonal(correlation_matrix(features))  # one R per layer serves loss and measure
+        loss = loss + weight * off_diagonal.pow(2).mean()
+        measures[layer] = float(off_diagonal.detach().abs().mean())
     return loss, measures
 
 

@@ -30,7 +30,7 @@ from stableff.train.config import Config, config_to_dict
 from stableff.train.data import load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
 from stableff.train.evaluation import error_metrics, predict
-from stableff.train.decorrelation import coefficient, correlation_loss, dataset_correlation
+from stableff.train.decorrelation import coefficient, correlation_loss, dataset_correlation, sample_edges
 from stableff.train.losses import loss_sums, weighted_loss
 from stableff.train.sam import SAM
 
@@ -79,11 +79,15 @@ def gradient_step(model, local_graphs, config: Config, world: int, device, dtype
     l_corr, measures = None, None
     if local_graphs:
         batch = to_device(collate(local_graphs), device, dtype)
+        if decorrelation.enabled:
+            sample = sample_edges(batch[keys.EDGE_INDEX].shape[1], decorrelation.max_edges, generator, device)
+            if sample is not None:
+                batch[keys.EDGE_FEATURE_SAMPLE] = sample
         prediction = model(batch, compute_forces=True, compute_stress=use_stress and bool(batch[keys.PBC].all()), create_graph=True)
         sums = loss_sums(prediction, batch, use_stress)
         if decorrelation.enabled:
             l_corr, measures = correlation_loss(
-                prediction[keys.EDGE_FEATURES], decorrelation.layers, decorrelation.layer_weights, decorrelation.max_edges,
+                prediction[keys.EDGE_FEATURES], decorrelation.layers, decorrelation.layer_weights, None,  # already sampled
                 generator, model.edge_feature_scalar_counts, decorrelation.channels,
             )
     else:
