@@ -99,6 +99,163 @@ def cmd_correlation(args) -> int:
     return 0
 
 
+def _md_settings(args):
+    from stableff.md.run import MDSettings
+    from stableff.errors import StableFFError
+
+    if args.time is not None and args.steps is not None:
+        raise StableFFError("give either --time (ps) or --steps, not both")
+    steps = args.steps if args.steps is not None else int(round((args.time if args.time is not None else 1.0) * 1000 / args.timestep))
+    return MDSettings(
+        ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep, steps=steps,
+        friction_per_fs=args.friction, damping_fs=args.damping, seed=args.seed, log_interval=args.log_interval,
+        traj_interval=args.traj_interval, keep_going=args.keep_going,
+    )
+
+
+def _monitor_settings(args):
+    from stableff.md.monitors import MonitorSettings
+
+    return MonitorSettings(
+        temperature_window_fs=args.temperature_window, close_contact_factor=args.close_contact_factor,
+        dissociation_factor=args.dissociation_factor, force_factor=args.force_factor,
+        energy_drift_meV_per_atom=args.energy_drift, check_bond_length=args.check_bonds,
+    )
+
+
+def _read_start(spec: str, index: int):
+    from stableff.data.io import read_frames
+
+    return read_frames(spec, index=index, check_distances=True)[0].to_atoms()
+
+
+def cmd_md(args) -> int:
+    from stableff.md.calculator import StableFFCalculator
+    from stableff.md.run import monitor_from_statistics, run_md
+
+    settings = _md_settings(args)
+    atoms = _read_start(args.start, args.index)
+    calculator = StableFFCalculator(args.model, device=args.device)
+    monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms)
+    print(f"MD: {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
+          f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
+    summary = run_md(atoms, calculator, settings, args.out, monitor, label="MD")
+    if summary["failed"]:
+        print(f"FAILED at {summary['time_to_failure_ps']:.4f} ps (step {summary['failure_step']}): {summary['reason']} - {summary['detail']}")
+    else:
+        print(f"stable for the whole run ({summary['run_length_ps']:g} ps)")
+    print(f"{summary['steps']} steps, {summary['ms_per_step']:.1f} ms/step; files: trajectory.extxyz, thermo.csv, summary.json")
+    return 0
+
+
+def cmd_stability(args) -> int:
+    from stableff.analysis.stability import stability_report
+    from stableff.md.replicas import ReplicaTask, run_replicas
+
+    settings = _md_settings(args)
+    monitor_settings = _monitor_settings(args)
+    tasks = []
+    for spec in args.start:
+        atoms = _read_start(spec, args.index)
+        label = Path(spec.split(":")[-1]).stem + (f"_{args.index}" if args.index else "")
+        for r in range(args.replicas):
+            replica_settings = _md_settings(args)
+            replica_settings.seed = args.seed + r
+            tasks.append(ReplicaTask(str(args.model), label, atoms, r, replica_settings, monitor_settings, args.out, args.device))
+    print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
+          f"{settings.length_ps:g} ps each, output in {args.out}/")
+    replicas = run_replicas(tasks, workers=args.workers)
+    report = stability_report(replicas)
+    print(f"\n{'start':<20} {'replica':>7} {'seed':>5} {'t_fail (ps)':>12} {'status':<10} reason")
+    for r in report["replicas"]:
+        status = "failed" if r["failed"] else "stable"
+        print(f"{r['start']:<20} {r['replica']:>7} {r['seed']:>5} {r['time_to_failure_ps']:>12.4f} {status:<10} {r['reason'] or ''}")
+    print()
+    for label, s in report["by_start"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()) or "none"
+        print(f"{label}: stability index {s['stability_index']:.3f}, median t_fail {s['median_time_to_failure_ps']:.3f} ps, "
+              f"mean {s['mean_time_to_failure_ps']:.3f} ps, {s['n_failed']}/{s['n_replicas']} failed (by reason: {reasons})")
+    print(f"overall stability index {report['stability_index']:.3f} (1 = every run stable for {report['run_length_ps']:g} ps), "
+          f"median time to failure {report['median_time_to_failure_ps']:.3f} ps")
+    if args.plot:
+        from stableff.report.plots import md_traces, survival_curves
+
+        curves = {label: {**s["kaplan_meier"], "run_length_ps": s["run_length_ps"]} for label, s in report["by_start"].items()}
+        km = survival_curves(curves, Path(args.plot) / "survival.png", f"survival at {settings.temperature_K:g} K")
+        thermo = {f"{r['start']} #{r['replica']}": Path(r["path"]) / "thermo.csv" for r in report["replicas"]}
+        traces = md_traces(thermo, Path(args.plot) / "traces.png", settings.temperature_K, "MD replicas")
+        print(f"plots: {km}, {traces}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"stability written to {args.json}")
+    return 0
+
+
+def cmd_rdf(args) -> int:
+    import ase.io
+
+    from stableff.analysis.structure import adf, compare_rdf, rdf, read_rdf_csv
+    from stableff.data.io import read_frames
+
+    frames = [f.to_atoms() for f in read_frames(args.trajectory, index=args.frames, check_distances=False)]
+    result = rdf(frames, args.r_max, args.bins)
+    angles = adf(frames, args.adf_cutoff)
+    reference, comparison = None, None
+    if args.reference:
+        if str(args.reference).endswith(".csv"):
+            reference = read_rdf_csv(args.reference)
+        else:
+            reference = rdf([f.to_atoms() for f in read_frames(args.reference, check_distances=False)], args.r_max, args.bins)
+        comparison = compare_rdf(result, reference)
+    kind = "g(r)" if result["periodic"] else "pair-distance density (non-periodic)"
+    print(f"RDF of {len(frames)} frames of {args.trajectory}: {kind}, r <= {args.r_max:g} A, {args.bins} bins")
+    for label, g in result["g"].items():
+        peak = result["r_A"][int(g.argmax())]
+        line = f"  {label:<6} first peak at {peak:.2f} A"
+        if comparison and label in comparison:
+            line += f"  WF {comparison[label]['wright_factor']:.4f}  JSD {comparison[label]['jsd']:.4f}"
+        print(line)
+    if args.plot:
+        from stableff.report.plots import rdf_plot
+
+        print(f"plot: {rdf_plot(result, Path(args.plot) / 'rdf.png', reference, Path(args.trajectory).name)}")
+    if args.json:
+        payload = {
+            "trajectory": str(args.trajectory), "n_frames": len(frames), "periodic": result["periodic"],
+            "r_A": result["r_A"].tolist(), "g": {k: v.tolist() for k, v in result["g"].items()},
+            "adf": {"angle_deg": angles["angle_deg"].tolist(), "density": angles["density"].tolist(), "cutoff_A": args.adf_cutoff},
+            "comparison": comparison,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"written to {args.json}")
+    return 0
+
+
+def _add_md_arguments(p) -> None:
+    p.add_argument("--index", type=int, default=0, help="frame of START to begin from (default 0)")
+    p.add_argument("--ensemble", choices=["nve", "langevin", "nose-hoover", "bussi"], default="langevin")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    p.add_argument("--time", type=float, help="run length in ps (default 1)")
+    p.add_argument("--steps", type=int, help="run length in steps (instead of --time)")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
+    p.add_argument("--damping", type=float, default=100.0, help="Nose-Hoover / Bussi damping time, fs (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="velocity seed (replica r uses seed + r)")
+    p.add_argument("--log-interval", type=int, default=10, help="steps between thermo rows and failure checks")
+    p.add_argument("--traj-interval", type=int, default=20, help="steps between trajectory frames")
+    p.add_argument("--keep-going", action="store_true", help="record failures but run to the end")
+    p.add_argument("--device", default="cpu")
+    g = p.add_argument_group("failure thresholds (relative to the training data stored in the model)")
+    g.add_argument("--temperature-window", type=float, default=100.0, help="fs window of the NVT temperature check")
+    g.add_argument("--close-contact-factor", type=float, default=0.75)
+    g.add_argument("--dissociation-factor", type=float, default=1.5)
+    g.add_argument("--force-factor", type=float, default=3.0)
+    g.add_argument("--energy-drift", type=float, default=10.0, help="NVE limit, meV/atom")
+    g.add_argument("--check-bonds", action="store_true", help="also fail when a bond of the start structure deviates by > 0.5 A")
+
+
 def cmd_demo(args) -> int:
     """Train a small NequIP on the embedded acac data and evaluate it in and out of distribution."""
     import shutil
@@ -165,6 +322,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_correlation)
+
+    p = sub.add_parser("md", help="molecular dynamics with failure monitors")
+    p.add_argument("model", help="checkpoint (best.ckpt)")
+    p.add_argument("start", help="start structure (any ASE format, acac:NAME)")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_md_arguments(p)
+    p.set_defaults(func=cmd_md)
+
+    p = sub.add_parser("stability", help="replicas of MD -> stability index and time to failure")
+    p.add_argument("model", help="checkpoint (best.ckpt)")
+    p.add_argument("start", nargs="+", help="start structure file(s)")
+    p.add_argument("--out", default="stability", help="output folder (finished replicas are reused)")
+    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--workers", type=int, help="parallel processes (default: number of cores)")
+    p.add_argument("--json", help="write the report to this JSON file")
+    p.add_argument("--plot", help="write survival curves and traces (PNG) into this folder")
+    _add_md_arguments(p)
+    p.set_defaults(func=cmd_stability)
+
+    p = sub.add_parser("rdf", help="radial / angular distribution functions of a trajectory")
+    p.add_argument("trajectory")
+    p.add_argument("--reference", help="reference trajectory, or CSV of g(r) (columns r_A, A-B, ...)")
+    p.add_argument("--r-max", type=float, default=6.0, help="A")
+    p.add_argument("--bins", type=int, default=120)
+    p.add_argument("--adf-cutoff", type=float, default=2.5, help="neighbour cutoff for angles, A")
+    p.add_argument("--frames", default=":", help="frames to use, e.g. ':' or '10:'")
+    p.add_argument("--json")
+    p.add_argument("--plot")
+    p.set_defaults(func=cmd_rdf)
 
     p = sub.add_parser("demo", help="the study on the embedded acetylacetone data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

@@ -16,6 +16,10 @@ def neighbor_list(positions, cell, pbc, cutoff: float, with_distances: bool = Fa
 
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
+    if not pbc.any() and len(positions) and np.prod(np.ptp(positions, axis=0) / cutoff + 1) > 1e6:
+        # atoms spread over a huge open box (e.g. a molecule blown apart in MD): a cell list would
+        # need millions of cells, while all pairs of a few hundred atoms are cheap
+        return _all_pairs(positions, cutoff, with_distances)
     box = np.array(cell, dtype=np.float64).reshape(3, 3)
     if not pbc.any():
         box = np.zeros((3, 3))
@@ -29,3 +33,14 @@ def neighbor_list(positions, cell, pbc, cutoff: float, with_distances: bool = Fa
     if with_distances:
         return i, j, shifts, out[3]
     return i, j, shifts
+
+
+def _all_pairs(positions: np.ndarray, cutoff: float, with_distances: bool):
+    """Brute-force neighbour list for non-periodic systems."""
+    diff = positions[None, :, :] - positions[:, None, :]
+    distances = np.linalg.norm(diff, axis=-1)
+    i, j = np.nonzero((distances < cutoff) & ~np.eye(len(positions), dtype=bool))
+    shifts = np.zeros((len(i), 3), dtype=np.int64)
+    if with_distances:
+        return i.astype(np.int64), j.astype(np.int64), shifts, distances[i, j]
+    return i.astype(np.int64), j.astype(np.int64), shifts

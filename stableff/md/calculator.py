@@ -36,6 +36,11 @@ class StableFFCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        if not np.all(np.isfinite(self.atoms.positions)):
+            # a blown-up MD run: report non-finite results for the failure monitor instead of crashing
+            n = len(self.atoms)
+            self.results = {"energy": np.nan, "free_energy": np.nan, "energies": np.full(n, np.nan), "forces": np.full((n, 3), np.nan), "stress": np.full(6, np.nan)}
+            return
         frame = frame_from_atoms(self.atoms)
         frame.energy = frame.forces = frame.stress = None
         graph = frame_to_graph(frame, self.model.type_numbers, self.model.r_max, self.dtype)

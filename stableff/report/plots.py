@@ -110,3 +110,74 @@ def correlation_bars(series: dict[str, tuple[list[float], list[float]]], path: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def survival_curves(curves: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """Kaplan-Meier survival S(t) per label; ``curves[label] = {"time_ps", "survival", "run_length_ps"}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, curve in curves.items():
+        t = list(curve["time_ps"]) + [curve["run_length_ps"]]
+        s = list(curve["survival"]) + [curve["survival"][-1]]
+        ax.step(t, s, where="post", label=label)
+    ax.set_xlabel("time (ps)")
+    ax.set_ylabel("fraction of runs not yet failed")
+    ax.set_ylim(-0.02, 1.05)
+    ax.legend()
+    ax.set_title(title or "Kaplan-Meier survival of MD runs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def md_traces(thermo_files: dict[str, Path], path: str | Path, temperature_K: float | None = None, title: str = "") -> Path:
+    """Temperature and minimum interatomic distance against time for several runs (thermo.csv files)."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.0))
+    for label, thermo in thermo_files.items():
+        with open(thermo) as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            continue
+        t = [float(r["time_ps"]) for r in rows]
+        axes[0].plot(t, [float(r["temperature_K"]) for r in rows], lw=0.8, label=label)
+        axes[1].plot(t, [float(r["min_distance_A"]) for r in rows], lw=0.8, label=label)
+    if temperature_K:
+        axes[0].axhline(temperature_K, color="k", ls="--", lw=0.8)
+    axes[0].set_ylabel("temperature (K)")
+    axes[1].set_ylabel("minimum interatomic distance (A)")
+    for ax in axes:
+        ax.set_xlabel("time (ps)")
+    if len(thermo_files) <= 10:
+        axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rdf_plot(result: dict, path: str | Path, reference: dict | None = None, title: str = "") -> Path:
+    """g(r) per species pair, with the reference dashed when given."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = list(result["g"])
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        ax.plot(result["r_A"], result["g"][label], label="trajectory")
+        if reference is not None and label in reference["g"]:
+            ax.plot(reference["r_A"], reference["g"][label], "k--", lw=0.9, label="reference")
+        ax.set_title(label)
+        ax.set_xlabel("r (A)")
+        ax.set_ylabel("g(r)" if result.get("periodic", True) else "pair-distance density (1/A)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
