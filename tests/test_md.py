@@ -171,11 +171,12 @@ def test_rdf_of_a_perfect_crystal_peaks_at_its_neighbour_shells():
     for shell in shells:
         assert g[np.abs(r - shell) < 0.03].max() > 0  # a peak at every neighbour shell
     assert np.all(g[~near] == 0)  # and nothing between the shells
-    # coordination number: integral of rho g 4 pi r^2 dr over the first shell = 12
+    # coordination number: sum of rho g over the bins' shell volumes in the first shell = 12
     rho = len(crystal) / crystal.get_volume()
     dr = r[1] - r[0]
     first = r < 3.0
-    assert np.sum(rho * g[first] * 4 * np.pi * r[first] ** 2 * dr) == pytest.approx(12.0, rel=1e-6)
+    shell_volumes = 4.0 / 3.0 * np.pi * ((r + dr / 2) ** 3 - (r - dr / 2) ** 3)
+    assert np.sum(rho * g[first] * shell_volumes[first]) == pytest.approx(12.0, rel=1e-9)
 
 
 def test_wright_factor_and_jsd_zero_for_identical_and_growing_with_shift():
