@@ -256,40 +256,51 @@ def _add_md_arguments(p) -> None:
     g.add_argument("--check-bonds", action="store_true", help="also fail when a bond of the start structure deviates by > 0.5 A")
 
 
-def cmd_demo(args) -> int:
-    """Train a small NequIP on the embedded acac data and evaluate it in and out of distribution."""
-    import shutil
-
-    from stableff.analysis.accuracy import evaluate_files
-    from stableff.report.plots import learning_curves, parity_plot
-    from stableff.train.checkpoint import load_checkpoint
-    from stableff.train.config import load_config
-    from stableff.train.loop import Trainer
+def _run_study_and_report(study, out: Path) -> dict:
+    from stableff.report.render import make_plots, terminal_table, write_report
+    from stableff.report.study import run_study
 
     t0 = time.perf_counter()
-    config_path = Path(str(resources.files("stableff.configs") / "demo_acac.yaml"))
-    config = load_config(config_path, args.overrides)
+    summary = run_study(study, out)
+    figures = make_plots(summary, out, study.test.in_distribution or None)
+    from stableff.train.checkpoint import write_text_atomic
+
+    write_text_atomic(json.dumps(summary, indent=2), out / "summary.json")  # now with RDF comparisons
+    html_path, md_path = write_report(summary, out, figures)
+    print()
+    print(f"Summary (mean ± std over seeds {summary['seeds']}; ID/OOD = in/out of distribution; SI = stability index):")
+    print(terminal_table(summary))
+    print()
+    for sentence in summary["verdicts"]:
+        print(f"- {sentence}")
+    print(f"\nreport: {html_path.resolve()} (also {md_path.name}); summary: {(out / 'summary.json').resolve()}")
+    print(f"study finished in {time.perf_counter() - t0:.0f} s")
+    return summary
+
+
+def cmd_study(args) -> int:
+    from stableff.report.study import load_study_config
+
+    study = load_study_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("studies") / Path(args.config).stem
+    _run_study_and_report(study, out)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The study on the embedded acetylacetone data: baseline vs decorrelated NequIP."""
+    import shutil
+
+    from stableff.report.study import load_study_config
+
+    config_path = Path(str(resources.files("stableff.configs") / "demo_study_acac.yaml"))
+    study = load_study_config(config_path, args.overrides)
     out = Path(args.out)
-    run_dir = out / "nequip"
-    resume = (run_dir / "last.ckpt").is_file()
     if args.fresh and out.exists():
         shutil.rmtree(out)
-        resume = False
-    print(f"stableff demo: NequIP on acetylacetone (embedded BOTNet data, MIT), output in {out}/")
-    Trainer(config, run_dir, resume=resume).run()
-    tests = ["acac:test_MD_300K", "acac:test_MD_600K"]
-    results = evaluate_files(run_dir / "best.ckpt", tests)
-    history = load_checkpoint(run_dir / "last.ckpt")["train_state"]["history"]
-    learning_curves(history, out / "learning_curves.png", "NequIP on acac (train 300 K)")
-    for r, name in zip(results, ("300K", "600K")):
-        parity_plot(r["prediction"], r, f"acac test_MD_{name}", out / f"parity_{name}.png")
-    print()
-    print("Accuracy of the best model (EMA weights) on held-out DFT data:")
-    _print_accuracy_table(results, ["test_MD_300K (in distribution)", "test_MD_600K (out of distribution)"])
-    summary = {"files": [{k: v for k, v in r.items() if k != "prediction"} for r in results]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nplots: {out}/learning_curves.png, {out}/parity_300K.png, {out}/parity_600K.png; metrics: {out}/summary.json")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    print(f"stableff demo: NequIP on acetylacetone (embedded BOTNet DFT data, MIT licence), baseline vs decorrelated, "
+          f"seeds {study.seeds}; output in {out}/ (finished steps are reused when run again)")
+    _run_study_and_report(study, out)
     return 0
 
 
@@ -351,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json")
     p.add_argument("--plot")
     p.set_defaults(func=cmd_rdf)
+
+    p = sub.add_parser("study", help="baseline vs decorrelated: accuracy, correlation and MD stability, with a report")
+    p.add_argument("config", help="study YAML (see configs/acac_study.yaml)")
+    p.add_argument("--out", help="output folder (default studies/<config name>); finished steps are reused")
+    p.add_argument("overrides", nargs="*", help="overrides such as seeds=[0] stability.replicas=2")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("demo", help="the study on the embedded acetylacetone data")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

@@ -1,0 +1,242 @@
+"""The study report: summary table (terminal, HTML, Markdown) and its plots."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+from pathlib import Path
+
+import numpy as np
+
+from stableff.report import plots
+
+
+def _fmt(stat, digits=1) -> str:
+    if not stat:
+        return "-"
+    if stat.get("n", 1) > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def table_columns(summary: dict) -> list[tuple[str, str, int]]:
+    """(row key, header with unit, digits)."""
+    columns = [
+        ("emae_ID_meV_per_atom", "EMAE ID (meV/atom)", 2), ("emae_OOD_meV_per_atom", "EMAE OOD (meV/atom)", 2),
+        ("fmae_ID_meV_per_A", "FMAE ID (meV/Å)", 1), ("fmae_OOD_meV_per_A", "FMAE OOD (meV/Å)", 1),
+        ("corr_mean_over_layers", "mean corr (|R|)", 3),
+    ]
+    for condition in summary["conditions"]:
+        columns.append((f"stability_index_{condition}", f"SI {condition}", 2))
+        columns.append((f"median_time_to_failure_ps_{condition}", f"median t_fail {condition} (ps)", 3))
+    columns += [("train_seconds", "training time (s)", 1), ("training_overhead_percent", "overhead (%)", 1)]
+    return columns
+
+
+def terminal_table(summary: dict) -> str:
+    columns = table_columns(summary)
+    header = ["model", "variant"] + [c[1] for c in columns]
+    body = [[row["model"], row["variant"]] + [_fmt(row.get(key), digits) for key, _, digits in columns] for row in summary["rows"]]
+    # transpose: one line per quantity reads better in a terminal than a very wide table
+    width = max(len(h) for h in header)
+    col_width = max(max(len(x) for x in line) for line in body) + 2
+    lines = []
+    for k, name in enumerate(header):
+        lines.append(f"{name:<{width}}  " + "".join(f"{line[k]:>{col_width}}" for line in body))
+    return "\n".join(lines)
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path) as handle:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+
+
+def make_plots(summary: dict, out_dir: Path, reference_files: list[str] | None = None) -> dict[str, list[Path]]:
+    """All report figures; returns section name -> PNG paths."""
+    import matplotlib.pyplot as plt
+
+    from stableff.analysis.stability import kaplan_meier
+    from stableff.train.evaluation import error_metrics
+
+    figures: dict[str, list[Path]] = {}
+    plot_dir = out_dir / "plots"
+    runs = summary["runs"]
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    first_seed = summary["seeds"][0]
+
+    # learning curves: validation FMAE by epoch, every seed, one colour per variant
+    paths = []
+    for model in models:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+        for k, variant in enumerate(summary["variants"]):
+            for r in [x for x in runs if x["model"] == model and x["variant"] == variant]:
+                history = _read_metrics(Path(r["path"]))
+                if not history:
+                    continue
+                epochs = [h["epoch"] for h in history]
+                label = variant if r["seed"] == first_seed else None
+                axes[0].plot(epochs, [h["val_fmae_meV_per_A"] for h in history], color=f"C{k}", alpha=0.8, label=label)
+                axes[1].plot(epochs, [h.get("val_corr_mean", np.nan) for h in history], color=f"C{k}", alpha=0.8, label=label)
+        axes[0].set_ylabel("validation FMAE (meV/Å)")
+        axes[1].set_ylabel("validation mean edge-feature correlation")
+        for ax in axes:
+            ax.set_xlabel("epoch")
+            ax.legend()
+        fig.suptitle(f"{model}: learning curves (every seed)")
+        fig.tight_layout()
+        path = plot_dir / f"learning_{model}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    figures["Learning curves"] = paths
+
+    # parity plots (first seed)
+    paths = []
+    for r in [x for x in runs if x["seed"] == first_seed]:
+        for kind in ("ID", "OOD"):
+            npz = Path(r["path"]) / f"parity_{kind}.npz"
+            if npz.is_file():
+                data = dict(np.load(npz))
+                prediction = {k: data.get(k) for k in ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species", "stress_pred", "stress_ref")}
+                paths.append(plots.parity_plot(prediction, error_metrics(prediction), f"{r['model']} {r['variant']} (seed {first_seed}), {kind} test set", plot_dir / f"parity_{r['model']}_{r['variant']}_{kind}.png"))
+    figures["Parity plots"] = paths
+
+    # correlation: bars (mean ± spread over seeds) and heatmaps (first seed), baseline beside decorrelated
+    paths = []
+    for model in models:
+        series = {}
+        for row in [x for x in summary["rows"] if x["model"] == model]:
+            series[row["variant"]] = ([s["mean"] for s in row["corr_by_layer"]], [s["std"] for s in row["corr_by_layer"]])
+        paths.append(plots.correlation_bars(series, plot_dir / f"correlation_bars_{model}.png", f"{model}: edge-feature correlation by layer (mean ± spread over seeds)"))
+        for r in [x for x in runs if x["model"] == model and x["seed"] == first_seed]:
+            npz = Path(r["path"]) / "correlation_matrices.npz"
+            if npz.is_file():
+                data = np.load(npz)
+                matrices = [data[f"arr_{k}"] for k in range(len(data.files))]
+                paths.append(plots.correlation_heatmaps(matrices, r["correlation"]["corr_mean"], plot_dir / f"correlation_heatmaps_{model}_{r['variant']}.png", f"{model} {r['variant']} (seed {first_seed}): R per layer"))
+    figures["Edge-feature correlation"] = paths
+
+    # Kaplan-Meier survival per condition, variants overlaid, pooled over seeds and start structures
+    paths = []
+    for model in models:
+        for condition in summary["conditions"]:
+            curves = {}
+            for variant in summary["variants"]:
+                replicas = [rep for r in runs if r["model"] == model and r["variant"] == variant for rep in r["stability"].get(condition, {}).get("replicas", [])]
+                if replicas:
+                    t, s = kaplan_meier([x["time_to_failure_ps"] for x in replicas], [x["failed"] for x in replicas])
+                    curves[f"{variant} ({len(replicas)} runs)"] = {"time_ps": t, "survival": s, "run_length_ps": summary["stability_plan"]["time_ps"]}
+            if curves:
+                paths.append(plots.survival_curves(curves, plot_dir / f"survival_{model}_{condition.replace('@', '_')}.png", f"{model}: survival, {condition.replace('@', ' at ')}"))
+    figures["Survival of MD runs (Kaplan-Meier)"] = paths
+
+    # temperature and minimum-distance traces (first seed, each condition)
+    paths = []
+    for model in models:
+        for condition in summary["conditions"]:
+            thermo = {}
+            for r in [x for x in runs if x["model"] == model and x["seed"] == first_seed]:
+                for rep in r["stability"].get(condition, {}).get("replicas", [])[:4]:
+                    thermo[f"{r['variant']} {rep['start']} #{rep['replica']}"] = Path(rep["path"]) / "thermo.csv"
+            if thermo:
+                temperature = float(condition.split("@")[1][:-1])
+                paths.append(plots.md_traces(thermo, plot_dir / f"traces_{model}_{condition.replace('@', '_')}.png", temperature, f"{model}, {condition.replace('@', ' at ')} (seed {first_seed})"))
+    figures["Temperature and closest-contact traces"] = paths
+
+    # RDF of the MD runs against the reference structures
+    paths = []
+    if reference_files:
+        from stableff.analysis.structure import compare_rdf, rdf
+        from stableff.data.io import read_frames
+        import ase.io
+
+        reference_frames = []
+        for spec in reference_files:
+            reference_frames.extend(f.to_atoms() for f in read_frames(spec, check_distances=False)[:200])
+        reference = rdf(reference_frames, r_max=5.0, n_bins=100)
+        condition = summary["conditions"][0] if summary["conditions"] else None
+        for model in models:
+            for r in [x for x in runs if x["model"] == model and x["seed"] == first_seed]:
+                frames = []
+                for rep in (r["stability"].get(condition, {}).get("replicas", []) if condition else []):
+                    trajectory = Path(rep["path"]) / "trajectory.extxyz"
+                    if trajectory.is_file() and trajectory.stat().st_size:
+                        frames.extend(ase.io.read(trajectory, ":"))
+                if frames:
+                    result = rdf(frames, r_max=5.0, n_bins=100)
+                    r["rdf_vs_reference"] = compare_rdf(result, reference)
+                    paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{model}_{r['variant']}.png", reference, f"{model} {r['variant']}: MD at {condition.replace('@', ' ')} vs reference data"))
+    figures["Structure of the MD runs (RDF)"] = paths
+    return figures
+
+
+def _image_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -> tuple[Path, Path]:
+    """report.html (self-contained) and report.md (images linked from plots/)."""
+    columns = table_columns(summary)
+    plan = summary["stability_plan"]
+    intro = (
+        f"Study <b>{html.escape(summary['name'])}</b>: variants {', '.join(summary['variants'])}; training seeds "
+        f"{', '.join(map(str, summary['seeds']))} (same seeds and budget for every variant). Stability: {plan['replicas']} replicas per start "
+        f"structure, {plan['time_ps']:g} ps of {plan['ensemble']} MD at {', '.join(f'{t:g} K' for t in plan['temperatures_K'])}, "
+        "reference-free failure criteria. Numbers are mean ± standard deviation over training seeds. SI = stability index "
+        "(1 = every run survived the whole run); ID / OOD = in / out of distribution."
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", "variant"] + [c[1] for c in columns])
+    body = ""
+    for row in summary["rows"]:
+        cells = [row["model"], row["variant"]] + [_fmt(row.get(key), digits) for key, _, digits in columns]
+        body += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>\n"
+    failures = ""
+    for row in summary["rows"]:
+        parts = [f"{c.replace('@', ' at ')}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
+        failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}</li>"
+    verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in summary["verdicts"]) or "<li>only one variant: nothing to compare</li>"
+    sections = ""
+    for title, paths in figures.items():
+        if paths:
+            sections += f"<h2>{html.escape(title)}</h2>\n<div class='figs'>" + "".join(_image_tag(p) for p in paths) + "</div>\n"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>stableff study: {html.escape(summary['name'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; line-height: 1.45; }}
+table {{ border-collapse: collapse; font-size: 0.86em; margin: 1em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 7px; text-align: right; }}
+th {{ background: #f0f3f7; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+.figs img {{ max-width: 100%; margin: 0.4em 0; border: 1px solid #eee; }}
+</style></head><body>
+<h1>stableff study: {html.escape(summary['name'])}</h1>
+<p>{intro}</p>
+<h2>Summary</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{body}</tbody></table>
+<h3>Is the difference real?</h3><ul>{verdicts}</ul>
+<h3>Failures by reason (all seeds and replicas)</h3><ul>{failures}</ul>
+{sections}
+<p style="color:#777">Made by stableff. Method: Zeng et al., arXiv:2502.12548 (2025); definitions as in stableff's DESIGN.md.</p>
+</body></html>
+"""
+    html_path = out_dir / "report.html"
+    html_path.write_text(page)
+    md = [f"# stableff study: {summary['name']}", "", intro.replace("<b>", "**").replace("</b>", "**"), "", "## Summary", ""]
+    header = ["model", "variant"] + [c[1] for c in columns]
+    md.append("| " + " | ".join(header) + " |")
+    md.append("|" + "---|" * len(header))
+    for row in summary["rows"]:
+        md.append("| " + " | ".join([row["model"], row["variant"]] + [_fmt(row.get(key), digits) for key, _, digits in columns]) + " |")
+    md += ["", "## Is the difference real?", ""] + [f"- {v}" for v in summary["verdicts"]] + [""]
+    for title, paths in figures.items():
+        if paths:
+            md += [f"## {title}", ""] + [f"![{p.stem}](plots/{p.name})" for p in paths] + [""]
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(md))
+    return html_path, md_path

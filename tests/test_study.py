@@ -1,0 +1,88 @@
+"""A miniature study end to end (summary.json keys, report.html with table and images) and the
+resumption of a killed study without redoing finished steps."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from stableff.data.io import read_frames
+
+
+@pytest.fixture(scope="module")
+def mini_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    import ase.io
+
+    for name in ("test_MD_300K", "test_MD_600K"):
+        ase.io.write(tmp / f"{name}.xyz", [f.to_atoms() for f in read_frames(f"acac:{name}", index=":12")], format="extxyz")
+    config = {
+        "name": "mini",
+        "training": {
+            "data": {"train": "acac:train_300K", "isolated_atoms": "acac:isolated_atoms", "val_fraction": 0.25, "max_train_frames": 12},
+            "model": {"name": "nequip", "r_max": 3.5, "num_layers": 2, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+            "training": {"epochs": 2, "batch_size": 4, "num_threads": 1},
+        },
+        "variants": ["baseline", "decorrelated"],
+        "seeds": [0],
+        "test": {"in_distribution": [str(tmp / "test_MD_300K.xyz")], "out_of_distribution": [str(tmp / "test_MD_600K.xyz")]},
+        "stability": {
+            "temperatures_K": [300], "replicas": 2, "time_ps": 0.01, "workers": 1,
+            "in_distribution": [{"file": str(tmp / "test_MD_300K.xyz"), "frames": [0]}],
+            "out_of_distribution": [{"file": str(tmp / "test_MD_600K.xyz"), "frames": [0]}],
+        },
+    }
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return tmp, path
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "stableff", *map(str, args)], capture_output=True, text=True)
+
+
+def test_miniature_study_end_to_end(mini_study):
+    tmp, config = mini_study
+    result = run_cli("study", config, "--out", tmp / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp / "out" / "summary.json").read_text())
+    assert [r["variant"] for r in summary["rows"]] == ["baseline", "decorrelated"]
+    for row in summary["rows"]:
+        for key in ("emae_ID_meV_per_atom", "emae_OOD_meV_per_atom", "fmae_ID_meV_per_A", "fmae_OOD_meV_per_A", "corr_mean_over_layers",
+                    "stability_index_ID@300K", "stability_index_OOD@300K", "median_time_to_failure_ps_ID@300K",
+                    "median_time_to_failure_ps_OOD@300K", "train_seconds", "training_overhead_percent"):
+            assert row[key] is not None and "mean" in row[key] and "std" in row[key], key
+        assert 0.0 <= row["stability_index_ID@300K"]["mean"] <= 1.0
+    assert any("cannot be judged (one seed" in v for v in summary["verdicts"])
+    report = (tmp / "out" / "report.html").read_text()
+    assert "<table>" in report and "FMAE OOD (meV/Å)" in report and "SI ID@300K" in report
+    assert report.count("data:image/png;base64,") >= 6  # learning curves, parity, correlation, survival, traces, RDF
+    assert "Summary (mean ± std over seeds" in result.stdout and "report:" in result.stdout
+    markdown = (tmp / "out" / "report.md").read_text()
+    assert "| nequip | decorrelated |" in markdown
+
+
+def test_killed_study_resumes_without_redoing_finished_steps(mini_study):
+    tmp, config = mini_study
+    out = tmp / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "stableff", "study", str(config), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "nequip" / "baseline" / "seed_0" / "done.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not first.exists() and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "the study finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint = out / "nequip" / "baseline" / "seed_0" / "best.ckpt"
+    before = checkpoint.stat().st_mtime_ns
+    result = run_cli("study", config, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[nequip / baseline / seed 0] trained before (reused)" in result.stdout
+    assert checkpoint.stat().st_mtime_ns == before
+    assert (out / "report.html").is_file()
+    again = run_cli("study", config, "--out", out)  # everything reused the second time
+    assert again.returncode == 0 and "training ..." not in again.stdout and "evaluating accuracy" not in again.stdout
