@@ -10,6 +10,8 @@ ACAC = Path(__file__).resolve().parents[1] / "stableff" / "datasets" / "acac"
 # small versions of every model, for the physics suite
 SMALL_HYPERPARAMETERS = {
     "nequip": dict(r_max=3.5, num_layers=2, l_max=2, num_features=4, num_bessels=4, radial_mlp_width=8, radial_mlp_depth=1),
+    "allegro": dict(r_max=3.5, num_layers=2, l_max=2, num_scalar_features=8, num_tensor_features=4, num_bessels=4, two_body_mlp_width=8, latent_mlp_width=8, readout_mlp_width=8),
+    "gemnet_t": dict(r_max=3.5, num_blocks=2, atom_features=8, edge_features=8, triplet_features=4, num_radial=4, num_spherical=3, num_sph_radial=3),
 }
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

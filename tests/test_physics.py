@@ -107,7 +107,8 @@ def test_energy_smooth_as_neighbour_crosses_cutoff(name):
     # continuous first derivative: the force on the far atom goes to zero approaching the cutoff
     distances = np.linspace(r_max - 0.3, r_max - 1e-3, 8)
     magnitudes = [abs(energy_and_force(d)[1]) for d in distances]
-    assert magnitudes[-1] < 1e-6 and magnitudes[0] > magnitudes[-1]
+    # the envelope is C2 at r_max, so the force falls like (r_max - r)^2: > 1000x from 0.3 A to 1 mA away
+    assert magnitudes[-1] < 1e-3 * magnitudes[0] and magnitudes[-1] < 1e-5
 
 
 def hfo2_like_cell():
@@ -173,7 +174,7 @@ def test_edge_features_are_per_layer_and_differentiable(name, acac_frames):
     batch = collate([frame_to_graph(acac_frames[0], model.type_numbers, model.r_max, torch.float64)])
     out = model(batch, create_graph=True)
     features = out[keys.EDGE_FEATURES]
-    assert len(features) == model.hyperparameters["num_layers"]
+    assert len(features) == model.num_interaction_layers >= 2
     num_edges = batch[keys.EDGE_INDEX].shape[1]
     assert all(f.shape[0] == num_edges and f.ndim == 2 for f in features)
     grads = torch.autograd.grad(sum(f.pow(2).mean() for f in features), [p for p in model.parameters() if p.requires_grad], allow_unused=True)

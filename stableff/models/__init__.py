@@ -1,9 +1,11 @@
 """Models behind one interface (see :class:`stableff.models.base.ForceField`)."""
 
 from stableff.models.base import ForceField
+from stableff.models.allegro import Allegro
+from stableff.models.gemnet import GemNetT
 from stableff.models.nequip import NequIP
 
-MODELS = {"nequip": NequIP}
+MODELS = {"nequip": NequIP, "allegro": Allegro, "gemnet_t": GemNetT}
 
 
 def build_model(name: str, **hyperparameters) -> ForceField:
@@ -15,4 +17,4 @@ def build_model(name: str, **hyperparameters) -> ForceField:
     return MODELS[name](**hyperparameters)
 
 
-__all__ = ["ForceField", "NequIP", "MODELS", "build_model"]
+__all__ = ["ForceField", "NequIP", "Allegro", "GemNetT", "MODELS", "build_model"]

@@ -37,6 +37,11 @@ class ForceField(nn.Module):
         self.edge_feature_scalar_counts: list[int] | None = None
 
     @property
+    def num_interaction_layers(self) -> int:
+        """How many per-layer tensors ``edge_features`` holds."""
+        return len(self.edge_feature_scalar_counts or [])
+
+    @property
     def num_species(self) -> int:
         return len(self.type_numbers)
 

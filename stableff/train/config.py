@@ -125,7 +125,8 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _layers_exist(self):
         layers = self.decorrelation.layers
-        num_layers = self.model.hyperparameters().get("num_layers")
+        hyper = self.model.hyperparameters()
+        num_layers = hyper.get("num_layers", hyper.get("num_blocks"))
         if layers is not None and num_layers is not None:
             bad = [l for l in layers if not -num_layers <= l < num_layers]
             if bad:
