@@ -1,6 +1,7 @@
-"""Runs inside the upstream-nequip virtual environment (made by throughput.py --peer nequip).
+"""Runs inside the upstream virtual environment (made by throughput.py --peer nequip).
 
-Times upstream NequIP (the `nequip` package) with the given hyper-parameters on the same frames,
+Times upstream NequIP (the `nequip` package) or Allegro (`nequip-allegro`, with --model allegro)
+with the given hyper-parameters on the same frames,
 the same way throughput.py times stableff: training steps (forward, energy+force MSE, backward,
 Adam step) and energy+force evaluations. Prints one JSON line.
 """
@@ -22,6 +23,7 @@ def main():
     parser.add_argument("--eval-repeats", type=int, default=10)
     parser.add_argument("--hyper", required=True, help="JSON of hyper-parameters")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--model", choices=["nequip", "allegro"], default="nequip")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,12 +43,25 @@ def main():
     for atoms in frames:
         d = compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"])
         data.append(d)
-    model = NequIPGNNModel(
-        seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
-        l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
-        polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
-        avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
-    )
+    if args.model == "nequip":
+        model = NequIPGNNModel(
+            seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
+            l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
+            polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
+            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
+        )
+    else:
+        from allegro.model import AllegroModel
+
+        model = AllegroModel(
+            seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], l_max=hp["l_max"], parity=hp["parity"],
+            radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": hp["num_bessels"], "bessel_trainable": False, "polynomial_cutoff_p": int(hp["polynomial_p"])},
+            radial_chemical_embed_dim=hp["num_scalar_features"], num_layers=hp["num_layers"],
+            num_scalar_features=hp["num_scalar_features"], num_tensor_features=hp["num_tensor_features"],
+            allegro_mlp_hidden_layers_depth=hp["latent_mlp_depth"], allegro_mlp_hidden_layers_width=hp["latent_mlp_width"],
+            readout_mlp_hidden_layers_depth=1, readout_mlp_hidden_layers_width=hp["readout_mlp_width"],
+            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
+        )
     batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY
@@ -76,7 +91,7 @@ def main():
         "train_frames_per_s": args.train_steps * args.batch_size / train_time,
         "ms_per_eval": 1000 * eval_time / args.eval_repeats,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "version": __import__("nequip").__version__,
+        "version": __import__("nequip").__version__ if args.model == "nequip" else __import__("importlib.metadata", fromlist=["version"]).version("nequip-allegro"),
     }))
 
 

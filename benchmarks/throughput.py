@@ -1,7 +1,8 @@
 """Training and inference throughput of stableff models on 96-atom HfO2 cells.
 
-    python benchmarks/throughput.py                 # stableff, bench-S NequIP
-    python benchmarks/throughput.py --peer nequip   # + upstream nequip in the same run, and the ratio
+    python benchmarks/throughput.py                 # stableff: NequIP (bench-S), Allegro, GemNet-T
+    python benchmarks/throughput.py --peer nequip   # + upstream nequip and nequip-allegro, same run, ratios
+    python benchmarks/throughput.py --models nequip --peer nequip
 
 bench-S: NequIP, r_max 5.0, 3 layers, l_max 1, 32 features, 8 Bessel functions, p = 6, radial MLP
 2 x 64, float32, batch 4, on ../shared/data/hfo2/train_Hf32O64.extxyz. Prints training frames per
@@ -26,9 +27,15 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hfo2" / "train_Hf32O64.extxyz"
 PEER_VENV = ROOT / ".venv-peer-nequip"
 
 BENCH_S = dict(r_max=5.0, num_layers=3, l_max=1, parity=True, num_features=32, num_bessels=8, polynomial_p=6, radial_mlp_depth=2, radial_mlp_width=64)
+# bench-S-like sizes for the other two models
+BENCH_S_ALLEGRO = dict(r_max=5.0, num_layers=2, l_max=1, parity=True, num_scalar_features=32, num_tensor_features=8, num_bessels=8,
+                       polynomial_p=6, two_body_mlp_width=32, latent_mlp_width=32, latent_mlp_depth=1, readout_mlp_width=16)
+BENCH_S_GEMNET = dict(r_max=5.0, num_blocks=3, atom_features=32, edge_features=32, triplet_features=16, num_radial=8, num_spherical=5, num_sph_radial=4)
+BENCH = {"nequip": BENCH_S, "allegro": BENCH_S_ALLEGRO, "gemnet_t": BENCH_S_GEMNET}
 
 
 def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name="nequip"):
+    """Training frames/s and ms per energy+forces evaluation of one stableff model."""
     from stableff.data.graph import collate, frame_to_graph
     from stableff.data.stats import compute_statistics
     from stableff.models import build_model
@@ -70,21 +77,24 @@ def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name=
     }
 
 
-def ensure_peer_venv() -> Path:
+def ensure_peer_venv(with_allegro: bool = False) -> Path:
     python = PEER_VENV / "bin" / "python"
     if not python.exists():
         print(f"creating {PEER_VENV} with upstream nequip (one-time, a few minutes) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "torch==2.13.0", "nequip"], check=True)
+    if with_allegro and subprocess.run([str(python), "-c", "import allegro"], capture_output=True).returncode != 0:
+        print("installing nequip-allegro into the peer environment ...", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "torch==2.13.0", "nequip-allegro"], check=True)
     return python
 
 
-def measure_peer(data, hyper, avg_num_neighbors, batch_size, frames, train_steps, eval_repeats, threads):
-    python = ensure_peer_venv()
+def measure_peer(data, hyper, avg_num_neighbors, batch_size, frames, train_steps, eval_repeats, threads, model="nequip"):
+    python = ensure_peer_venv(with_allegro=model == "allegro")
     hp = dict(hyper, avg_num_neighbors=avg_num_neighbors)
     result = subprocess.run(
         [str(python), str(ROOT / "benchmarks" / "peer_nequip.py"), "--data", str(data), "--frames", str(frames), "--batch-size", str(batch_size),
-         "--train-steps", str(train_steps), "--eval-repeats", str(eval_repeats), "--hyper", json.dumps(hp), "--threads", str(threads)],
+         "--train-steps", str(train_steps), "--eval-repeats", str(eval_repeats), "--hyper", json.dumps(hp), "--threads", str(threads), "--model", model],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -100,7 +110,8 @@ def main():
     parser.add_argument("--train-steps", type=int, default=12)
     parser.add_argument("--eval-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="alternate stableff and peer this many times; the best round counts")
-    parser.add_argument("--peer", choices=["nequip"], help="also measure the upstream code with the same hyper-parameters")
+    parser.add_argument("--peer", choices=["nequip"], help="also measure the upstream codes (nequip, nequip-allegro) with the same hyper-parameters")
+    parser.add_argument("--models", default="nequip,allegro,gemnet_t", help="comma-separated models to measure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,22 +119,29 @@ def main():
     from stableff.data.io import read_frames
 
     frames = read_frames(args.data, index=f":{args.frames}", require=("energy", "forces"))
-    print(f"bench-S NequIP on {len(frames)} frames of {len(frames[0])} atoms from {args.data}; batch {args.batch_size}, float32, {args.threads} threads")
-    ours, peer = [], []
-    for round_ in range(args.rounds):
-        ours.append(measure_stableff(frames, BENCH_S, args.batch_size, args.train_steps, args.eval_repeats))
-        if args.peer:
-            peer.append(measure_peer(args.data, BENCH_S, ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps, args.eval_repeats, args.threads))
+    models = args.models.split(",")
+    print(f"{len(frames)} frames of {len(frames[0])} atoms from {args.data}; batch {args.batch_size}, float32, {args.threads} threads")
     best = lambda runs: {"train_frames_per_s": max(r["train_frames_per_s"] for r in runs), "ms_per_eval": min(r["ms_per_eval"] for r in runs), "num_parameters": runs[0]["num_parameters"]}
-    rows = [("stableff", best(ours))]
-    if peer:
-        rows.append((f"nequip {peer[0]['version']}", best(peer)))
-    print(f"\n{'code':<16} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
+    rows, ratios = [], []
+    for name in models:
+        ours, peer = [], []
+        has_peer = args.peer and name in ("nequip", "allegro")
+        for round_ in range(args.rounds):
+            ours.append(measure_stableff(frames, BENCH[name], args.batch_size, args.train_steps, args.eval_repeats, name))
+            if has_peer:
+                peer.append(measure_peer(args.data, BENCH[name], ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps, args.eval_repeats, args.threads, name))
+        rows.append((f"stableff {name}", best(ours)))
+        if peer:
+            upstream = "nequip" if name == "nequip" else "nequip-allegro"
+            rows.append((f"{upstream} {peer[0]['version']}", best(peer)))
+            a, b = rows[-2][1], rows[-1][1]
+            ratios.append(f"{name}: stableff / {upstream}: training {a['train_frames_per_s'] / b['train_frames_per_s']:.2f}x, evaluation {b['ms_per_eval'] / a['ms_per_eval']:.2f}x (higher is faster)")
+    print(f"\n{'code':<24} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
     for name, r in rows:
-        print(f"{name:<16} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")
-    if peer:
-        a, b = rows[0][1], rows[1][1]
-        print(f"\nratio stableff / nequip: training {a['train_frames_per_s'] / b['train_frames_per_s']:.2f}x, evaluation {b['ms_per_eval'] / a['ms_per_eval']:.2f}x (higher is faster)")
+        print(f"{name:<24} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")
+    if ratios:
+        print()
+        print("\n".join(ratios))
 
 
 if __name__ == "__main__":

@@ -248,3 +248,33 @@ def test_killed_stability_run_resumes_without_redoing_finished_replicas(trained_
     assert "of 3 replicas already finished" in result.stdout
     assert first.read_text() == finished_before
     assert len(json.loads((tmp_path / "s.json").read_text())["replicas"]) == 3
+
+
+@pytest.mark.parametrize("name", sorted(__import__("stableff.models", fromlist=["MODELS"]).MODELS))
+def test_every_model_trains_with_decorrelation_evaluates_and_runs_md(name, tmp_path):
+    """One path for all models: train (decorrelation on), checkpoint, evaluate, ASE calculator, MD with monitors."""
+    from conftest import SMALL_HYPERPARAMETERS
+    from stableff import StableFFCalculator
+    from stableff.analysis.accuracy import evaluate_files
+    from stableff.md.run import monitor_from_statistics
+    from stableff.train.config import parse_config
+    from stableff.train.loop import Trainer
+
+    config = parse_config({
+        "data": {"train": "acac:train_300K", "val_fraction": 0.25, "max_train_frames": 8},
+        "model": {"name": name, **SMALL_HYPERPARAMETERS[name]},
+        "training": {"epochs": 1, "batch_size": 4, "num_threads": 1},
+        "decorrelation": {"enabled": True, "max_edges": 64},
+    })
+    row = Trainer(config, tmp_path / "run", progress=False).run()
+    assert np.isfinite(row["train_L_corr"]) and "val_corr_l1" in row
+    import ase.io
+
+    ase.io.write(tmp_path / "few.xyz", [acac_atoms(k) for k in range(3)], format="extxyz")
+    (result,) = evaluate_files(tmp_path / "run" / "best.ckpt", [tmp_path / "few.xyz"], progress=False)
+    assert result["n_frames"] == 3 and np.isfinite(result["fmae_meV_per_A"])
+    calculator = StableFFCalculator(tmp_path / "run" / "best.ckpt")
+    settings = MDSettings(ensemble="langevin", temperature_K=300, timestep_fs=0.5, steps=20, log_interval=5, progress=False)
+    monitor = monitor_from_statistics(calculator.statistics, "langevin", 300.0)
+    summary = run_md(acac_atoms(), calculator, settings, tmp_path / "md", monitor)
+    assert summary["steps"] >= 5 and (tmp_path / "md" / "thermo.csv").is_file()

@@ -56,6 +56,21 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return checkpoint
 
 
+def _is_codegen_constant(key: str) -> bool:
+    # e3nn's fx-compiled tensor products may carry their constants as buffers (after a deepcopy):
+    # they are rebuilt with the model and are not weights
+    return "._tensor_constant" in key
+
+
+def load_weights(model, state: dict) -> None:
+    """load_state_dict that ignores only e3nn codegen constants, and is strict about everything else."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _is_codegen_constant(k)]
+    unexpected = [k for k in unexpected if not _is_codegen_constant(k)]
+    if missing or unexpected:
+        raise StableFFError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 def model_from_checkpoint(path_or_checkpoint, device="cpu"):
     """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics)."""
     from stableff.models import build_model
@@ -64,6 +79,6 @@ def model_from_checkpoint(path_or_checkpoint, device="cpu"):
     dtype = getattr(torch, checkpoint.get("dtype", "float32"))
     model = build_model(checkpoint["model_name"], type_numbers=checkpoint["type_numbers"], **checkpoint["hyperparameters"])
     model = model.to(dtype)
-    model.load_state_dict(checkpoint["model_state"])
+    load_weights(model, checkpoint["model_state"])
     model.to(device).eval()
     return model, DatasetStatistics.from_dict(checkpoint["statistics"])

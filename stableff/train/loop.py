@@ -25,7 +25,7 @@ from stableff.data.graph import collate, frame_to_graph, to_device
 from stableff.data.stats import compute_statistics
 from stableff.errors import StableFFError
 from stableff.models import build_model
-from stableff.train.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
+from stableff.train.checkpoint import FORMAT, load_checkpoint, load_weights, save_atomic, write_text_atomic
 from stableff.train.config import Config, config_to_dict
 from stableff.train.data import load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
@@ -193,12 +193,13 @@ class Trainer:
         else:
             self.scheduler = None
         self.ema = ExponentialMovingAverage(self.model, config.training.ema_decay) if config.training.ema_decay else None
-        self.eval_model = copy.deepcopy(self.model)
+        # a fresh build, not a deepcopy: copying e3nn's compiled tensor products adds constant buffers
+        self.eval_model = build_from_statistics(self.config, self.statistics).to(device=self.device, dtype=self.dtype)
         self.start_epoch, self.step, self.best_val, self.bad_epochs, self.history = 0, 0, math.inf, 0, []
         self.train_seconds = 0.0
         if self.resume_from is not None:
             state = self.resume_from["train_state"]
-            self.model.load_state_dict(state["model"])
+            load_weights(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scheduler is not None and state["scheduler"] is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
@@ -276,7 +277,7 @@ class Trainer:
         return means
 
     def _validate(self) -> dict:
-        self.eval_model.load_state_dict(self.inference_state())
+        load_weights(self.eval_model, self.inference_state())
         prediction = predict(self.eval_model, self.graphs["validation"], batch_size=max(self.config.training.batch_size, 8), device=self.device)
         metrics = error_metrics(prediction)
         energy_mse = (metrics["ermse_meV_per_atom"] / 1000) ** 2
