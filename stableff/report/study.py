@@ -284,8 +284,9 @@ def verdicts(rows: list[dict], conditions: list[str]) -> list[str]:
                 sentences.append(f"{row['model']}, {row['variant']} vs baseline, {text}: {numbers}; the difference {judged}.")
             else:
                 direction = "equal" if a["mean"] == b["mean"] else ("lower" if a["mean"] < b["mean"] else "higher")
+                caution = f" With only {min(a['n'], b['n'])} seeds this is indicative, not conclusive." if judged == "exceeds" and min(a["n"], b["n"]) < 3 else ""
                 sentences.append(
-                    f"{row['model']}, {row['variant']} vs baseline, {text}: {numbers} - {direction}, and the difference "
-                    f"{judged} the spread over seeds{' (a real effect)' if judged == 'exceeds' else ' (no demonstrated effect)'}."
+                    f"{row['model']}, {row['variant']} vs baseline, {text}: {numbers} - {direction}; the difference "
+                    f"{judged} the spread over seeds{'' if judged == 'exceeds' else ' (no effect demonstrated)'}.{caution}"
                 )
     return sentences
