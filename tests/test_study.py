@@ -63,7 +63,7 @@ def test_miniature_study_end_to_end(mini_study):
     assert report.count("data:image/png;base64,") >= 6  # learning curves, parity, correlation, survival, traces, RDF
     assert "Summary (mean ± std over seeds" in result.stdout and "report:" in result.stdout
     markdown = (tmp / "out" / "report.md").read_text()
-    assert "| nequip | decorrelated |" in markdown
+    assert "| quantity | nequip baseline | nequip decorrelated |" in markdown and "| FMAE OOD (meV/Å) |" in markdown
 
 
 def test_killed_study_resumes_without_redoing_finished_steps(mini_study):

@@ -191,11 +191,11 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
         "reference-free failure criteria. Numbers are mean ± standard deviation over training seeds. SI = stability index "
         "(1 = every run survived the whole run); ID / OOD = in / out of distribution."
     )
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["model", "variant"] + [c[1] for c in columns])
+    # one row per quantity, one column per (model, variant): reads well however many conditions there are
+    head = "<th>quantity</th>" + "".join(f"<th>{html.escape(row['model'])}<br>{html.escape(row['variant'])}</th>" for row in summary["rows"])
     body = ""
-    for row in summary["rows"]:
-        cells = [row["model"], row["variant"]] + [_fmt(row.get(key), digits) for key, _, digits in columns]
-        body += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>\n"
+    for key, name, digits in columns:
+        body += f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{html.escape(_fmt(row.get(key), digits))}</td>" for row in summary["rows"]) + "</tr>\n"
     failures = ""
     for row in summary["rows"]:
         parts = [f"{c.replace('@', ' at ')}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
@@ -211,7 +211,7 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; line-height: 1.45; }}
 table {{ border-collapse: collapse; font-size: 0.86em; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 7px; text-align: right; }}
-th {{ background: #f0f3f7; }} td:first-child, td:nth-child(2) {{ text-align: left; }}
+th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
 .figs img {{ max-width: 100%; margin: 0.4em 0; border: 1px solid #eee; }}
 </style></head><body>
 <h1>stableff study: {html.escape(summary['name'])}</h1>
@@ -228,11 +228,11 @@ th {{ background: #f0f3f7; }} td:first-child, td:nth-child(2) {{ text-align: lef
     html_path = out_dir / "report.html"
     html_path.write_text(page)
     md = [f"# stableff study: {summary['name']}", "", intro.replace("<b>", "**").replace("</b>", "**"), "", "## Summary", ""]
-    header = ["model", "variant"] + [c[1] for c in columns]
+    header = ["quantity"] + [f"{row['model']} {row['variant']}" for row in summary["rows"]]
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "---|" * len(header))
-    for row in summary["rows"]:
-        md.append("| " + " | ".join([row["model"], row["variant"]] + [_fmt(row.get(key), digits) for key, _, digits in columns]) + " |")
+    for key, name, digits in columns:
+        md.append("| " + " | ".join([name] + [_fmt(row.get(key), digits) for row in summary["rows"]]) + " |")
     md += ["", "## Is the difference real?", ""] + [f"- {v}" for v in summary["verdicts"]] + [""]
     for title, paths in figures.items():
         if paths:
