@@ -129,6 +129,14 @@ def _read_start(spec: str, index: int):
     return read_frames(spec, index=index, check_distances=True)[0].to_atoms()
 
 
+def _structure_check(args):
+    if not args.reference_rdf:
+        return None
+    from stableff.analysis.structure import RDFReferenceCheck
+
+    return RDFReferenceCheck(args.reference_rdf, threshold=args.rdf_threshold, window_fs=args.rdf_window)
+
+
 def cmd_md(args) -> int:
     from stableff.md.calculator import StableFFCalculator
     from stableff.md.run import monitor_from_statistics, run_md
@@ -136,7 +144,7 @@ def cmd_md(args) -> int:
     settings = _md_settings(args)
     atoms = _read_start(args.start, args.index)
     calculator = StableFFCalculator(args.model, device=args.device)
-    monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms)
+    monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms, _structure_check(args))
     print(f"MD: {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
     summary = run_md(atoms, calculator, settings, args.out, monitor, label="MD")
@@ -154,6 +162,7 @@ def cmd_stability(args) -> int:
 
     settings = _md_settings(args)
     monitor_settings = _monitor_settings(args)
+    structure_check = _structure_check(args)
     tasks = []
     for spec in args.start:
         atoms = _read_start(spec, args.index)
@@ -161,7 +170,7 @@ def cmd_stability(args) -> int:
         for r in range(args.replicas):
             replica_settings = _md_settings(args)
             replica_settings.seed = args.seed + r
-            tasks.append(ReplicaTask(str(args.model), label, atoms, r, replica_settings, monitor_settings, args.out, args.device))
+            tasks.append(ReplicaTask(str(args.model), label, atoms, r, replica_settings, monitor_settings, args.out, args.device, structure_check=structure_check))
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.length_ps:g} ps each, output in {args.out}/")
     replicas = run_replicas(tasks, workers=args.workers)
@@ -254,6 +263,9 @@ def _add_md_arguments(p) -> None:
     g.add_argument("--force-factor", type=float, default=3.0)
     g.add_argument("--energy-drift", type=float, default=10.0, help="NVE limit, meV/atom")
     g.add_argument("--check-bonds", action="store_true", help="also fail when a bond of the start structure deviates by > 0.5 A")
+    g.add_argument("--reference-rdf", help="reference structures or CSV of g(r): fail when the RDF over a window deviates")
+    g.add_argument("--rdf-threshold", type=float, default=1.0, help="mean over pairs of integral |g - g_ref| dr (A) (default 1.0)")
+    g.add_argument("--rdf-window", type=float, default=500.0, help="fs window of the RDF check (default 500)")
 
 
 def _run_study_and_report(study, out: Path) -> dict:

@@ -278,3 +278,33 @@ def test_every_model_trains_with_decorrelation_evaluates_and_runs_md(name, tmp_p
     monitor = monitor_from_statistics(calculator.statistics, "langevin", 300.0)
     summary = run_md(acac_atoms(), calculator, settings, tmp_path / "md", monitor)
     assert summary["steps"] >= 5 and (tmp_path / "md" / "thermo.csv").is_file()
+
+
+def test_rdf_reference_check_fires_on_a_melted_structure_and_not_on_the_crystal(tmp_path):
+    import ase.io
+
+    from stableff.analysis.structure import RDFReferenceCheck
+
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3))
+    reference = []
+    for k in range(10):  # a thermally disordered crystal as the reference
+        atoms = crystal.copy()
+        atoms.rattle(0.08, seed=100 + k)
+        reference.append(atoms)
+    ase.io.write(tmp_path / "reference.xyz", reference, format="extxyz")
+    check = RDFReferenceCheck(tmp_path / "reference.xyz", threshold=1.0, window_fs=20.0)
+
+    def frames(rattle):
+        out = []
+        for k in range(5):
+            atoms = crystal.copy()
+            atoms.rattle(rattle, seed=k)
+            out.append(FrameState(5.0 * k, atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, np.zeros((len(atoms), 3)), 0.0, 0.0, 300.0))
+        return out
+
+    healthy = FailureMonitor(None, "langevin", 300.0, structure_check=check)
+    assert all(healthy.check(f) is None for f in frames(0.08))
+    assert 0 < check(frames(0.08)) < 0.5  # the check really ran on the healthy run
+    broken = FailureMonitor(None, "langevin", 300.0, structure_check=check)
+    results = [broken.check(f) for f in frames(0.6)]
+    assert results[-1] is not None and results[-1].reason == "rdf"

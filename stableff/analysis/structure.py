@@ -123,3 +123,39 @@ def read_rdf_csv(path) -> dict:
     except ValueError as exc:
         raise DataError(path, f"non-numeric value in the RDF table ({exc})") from None
     return {"r_A": data[:, 0], "g": {name.strip(): data[:, k + 1] for k, name in enumerate(header[1:])}}
+
+
+class RDFReferenceCheck:
+    """Reference-based MD failure check (Fu et al. 2023 style): the RDF of the last ``window_fs`` of
+    a run against a reference, error = mean over species pairs of integral |g - g_ref| dr (A).
+
+    The reference is a structure file (trajectory, dataset) or a CSV of g(r). Picklable, so it can
+    travel to replica processes.
+    """
+
+    name = "rdf"
+
+    def __init__(self, reference_path, threshold: float = 1.0, window_fs: float = 500.0, r_max: float = 5.0, n_bins: int = 100):
+        self.threshold = float(threshold)
+        self.window_fs = float(window_fs)
+        self.r_max, self.n_bins = float(r_max), int(n_bins)
+        if str(reference_path).endswith(".csv"):
+            self.reference = read_rdf_csv(reference_path)
+        else:
+            from stableff.data.io import read_frames
+
+            frames = [f.to_atoms() for f in read_frames(reference_path, check_distances=False)[:500]]
+            self.reference = rdf(frames, self.r_max, self.n_bins)
+
+    def __call__(self, frames) -> float:
+        from ase import Atoms
+
+        atoms = [Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc) for f in frames]
+        result = rdf(atoms, self.r_max, self.n_bins)
+        dr = result["r_A"][1] - result["r_A"][0]
+        errors = []
+        for label, g in result["g"].items():
+            if label in self.reference["g"]:
+                g_ref = np.interp(result["r_A"], self.reference["r_A"], self.reference["g"][label], left=0.0, right=0.0)
+                errors.append(float(np.sum(np.abs(g - g_ref)) * dr))
+        return float(np.mean(errors)) if errors else 0.0

@@ -76,8 +76,14 @@ class FailureMonitor:
         reference_bonds: for the bond-length check, (i, j, length_A) triples.
     """
 
-    def __init__(self, statistics: DatasetStatistics | None, ensemble: str, temperature_K: float, settings: MonitorSettings | None = None, reference_bonds=None):
+    def __init__(self, statistics: DatasetStatistics | None, ensemble: str, temperature_K: float, settings: MonitorSettings | None = None, reference_bonds=None, structure_check=None):
+        """``structure_check``: optional reference-based check over a window of frames, an object with
+        ``window_fs``, ``threshold``, ``name`` and ``__call__(frames) -> error`` (e.g. the RDF error
+        of :class:`stableff.analysis.structure.RDFReferenceCheck`); the md layer only calls it."""
         self.settings = settings or MonitorSettings()
+        self.structure_check = structure_check
+        self._structure_window: collections.deque = collections.deque()
+        self._last_structure_check_fs = -np.inf
         self.ensemble = ensemble.lower()
         self.t0 = float(temperature_K)
         self.statistics = statistics
@@ -133,11 +139,29 @@ class FailureMonitor:
             failure = self._check_geometry(frame)
             if failure is not None:
                 return failure
+        if self.structure_check is not None:
+            failure = self._check_structure(frame)
+            if failure is not None:
+                return failure
         if s.check_bond_length and self.reference_bonds:
             for i, j, length in self.reference_bonds:
                 d = float(np.linalg.norm(frame.positions[i] - frame.positions[j]))
                 if abs(d - length) > s.bond_length_deviation_A:
                     return Failure("bond_length", f"bond {i}-{j} is {d:.2f} A (reference {length:.2f} A)")
+        return None
+
+    def _check_structure(self, frame: FrameState) -> Failure | None:
+        check = self.structure_check
+        self._structure_window.append(frame)
+        while self._structure_window and self._structure_window[0].time_fs < frame.time_fs - check.window_fs - 1e-9:
+            self._structure_window.popleft()
+        full = frame.time_fs - self._structure_window[0].time_fs >= check.window_fs * 0.9
+        # evaluated every half window once a full window is there: cost stays a small fraction of MD
+        if full and frame.time_fs - self._last_structure_check_fs >= check.window_fs / 2:
+            self._last_structure_check_fs = frame.time_fs
+            error = float(check(list(self._structure_window)))
+            if error > check.threshold:
+                return Failure(check.name, f"{check.name} error over the last {check.window_fs:g} fs = {error:.3f}, above {check.threshold:g}")
         return None
 
     def _check_geometry(self, frame: FrameState) -> Failure | None:

@@ -25,6 +25,7 @@ class ReplicaTask:
     out_dir: str
     device: str = "cpu"
     threads: int = 1
+    structure_check: object = None  # optional reference-based check (see FailureMonitor)
 
 
 def replica_dir(out_dir, start_label: str, replica: int) -> Path:
@@ -38,7 +39,7 @@ def run_replica(task: ReplicaTask) -> dict:
 
     torch.set_num_threads(task.threads)
     calculator = StableFFCalculator(task.model_path, device=task.device)
-    monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms)
+    monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     folder = replica_dir(task.out_dir, task.start_label, task.replica)
     summary = run_md(task.atoms, calculator, task.settings, folder, monitor, label=f"{task.start_label} #{task.replica}")
     summary.update(start=task.start_label, replica=task.replica, path=str(folder))

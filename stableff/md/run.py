@@ -195,7 +195,7 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
     return summary
 
 
-def monitor_from_statistics(statistics, ensemble: str, temperature_K: float, settings: MonitorSettings | None = None, reference_atoms=None) -> FailureMonitor:
+def monitor_from_statistics(statistics, ensemble: str, temperature_K: float, settings: MonitorSettings | None = None, reference_atoms=None, structure_check=None) -> FailureMonitor:
     """A FailureMonitor with the training-data thresholds; bonds of ``reference_atoms`` for the bond check."""
     bonds = None
     if reference_atoms is not None and settings is not None and settings.check_bond_length:
@@ -203,4 +203,4 @@ def monitor_from_statistics(statistics, ensemble: str, temperature_K: float, set
 
         i, j, d = ase_neighbor_list("ijd", reference_atoms, natural_cutoffs(reference_atoms))
         bonds = [(int(a), int(b), float(x)) for a, b, x in zip(i, j, d) if a < b]
-    return FailureMonitor(statistics, ensemble, temperature_K, settings, reference_bonds=bonds)
+    return FailureMonitor(statistics, ensemble, temperature_K, settings, reference_bonds=bonds, structure_check=structure_check)
