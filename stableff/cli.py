@@ -202,7 +202,6 @@ def cmd_stability(args) -> int:
 
 
 def cmd_rdf(args) -> int:
-    import ase.io
 
     from stableff.analysis.structure import adf, compare_rdf, rdf, read_rdf_csv
     from stableff.data.io import read_frames

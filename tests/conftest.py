@@ -26,3 +26,18 @@ def acac_frames():
     from stableff.data.io import read_frames
 
     return read_frames(ACAC / "train_300K.xyz", index=":12")
+
+
+def kill_when(args, ready, timeout: float = 300.0) -> None:
+    """Start ``args``, SIGKILL it as soon as ``ready()`` is true, and fail if it finished first."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not ready():
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -2,14 +2,11 @@
 replicas, and the md / stability / rdf commands."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 
 from stableff.analysis.stability import kaplan_meier, stability_index, summarise_replicas
@@ -232,16 +229,12 @@ def test_barely_trained_model_fails_at_2000K_with_a_reason(tmp_path):
 
 
 def test_killed_stability_run_resumes_without_redoing_finished_replicas(trained_model, tmp_path):
+    from conftest import kill_when
+
     args = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "3", "--workers", "1",
             "--time", "0.15", "--out", str(tmp_path / "stab"), "--json", str(tmp_path / "s.json")]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "stab" / "test_MD_300K" / "replica_000" / "summary.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not first.exists() and process.poll() is None:
-        time.sleep(0.05)
-    assert process.poll() is None, "finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(args, first.exists)
     finished_before = first.read_text()
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

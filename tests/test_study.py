@@ -2,14 +2,13 @@
 resumption of a killed study without redoing finished steps."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
+from conftest import kill_when
 from stableff.data.io import read_frames
 
 
@@ -69,14 +68,8 @@ def test_miniature_study_end_to_end(mini_study):
 def test_killed_study_resumes_without_redoing_finished_steps(mini_study):
     tmp, config = mini_study
     out = tmp / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "stableff", "study", str(config), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "nequip" / "baseline" / "seed_0" / "done.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not first.exists() and process.poll() is None:
-        time.sleep(0.05)
-    assert process.poll() is None, "the study finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when([sys.executable, "-m", "stableff", "study", config, "--out", out], first.exists)
     checkpoint = out / "nequip" / "baseline" / "seed_0" / "best.ckpt"
     before = checkpoint.stat().st_mtime_ns
     result = run_cli("study", config, "--out", out)

@@ -2,11 +2,9 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import kill_when
 from stableff.errors import ConfigError
 from stableff.train.config import load_config, parse_config
 
@@ -104,16 +103,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     config = write_config(tmp_path, {"training": {"epochs": 5}, "data": {"max_train_frames": 60}})
     reference = stableff_cli("train", config, "--out", tmp_path / "straight")
     assert reference.returncode == 0, reference.stderr
-    process = subprocess.Popen([sys.executable, "-m", "stableff", "train", str(config), "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "killed" / "metrics.csv"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and len(metrics.read_text().strip().splitlines()) >= 3:  # two epochs done
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    two_epochs_done = lambda: metrics.exists() and len(metrics.read_text().strip().splitlines()) >= 3
+    kill_when([sys.executable, "-m", "stableff", "train", config, "--out", tmp_path / "killed"], two_epochs_done)
     done_before = len(metrics.read_text().strip().splitlines()) - 1
     assert 2 <= done_before < 5
     resumed = stableff_cli("train", config, "--out", tmp_path / "killed", "--resume")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stableff.errors import ConfigError
@@ -65,22 +64,13 @@ class StudyConfig(_Strict):
 
 
 def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
-    from stableff.train.config import apply_overrides
+    from stableff.train.config import format_validation_error, read_yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such study configuration file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    raw = apply_overrides(raw, overrides or [])
+    raw = read_yaml(path, overrides, what="study configuration")
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
-        from stableff.train.config import _format_validation_error
-
-        raise ConfigError(_format_validation_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path))) from None
     for model in study.models or [study.training.get("model", {"name": "nequip"})]:
         for variant in study.variants:
             variant_config(study, model, variant, study.seeds[0], source=str(path))  # validates every combination now

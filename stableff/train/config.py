@@ -139,7 +139,8 @@ class Config(_Strict):
         return value if value is not None else {}
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line naming every bad key and what is wrong with it."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -173,19 +174,24 @@ def parse_config(raw: dict, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply overrides, validate."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = "configuration") -> dict:
+    """A YAML mapping from ``path`` with ``key=value`` overrides applied; clear errors on bad files."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such configuration file")
+        raise ConfigError(f"{path}: no such {what} file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    return parse_config(apply_overrides(raw, overrides or []), str(path))
+    return apply_overrides(raw, overrides or [])
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate."""
+    return parse_config(read_yaml(path, overrides), str(path))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from stableff.data import keys
 from stableff.data.graph import collate, to_device
