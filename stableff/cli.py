@@ -41,8 +41,9 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = Trainer(config, out, resume=args.resume).run()
-    if result:
+    trainer = Trainer(config, out, resume=args.resume)
+    result = trainer.run()
+    if result and trainer.is_main:
         print(f"done: best model {out / 'best.ckpt'}, last {out / 'last.ckpt'}, metrics {out / 'metrics.csv'}")
     return 0
 
