@@ -167,8 +167,12 @@ def rdf_plot(result: dict, path: str | Path, reference: dict | None = None, titl
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = list(result["g"])
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), squeeze=False)
-    for ax, label in zip(axes[0], labels):
+    ncols = min(3, len(labels))
+    nrows = -(-len(labels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(labels):]:
+        ax.set_visible(False)
+    for ax, label in zip(axes.flat, labels):
         ax.plot(result["r_A"], result["g"][label], label="trajectory")
         if reference is not None and label in reference["g"]:
             ax.plot(reference["r_A"], reference["g"][label], "k--", lw=0.9, label="reference")
