@@ -390,8 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import threading
+
+    from tqdm import tqdm
+
     from stableff.errors import StableFFError
 
+    # progress bars share a thread lock: tqdm's default multiprocessing lock leaks a semaphore
+    # once replica processes are spawned
+    tqdm.set_lock(threading.RLock())
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides (key=value) may come after options such as --out; anything else is an error

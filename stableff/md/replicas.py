@@ -65,12 +65,8 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         print(f"{len(tasks) - len(pending)} of {len(tasks)} replicas already finished; running {len(pending)}", flush=True)
     bar = None
     if progress:
-        import threading
-
         from tqdm import tqdm
 
-        # a thread lock: tqdm's default multiprocessing lock leaks a semaphore with spawned workers
-        tqdm.set_lock(threading.RLock())
         bar = tqdm(total=len(pending), desc="replicas", unit="run", leave=False)
     if workers == 1:
         for k in pending:
