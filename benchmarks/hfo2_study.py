@@ -13,8 +13,13 @@ then runs `stableff study` with configs/hfo2_study.yaml (options override it) an
 paper-style table: accuracy in / out of distribution, correlation, stability index and median
 time to failure at 1200 K per start composition, as mean and spread over seeds.
 
-Run time on 2 CPU cores (measured, see the closing notes of the issue): about 4 min per trained
-model with --max-train-frames 200 --epochs 6, and about 1 min per 1 ps replica of a 96-atom cell.
+Run time on 2 CPU cores, measured (2026-11-25): `--models nequip --seeds 0 1 --epochs 6
+--max-train-frames 200 --replicas 2 --time-ps 1.0` took 29.5 min in all: about 4 min to train each
+model (6 epochs of 180 frames plus validation on 103), 1-2 min to evaluate it (800 OOD frames),
+and about 2.5 min for its 6 replicas of 1 ps (1 fs steps, 96- to 67-atom cells, 2 processes;
+40-120 ms per MD step). The full plan of configs/hfo2_study.yaml (3 models x 3 seeds x 2 variants,
+all 1026 training frames, 10 epochs) is of the order of 10-20 hours on 2 cores: run it in the
+background; every finished step is kept and reused.
 """
 
 from __future__ import annotations
