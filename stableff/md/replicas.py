@@ -80,12 +80,19 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         for k in pending:
             tasks[k].threads = max(1, cores // workers)
             tasks[k].settings.progress = False
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        try:
             for k, summary in zip(pending, pool.imap(run_replica, [tasks[k] for k in pending])):
                 results[k] = summary
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"last: {summary['start']} #{summary['replica']} {'failed (' + summary['reason'] + ')' if summary['failed'] else 'stable'}", refresh=False)
+            pool.close()  # close + join (not terminate) so the workers release their semaphores
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     if bar is not None:
         bar.close()
     return [results[k] for k in range(len(tasks))]
