@@ -275,9 +275,9 @@ def _run_study_and_report(study, out: Path) -> dict:
     t0 = time.perf_counter()
     summary = run_study(study, out)
     figures = make_plots(summary, out, study.test.in_distribution or None)
-    from stableff.train.checkpoint import write_text_atomic
+    from stableff.train.checkpoint import write_json_atomic
 
-    write_text_atomic(json.dumps(summary, indent=2), out / "summary.json")  # now with RDF comparisons
+    write_json_atomic(summary, out / "summary.json")  # now with RDF comparisons
     html_path, md_path = write_report(summary, out, figures)
     print()
     print(f"Summary (mean ± std over seeds {summary['seeds']}; ID/OOD = in/out of distribution; SI = stability index):")

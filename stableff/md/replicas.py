@@ -41,10 +41,8 @@ def run_replica(task: ReplicaTask) -> dict:
     calculator = StableFFCalculator(task.model_path, device=task.device)
     monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     folder = replica_dir(task.out_dir, task.start_label, task.replica)
-    summary = run_md(task.atoms, calculator, task.settings, folder, monitor, label=f"{task.start_label} #{task.replica}")
-    summary.update(start=task.start_label, replica=task.replica, path=str(folder))
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2))  # re-written with identity fields
-    return summary
+    identity = {"start": task.start_label, "replica": task.replica, "path": str(folder)}
+    return run_md(task.atoms, calculator, task.settings, folder, monitor, label=f"{task.start_label} #{task.replica}", metadata=identity)
 
 
 def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress: bool = True) -> list[dict]:

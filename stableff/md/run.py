@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import sys
 import time
@@ -21,6 +20,7 @@ from ase import units
 
 from stableff.data.neighbors import neighbor_list
 from stableff.md.monitors import FailureMonitor, FrameState, MonitorSettings
+from stableff.train.checkpoint import write_json_atomic
 
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
 
@@ -111,14 +111,9 @@ def _frame_text(atoms, energy, forces) -> str:
     return buffer.getvalue()
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    from stableff.train.checkpoint import write_text_atomic
-
-    write_text_atomic(json.dumps(data, indent=2), path)
-
-
-def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMonitor | None = None, label: str = "") -> dict:
-    """Run MD from ``atoms`` (velocities initialised here) and return the summary dict."""
+def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMonitor | None = None, label: str = "", metadata: dict | None = None) -> dict:
+    """Run MD from ``atoms`` (velocities initialised here) and return the summary dict
+    (``metadata``, e.g. the replica's identity, is stored in it too)."""
     settings.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +185,7 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
         "detail": failure.detail if failure is not None else None,
         "steps": step,
         "ms_per_step": 1000 * elapsed / max(step, 1),
+        **(metadata or {}),
     }
     write_json_atomic(summary, out_dir / "summary.json")
     return summary

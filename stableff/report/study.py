@@ -62,6 +62,10 @@ class StudyConfig(_Strict):
     test: TestSets = TestSets()
     stability: StabilityPlan = StabilityPlan()
 
+    def model_blocks(self) -> list[dict]:
+        """The model blocks compared: ``models``, or the training config's model."""
+        return self.models or [self.training.get("model", {"name": "nequip"})]
+
 
 def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
     from stableff.train.config import format_validation_error, read_yaml
@@ -71,7 +75,7 @@ def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
         study = StudyConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, str(path))) from None
-    for model in study.models or [study.training.get("model", {"name": "nequip"})]:
+    for model in study.model_blocks():
         for variant in study.variants:
             variant_config(study, model, variant, study.seeds[0], source=str(path))  # validates every combination now
     return study
@@ -95,12 +99,6 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_json(data, path: Path) -> None:
-    from stableff.train.checkpoint import write_text_atomic
-
-    write_text_atomic(json.dumps(data, indent=2), path)
-
-
 def _start_atoms(plan: StabilityPlan):
     from stableff.data.io import read_frames
 
@@ -121,12 +119,12 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
     from stableff.md.monitors import MonitorSettings
     from stableff.md.replicas import ReplicaTask, run_replicas
     from stableff.md.run import MDSettings
-    from stableff.train.checkpoint import load_checkpoint
+    from stableff.train.checkpoint import load_checkpoint, write_json_atomic
     from stableff.train.loop import Trainer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = study.models or [study.training.get("model", {"name": "nequip"})]
+    models = study.model_blocks()
     plan = study.stability
     starts = _start_atoms(plan)
     runs = []
@@ -145,7 +143,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                     Trainer(config, run_dir, resume=resume).run()
                     history = load_checkpoint(run_dir / "last.ckpt")["train_state"]["history"]
                     done = {"train_seconds": history[-1]["time_s"], "epochs": history[-1]["epoch"], "wall_seconds": time.perf_counter() - t0}
-                    _write_json(done, run_dir / "done.json")
+                    write_json_atomic(done, run_dir / "done.json")
                 else:
                     log(f"[{tag}] trained before (reused)")
                 model_path = run_dir / "best.ckpt"
@@ -164,7 +162,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                             accuracy[kind]["n_frames"] = frames
                             np.savez_compressed(run_dir / f"parity_{kind}.npz", **{k: v for k, v in results[0]["prediction"].items() if v is not None})
                             accuracy[kind]["fmae_by_species_meV_per_A"] = results[0]["fmae_by_species_meV_per_A"]
-                    _write_json(accuracy, run_dir / "accuracy.json")
+                    write_json_atomic(accuracy, run_dir / "accuracy.json")
                 correlation = _read_json(run_dir / "correlation.json")
                 if correlation is None:
                     files = study.test.in_distribution or [study.training["data"]["train"]]
@@ -175,7 +173,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                         "mean_over_layers": float(np.nanmean(result["corr_mean"])),
                     }
                     np.savez_compressed(run_dir / "correlation_matrices.npz", *result["matrices"])
-                    _write_json(correlation, run_dir / "correlation.json")
+                    write_json_atomic(correlation, run_dir / "correlation.json")
                 stability = {}
                 for temperature in plan.temperatures_K:
                     tasks = []
@@ -197,7 +195,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                     "train_seconds": train_seconds, "accuracy": accuracy, "correlation": correlation, "stability": stability,
                 })
     summary = summarise_study(study, runs)
-    _write_json(summary, out_dir / "summary.json")
+    write_json_atomic(summary, out_dir / "summary.json")
     return summary
 
 

@@ -43,6 +43,13 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def write_json_atomic(data, path: str | Path) -> None:
+    """JSON (indented) written atomically: readers never see half a file."""
+    import json
+
+    write_text_atomic(json.dumps(data, indent=2), path)
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():

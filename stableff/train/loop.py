@@ -179,12 +179,11 @@ class Trainer:
         )
         self._log(f"model: {config.model.name}, {sum(p.numel() for p in self.model.parameters()):,} parameters, {config.training.dtype}, {self.device}")
         opt = config.optimizer
+        base = torch.optim.AdamW if (opt.base if opt.name == "sam" else opt.name) == "adamw" else torch.optim.Adam
         if opt.name == "sam":
-            base = torch.optim.AdamW if opt.base == "adamw" else torch.optim.Adam
             self.optimizer = SAM(self.model.parameters(), base, rho=opt.rho, adaptive=opt.adaptive, lr=opt.lr, weight_decay=opt.weight_decay)
         else:
-            optimizer_cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-            self.optimizer = optimizer_cls(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+            self.optimizer = base(self.model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         scheduler = config.scheduler
         if scheduler.name == "plateau":
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, factor=scheduler.factor, patience=scheduler.patience, min_lr=scheduler.min_lr)
@@ -243,14 +242,14 @@ class Trainer:
         for global_batch in iterator:
             local = [graphs[i] for i in global_batch[self.rank :: self.world]]
             lambda_corr = self.lambda_at(self.step, len(batches))
-            # the edge subsample depends only on (seed, step, rank): resumable and reproducible
-            generator = torch.Generator().manual_seed(training.seed * 1_000_003 + 500_009 * self.step + self.rank + 1)
+            # the edge subsample depends only on (seed, step, rank): resumable and reproducible;
+            # SAM's second pass draws the same subsample from a fresh generator with the same seed
+            sample_seed = training.seed * 1_000_003 + 500_009 * self.step + self.rank + 1
             step_args = (self.model, local, self.config, self.world, self.device, self.dtype, lambda_corr)
-            loss, terms, layer_corr = gradient_step(*step_args, generator)
+            loss, terms, layer_corr = gradient_step(*step_args, torch.Generator().manual_seed(sample_seed))
             if sam:
                 self.optimizer.first_step()
-                generator = torch.Generator().manual_seed(training.seed * 1_000_003 + 500_009 * self.step + self.rank + 1)
-                gradient_step(*step_args, generator)
+                gradient_step(*step_args, torch.Generator().manual_seed(sample_seed))
             if training.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), training.grad_clip)
             if sam:
