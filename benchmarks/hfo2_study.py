@@ -87,8 +87,8 @@ def main():
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} not found: this benchmark needs ../shared/data/hfo2 beside the checkout")
 
-    from stableff.cli import _run_study_and_report
-    from stableff.report.study import StudyConfig
+    from stableff.report.render import terminal_table, write_study_report
+    from stableff.study import StudyConfig, run_study
 
     out = Path(args.out)
     files = prepare(out, n_start_frames=args.start_frames)
@@ -113,7 +113,12 @@ def main():
         raw["stability"]["time_ps"] = args.time_ps
     study = StudyConfig.model_validate(raw)
     (out / "study.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    summary = _run_study_and_report(study, out)
+    summary = run_study(study, out)
+    html_path, _ = write_study_report(summary, out)
+    print(terminal_table(summary))
+    for sentence in summary["verdicts"]:
+        print(f"- {sentence}")
+    print(f"report: {html_path}")
     # paper-style view: stability per start composition (the OOD conditions pool both deficient cells)
     print("\nPer start composition at 1200 K (pooled over seeds and replicas):")
     from stableff.analysis.stability import summarise_replicas
@@ -125,7 +130,7 @@ def main():
             for composition in ("HfO2", "HfO1.55", "HfO1.1"):
                 chosen = [rep for rep in replicas if f"_{composition}_" in rep["start"]]
                 if chosen:
-                    s = summarise_replicas([{**rep, "run_length_ps": study.stability.time_ps} for rep in chosen])
+                    s = summarise_replicas(chosen)
                     print(f"  {model:<9} {variant:<13} {composition:<8} SI {s['stability_index']:.2f}  median t_fail {s['median_time_to_failure_ps']:.3f} ps  "
                           f"failed {s['n_failed']}/{s['n_replicas']}  {s['failures_by_reason']}")
 

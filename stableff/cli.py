@@ -4,11 +4,14 @@ the work; user errors end in one message on stderr and exit status 1."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from importlib import resources
 from pathlib import Path
+
+from stableff.io import write_json_atomic
+from stableff.md.monitors import MonitorSettings
+from stableff.md.run import ENSEMBLES, MDSettings
 
 
 def _print_accuracy_table(results: list[dict], labels: list[str] | None = None) -> None:
@@ -39,8 +42,10 @@ def cmd_train(args) -> int:
     from stableff.train.config import load_config
     from stableff.train.loop import Trainer
 
+    from stableff.io import check_output_dir
+
     config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = check_output_dir(Path(args.out) if args.out else Path("runs") / Path(args.config).stem)
     trainer = Trainer(config, out, resume=args.resume)
     result = trainer.run()
     if result and trainer.is_main:
@@ -49,8 +54,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from stableff.analysis.accuracy import evaluate_files
+    from stableff.measures.accuracy import evaluate_files
 
+    _check_outputs(args, [args.model, *args.data])
     results = evaluate_files(args.model, args.data, batch_size=args.batch_size, device=args.device)
     _print_accuracy_table(results, [str(p) for p in args.data])
     if args.plot:
@@ -61,15 +67,15 @@ def cmd_evaluate(args) -> int:
             print(f"parity plot: {png}")
     if args.json:
         payload = {"model": str(args.model), "files": [{k: v for k, v in r.items() if k != "prediction"} for r in results]}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        write_json_atomic(payload, args.json)
         print(f"metrics written to {args.json}")
     return 0
 
 
 def cmd_correlation(args) -> int:
-    from stableff.analysis.correlation import correlation_of_files
+    from stableff.measures.correlation import correlation_of_files
 
+    _check_outputs(args, [args.model, *args.data])
     result = correlation_of_files(args.model, args.data, batch_size=args.batch_size, device=args.device, channels=args.channels)
     print(f"edge-feature correlation of {args.model} over {result['n_frames']} frames ({result['n_batches']} batches of {args.batch_size})")
     print(f"{'layer':>5} {'channels':>8} {'mean |R_ij|':>12} {'std over batches':>17}")
@@ -94,29 +100,44 @@ def cmd_correlation(args) -> int:
                 for k, (m, s, n) in enumerate(zip(result["corr_mean"], result["corr_std"], result["n_channels"]))
             ],
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        write_json_atomic(payload, args.json)
         print(f"correlation written to {args.json}")
     return 0
 
 
-def _md_settings(args):
-    from stableff.md.run import MDSettings
+def _check_outputs(args, inputs) -> None:
+    """Every output path of a command, checked before any work starts."""
+    from stableff.io import check_output_dir, check_output_file
+
+    if getattr(args, "json", None):
+        check_output_file(args.json, inputs, "--json file")
+    if getattr(args, "plot", None):
+        check_output_dir(args.plot, "--plot folder")
+    if getattr(args, "out", None):
+        check_output_dir(args.out, "--out folder")
+
+
+def _md_settings(args) -> MDSettings:
     from stableff.errors import StableFFError
+    from stableff.md.run import steps_for_time
 
     if args.time is not None and args.steps is not None:
         raise StableFFError("give either --time (ps) or --steps, not both")
-    steps = args.steps if args.steps is not None else int(round((args.time if args.time is not None else 1.0) * 1000 / args.timestep))
-    return MDSettings(
+    if args.timestep <= 0:
+        raise StableFFError(f"--timestep must be positive (got {args.timestep:g} fs)")
+    if args.time is not None and args.time <= 0:
+        raise StableFFError(f"--time must be positive (got {args.time:g} ps)")
+    steps = args.steps if args.steps is not None else steps_for_time(args.time if args.time is not None else 1.0, args.timestep)
+    settings = MDSettings(
         ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep, steps=steps,
         friction_per_fs=args.friction, damping_fs=args.damping, seed=args.seed, log_interval=args.log_interval,
         traj_interval=args.traj_interval, keep_going=args.keep_going,
     )
+    settings.validate()
+    return settings
 
 
-def _monitor_settings(args):
-    from stableff.md.monitors import MonitorSettings
-
+def _monitor_settings(args) -> MonitorSettings:
     return MonitorSettings(
         temperature_window_fs=args.temperature_window, close_contact_factor=args.close_contact_factor,
         dissociation_factor=args.dissociation_factor, force_factor=args.force_factor,
@@ -126,16 +147,23 @@ def _monitor_settings(args):
 
 def _read_start(spec: str, index: int):
     from stableff.data.io import read_frames
+    from stableff.errors import DataError
 
-    return read_frames(spec, index=index, check_distances=True)[0].to_atoms()
+    frame = read_frames(spec, index=index, check_distances=True)[0]
+    if len(frame) < 2:
+        raise DataError(spec, "MD needs at least 2 atoms (a single atom has no temperature once its momentum is removed)", frame.index)
+    return frame.to_atoms()
 
 
-def _structure_check(args):
+def _structure_check(args, starts):
     if not args.reference_rdf:
         return None
     from stableff.analysis.structure import RDFReferenceCheck
 
-    return RDFReferenceCheck(args.reference_rdf, threshold=args.rdf_threshold, window_fs=args.rdf_window)
+    check = RDFReferenceCheck(args.reference_rdf, threshold=args.rdf_threshold, window_fs=args.rdf_window)
+    for atoms in starts:
+        check.check_species(atoms.numbers)
+    return check
 
 
 def cmd_md(args) -> int:
@@ -143,9 +171,10 @@ def cmd_md(args) -> int:
     from stableff.md.run import monitor_from_statistics, run_md
 
     settings = _md_settings(args)
+    _check_outputs(args, [args.model, args.start])
     atoms = _read_start(args.start, args.index)
     calculator = StableFFCalculator(args.model, device=args.device)
-    monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms, _structure_check(args))
+    monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms, _structure_check(args, [atoms]))
     print(f"MD: {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
     summary = run_md(atoms, calculator, settings, args.out, monitor, label="MD")
@@ -159,22 +188,22 @@ def cmd_md(args) -> int:
 
 def cmd_stability(args) -> int:
     from stableff.analysis.stability import stability_report
-    from stableff.md.replicas import ReplicaTask, run_replicas
+    from stableff.errors import StableFFError
+    from stableff.md.replicas import build_replica_tasks, run_replicas, unique_start_labels
 
     settings = _md_settings(args)
-    monitor_settings = _monitor_settings(args)
-    structure_check = _structure_check(args)
-    tasks = []
-    for spec in args.start:
-        atoms = _read_start(spec, args.index)
-        label = Path(spec.split(":")[-1]).stem + (f"_{args.index}" if args.index else "")
-        for r in range(args.replicas):
-            replica_settings = _md_settings(args)
-            replica_settings.seed = args.seed + r
-            tasks.append(ReplicaTask(str(args.model), label, atoms, r, replica_settings, monitor_settings, args.out, args.device, structure_check=structure_check))
+    if args.replicas < 1:
+        raise StableFFError(f"--replicas must be at least 1 (got {args.replicas})")
+    _check_outputs(args, [args.model, *args.start])
+    from stableff.models.saved import load_checkpoint
+
+    load_checkpoint(args.model)  # a bad model file stops here, not in every worker
+    atoms = [_read_start(spec, args.index) for spec in args.start]
+    starts = list(zip(unique_start_labels(args.start, args.index), atoms))
+    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms))
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.length_ps:g} ps each, output in {args.out}/")
-    replicas = run_replicas(tasks, workers=args.workers)
+    replicas = run_replicas(tasks, workers=args.workers, fresh=args.fresh)
     report = stability_report(replicas)
     print(f"\n{'start':<20} {'replica':>7} {'seed':>5} {'t_fail (ps)':>12} {'status':<10} reason")
     for r in report["replicas"]:
@@ -184,9 +213,9 @@ def cmd_stability(args) -> int:
     for label, s in report["by_start"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()) or "none"
         print(f"{label}: stability index {s['stability_index']:.3f}, median t_fail {s['median_time_to_failure_ps']:.3f} ps, "
-              f"mean {s['mean_time_to_failure_ps']:.3f} ps, {s['n_failed']}/{s['n_replicas']} failed (by reason: {reasons})")
+              f"RMST {s['rmst_ps']:.3f} ps, {s['n_failed']}/{s['n_replicas']} failed (by reason: {reasons})")
     print(f"overall stability index {report['stability_index']:.3f} (1 = every run stable for {report['run_length_ps']:g} ps), "
-          f"median time to failure {report['median_time_to_failure_ps']:.3f} ps")
+          f"median time to failure {report['median_time_to_failure_ps']:.3f} ps, RMST {report['rmst_ps']:.3f} ps")
     if args.plot:
         from stableff.report.plots import md_traces, survival_curves
 
@@ -196,26 +225,22 @@ def cmd_stability(args) -> int:
         traces = md_traces(thermo, Path(args.plot) / "traces.png", settings.temperature_K, "MD replicas")
         print(f"plots: {km}, {traces}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json_atomic(report, args.json)
         print(f"stability written to {args.json}")
     return 0
 
 
 def cmd_rdf(args) -> int:
-
-    from stableff.analysis.structure import adf, compare_rdf, rdf, read_rdf_csv
+    from stableff.analysis.structure import adf, compare_rdf, rdf, reference_rdf
     from stableff.data.io import read_frames
 
+    _check_outputs(args, [args.trajectory, args.reference])
     frames = [f.to_atoms() for f in read_frames(args.trajectory, index=args.frames, check_distances=False)]
     result = rdf(frames, args.r_max, args.bins)
     angles = adf(frames, args.adf_cutoff)
     reference, comparison = None, None
     if args.reference:
-        if str(args.reference).endswith(".csv"):
-            reference = read_rdf_csv(args.reference)
-        else:
-            reference = rdf([f.to_atoms() for f in read_frames(args.reference, check_distances=False)], args.r_max, args.bins)
+        reference = reference_rdf(args.reference, args.r_max, args.bins)
         comparison = compare_rdf(result, reference)
     kind = "g(r)" if result["periodic"] else "pair-distance density (non-periodic)"
     print(f"RDF of {len(frames)} frames of {args.trajectory}: {kind}, r <= {args.r_max:g} A, {args.bins} bins")
@@ -236,32 +261,32 @@ def cmd_rdf(args) -> int:
             "adf": {"angle_deg": angles["angle_deg"].tolist(), "density": angles["density"].tolist(), "cutoff_A": args.adf_cutoff},
             "comparison": comparison,
         }
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        write_json_atomic(payload, args.json)
         print(f"written to {args.json}")
     return 0
 
 
 def _add_md_arguments(p) -> None:
     p.add_argument("--index", type=int, default=0, help="frame of START to begin from (default 0)")
-    p.add_argument("--ensemble", choices=["nve", "langevin", "nose-hoover", "bussi"], default="langevin")
-    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
-    p.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
+    md, monitor = MDSettings(), MonitorSettings()
+    p.add_argument("--ensemble", choices=ENSEMBLES, default=md.ensemble)
+    p.add_argument("--temperature", type=float, default=md.temperature_K, help=f"K (default {md.temperature_K:g})")
+    p.add_argument("--timestep", type=float, default=md.timestep_fs, help=f"fs (default {md.timestep_fs:g})")
     p.add_argument("--time", type=float, help="run length in ps (default 1)")
     p.add_argument("--steps", type=int, help="run length in steps (instead of --time)")
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
-    p.add_argument("--damping", type=float, default=100.0, help="Nose-Hoover / Bussi damping time, fs (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="velocity seed (replica r uses seed + r)")
-    p.add_argument("--log-interval", type=int, default=10, help="steps between thermo rows and failure checks")
-    p.add_argument("--traj-interval", type=int, default=20, help="steps between trajectory frames")
+    p.add_argument("--friction", type=float, default=md.friction_per_fs, help=f"Langevin friction, 1/fs (default {md.friction_per_fs:g})")
+    p.add_argument("--damping", type=float, default=md.damping_fs, help=f"Nose-Hoover / Bussi damping time, fs (default {md.damping_fs:g})")
+    p.add_argument("--seed", type=int, default=md.seed, help="velocity seed (replica r uses seed + r)")
+    p.add_argument("--log-interval", type=int, default=md.log_interval, help="steps between thermo rows and failure checks")
+    p.add_argument("--traj-interval", type=int, default=md.traj_interval, help="steps between trajectory frames")
     p.add_argument("--keep-going", action="store_true", help="record failures but run to the end")
     p.add_argument("--device", default="cpu")
     g = p.add_argument_group("failure thresholds (relative to the training data stored in the model)")
-    g.add_argument("--temperature-window", type=float, default=100.0, help="fs window of the NVT temperature check")
-    g.add_argument("--close-contact-factor", type=float, default=0.75)
-    g.add_argument("--dissociation-factor", type=float, default=1.5)
-    g.add_argument("--force-factor", type=float, default=3.0)
-    g.add_argument("--energy-drift", type=float, default=10.0, help="NVE limit, meV/atom")
+    g.add_argument("--temperature-window", type=float, default=monitor.temperature_window_fs, help="fs window of the NVT temperature check")
+    g.add_argument("--close-contact-factor", type=float, default=monitor.close_contact_factor)
+    g.add_argument("--dissociation-factor", type=float, default=monitor.dissociation_factor)
+    g.add_argument("--force-factor", type=float, default=monitor.force_factor)
+    g.add_argument("--energy-drift", type=float, default=monitor.energy_drift_meV_per_atom, help="NVE limit, meV/atom")
     g.add_argument("--check-bonds", action="store_true", help="also fail when a bond of the start structure deviates by > 0.5 A")
     g.add_argument("--reference-rdf", help="reference structures or CSV of g(r): fail when the RDF over a window deviates")
     g.add_argument("--rdf-threshold", type=float, default=1.0, help="mean over pairs of integral |g - g_ref| dr (A) (default 1.0)")
@@ -269,20 +294,17 @@ def _add_md_arguments(p) -> None:
 
 
 def _run_study_and_report(study, out: Path) -> dict:
-    from stableff.report.render import make_plots, terminal_table, write_report
-    from stableff.report.study import run_study
+    from stableff.report.render import terminal_table, write_study_report
+    from stableff.study import run_study
 
     t0 = time.perf_counter()
     summary = run_study(study, out)
-    figures = make_plots(summary, out, study.test.in_distribution or None)
-    from stableff.train.checkpoint import write_json_atomic
-
-    write_json_atomic(summary, out / "summary.json")  # now with RDF comparisons
-    html_path, md_path = write_report(summary, out, figures)
+    html_path, md_path = write_study_report(summary, out)
     print()
-    print(f"Summary (mean ± std over seeds {summary['seeds']}; ID/OOD = in/out of distribution; SI = stability index):")
+    print(f"Summary (mean ± std over seeds {summary['seeds']}; ID/OOD = in/out of distribution; SI = stability index; RMST = restricted mean survival time):")
     print(terminal_table(summary))
     print()
+    print("Comparisons with the baseline (effect, 95 % interval, test):")
     for sentence in summary["verdicts"]:
         print(f"- {sentence}")
     print(f"\nreport: {html_path.resolve()} (also {md_path.name}); summary: {(out / 'summary.json').resolve()}")
@@ -291,10 +313,11 @@ def _run_study_and_report(study, out: Path) -> dict:
 
 
 def cmd_study(args) -> int:
-    from stableff.report.study import load_study_config
+    from stableff.io import check_output_dir
+    from stableff.study import load_study_config
 
     study = load_study_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("studies") / Path(args.config).stem
+    out = check_output_dir(Path(args.out) if args.out else Path("studies") / Path(args.config).stem)
     _run_study_and_report(study, out)
     return 0
 
@@ -303,11 +326,12 @@ def cmd_demo(args) -> int:
     """The study on the embedded acetylacetone data: baseline vs decorrelated NequIP."""
     import shutil
 
-    from stableff.report.study import load_study_config
+    from stableff.io import check_output_dir
+    from stableff.study import load_study_config
 
     config_path = Path(str(resources.files("stableff.configs") / "demo_study_acac.yaml"))
     study = load_study_config(config_path, args.overrides)
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)
     print(f"stableff demo: NequIP on acetylacetone (embedded BOTNet DFT data, MIT licence), baseline vs decorrelated, "
@@ -356,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stability", help="replicas of MD -> stability index and time to failure")
     p.add_argument("model", help="checkpoint (best.ckpt)")
     p.add_argument("start", nargs="+", help="start structure file(s)")
-    p.add_argument("--out", default="stability", help="output folder (finished replicas are reused)")
+    p.add_argument("--out", default="stability", help="output folder (finished replicas with the same inputs are reused)")
+    p.add_argument("--fresh", action="store_true", help="run every replica again, even where the folder holds results from other inputs")
     p.add_argument("--replicas", type=int, default=4)
     p.add_argument("--workers", type=int, help="parallel processes (default: number of cores)")
     p.add_argument("--json", help="write the report to this JSON file")
@@ -366,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rdf", help="radial / angular distribution functions of a trajectory")
     p.add_argument("trajectory")
-    p.add_argument("--reference", help="reference trajectory, or CSV of g(r) (columns r_A, A-B, ...)")
+    p.add_argument("--reference", help="reference trajectory, or CSV of g(r) (columns r_A or 'r / Angstrom', then pairs as A-B, B-A or 'A B')")
     p.add_argument("--r-max", type=float, default=6.0, help="A")
     p.add_argument("--bins", type=int, default=120)
     p.add_argument("--adf-cutoff", type=float, default=2.5, help="neighbour cutoff for angles, A")

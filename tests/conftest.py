@@ -21,6 +21,23 @@ def requires_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared/data is not beside this checkout)")
 
 
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """A small NequIP trained briefly on acac (for tests that need a real model)."""
+    from stableff.train.config import parse_config
+    from stableff.train.loop import Trainer
+
+    out = tmp_path_factory.mktemp("md_model")
+    config = parse_config({
+        "data": {"train": "acac:train_300K", "isolated_atoms": "acac:isolated_atoms", "val_fraction": 0.1, "max_train_frames": 120},
+        "model": {"name": "nequip", "r_max": 4.0, "num_layers": 2, "num_features": 8, "num_bessels": 6, "radial_mlp_width": 16, "radial_mlp_depth": 1},
+        "training": {"epochs": 4, "batch_size": 4, "num_threads": 2},
+        "optimizer": {"lr": 0.01},
+    })
+    Trainer(config, out, progress=False).run()
+    return out / "best.ckpt"
+
+
 @pytest.fixture
 def acac_frames():
     from stableff.data.io import read_frames

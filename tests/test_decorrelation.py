@@ -9,14 +9,13 @@ from stableff.data import keys
 from stableff.data.graph import collate, frame_to_graph
 from stableff.errors import ConfigError
 from stableff.train.config import parse_config
-from stableff.train.decorrelation import (
-    coefficient,
-    correlation_loss,
-    mean_abs_correlation,
-    mean_squared_correlation,
-    sample_edges,
-)
+from stableff.measures.correlation import correlation_terms, mean_abs_correlation
+from stableff.train.decorrelation import coefficient, correlation_loss, sample_edges
 from stableff.train.sam import SAM
+
+
+def mean_squared_correlation(features):
+    return correlation_terms(features)[0]
 
 from test_physics import MODEL_NAMES, make_model
 
@@ -48,16 +47,25 @@ def test_edge_subsample_is_reproducible_with_a_seed():
     c = sample_edges(100_000, 4096, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c) and len(a.unique()) == 4096
     assert sample_edges(100, 4096) is None  # small batches use every edge
-    features = [torch.randn(10_000, 8), torch.randn(10_000, 8)]
-    l1, m1 = correlation_loss(features, max_edges=512, generator=torch.Generator().manual_seed(3))
-    l2, m2 = correlation_loss(features, max_edges=512, generator=torch.Generator().manual_seed(3))
-    assert l1.item() == l2.item() and m1 == m2
 
+
+def test_correlation_loss_value_and_gradient_on_features_with_known_correlation():
+    """Two channels with correlation rho: L_corr = rho^2 (both off-diagonal entries), corr_l = |rho|;
+    the gradient of the real loss equals central finite differences."""
+    generator = torch.Generator().manual_seed(2)
+    z = torch.randn(200_000, 2, generator=generator, dtype=torch.float64)
+    rho = 0.6
+    x = torch.stack([z[:, 0], rho * z[:, 0] + math.sqrt(1 - rho**2) * z[:, 1]], dim=1)
+    loss, measures = correlation_loss([x])
+    assert loss.item() == pytest.approx(rho**2, abs=5e-3)
+    assert measures[0] == pytest.approx(rho, abs=5e-3)
+    small = torch.randn(40, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: correlation_loss([f, 2 * f + 1], layer_weights=[1.0, 0.5], layers=[0, 1])[0], (small,))
 
 def test_layer_selection_and_weights():
     same = torch.randn(1_000, 1).repeat(1, 4)
     free = torch.randn(1_000, 4)
-    loss, measures = correlation_loss([same, free], layers=[0], layer_weights=[2.0], max_edges=None)
+    loss, measures = correlation_loss([same, free], layers=[0], layer_weights=[2.0])
     assert loss.item() == pytest.approx(2.0, abs=1e-3)
     assert measures[0] == pytest.approx(1.0, abs=1e-3) and math.isnan(measures[1])
 
@@ -81,9 +89,9 @@ def test_schedules_at_start_middle_and_end(schedule, expected):
 def test_gradients_reach_weights_through_correlation_and_force_terms(name, acac_frames):
     model = make_model(name).train()
     batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in acac_frames[:2]])
-    out = model(batch, create_graph=True)
+    out = model(batch, create_graph=True, edge_features=True)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    corr, _ = correlation_loss(out[keys.EDGE_FEATURES], max_edges=None)
+    corr, _ = correlation_loss(out[keys.EDGE_FEATURES])
     force = (out[keys.FORCES] - batch[keys.FORCES]).pow(2).mean()
     corr_grads = torch.autograd.grad(corr, parameters, retain_graph=True, allow_unused=True)
     force_grads = torch.autograd.grad(force, parameters, allow_unused=True)
@@ -97,7 +105,7 @@ def test_a_decorrelation_step_changes_the_weights(name, acac_frames):
     batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in acac_frames[:2]])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
-    loss, _ = correlation_loss(model(batch, create_graph=True)[keys.EDGE_FEATURES], max_edges=None)
+    loss, _ = correlation_loss(model(batch, create_graph=True, edge_features=True)[keys.EDGE_FEATURES])
     loss.backward()
     optimizer.step()
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -141,6 +149,12 @@ def test_decorrelation_config_errors():
         parse_config({**base, "decorrelation": {"schedule": "exponential"}})
     with pytest.raises(ConfigError, match=r"decorrelation.layers \[5\] out of range"):
         parse_config({**base, "model": {"num_layers": 3}, "decorrelation": {"layers": [5]}})
+    # num_layers left at the model's default (NequIP 3, Allegro 2, GemNet-T 3 blocks)
+    with pytest.raises(ConfigError, match=r"decorrelation.layers \[3\] out of range for a model with 3"):
+        parse_config({**base, "decorrelation": {"layers": [3]}})
+    with pytest.raises(ConfigError, match=r"decorrelation.layers \[-3\] out of range for a model with 2"):
+        parse_config({**base, "model": {"name": "allegro"}, "decorrelation": {"layers": [-3]}})
+    assert parse_config({**base, "model": {"name": "gemnet_t"}, "decorrelation": {"layers": [2]}}).decorrelation.layers == [2]
     assert parse_config(base).decorrelation.lambda_max == 0.3 and parse_config(base).decorrelation.schedule == "cosine"
 
 
@@ -178,3 +192,28 @@ def test_sam_training_runs_and_resumes_state(tmp_path):
     assert math.isfinite(row["train_loss"]) and row["step"] == 4
     resumed = Trainer(parse_config({**raw, "training": {**raw["training"], "epochs": 3}}), tmp_path / "sam", resume=True, progress=False).run()
     assert resumed["epoch"] == 3 and resumed["step"] == 6
+
+
+def test_sam_and_ema_state_survive_save_and_resume(tmp_path):
+    """SAM (with its base Adam) and EMA: 1 epoch, save, resume to 2 epochs == 2 epochs at once."""
+    from stableff.models.saved import load_checkpoint
+    from stableff.train.loop import Trainer
+
+    raw = {
+        "data": {"train": "acac:train_300K", "val_fraction": 0.2, "max_train_frames": 8},
+        "model": {"name": "nequip", "r_max": 3.5, "num_layers": 2, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+        "training": {"epochs": 2, "batch_size": 4, "num_threads": 1, "ema_decay": 0.9},
+        "optimizer": {"name": "sam", "rho": 0.01},
+    }
+    Trainer(parse_config(raw), tmp_path / "whole", progress=False).run()
+    Trainer(parse_config({**raw, "training": {**raw["training"], "epochs": 1}}), tmp_path / "split", progress=False).run()
+    Trainer(parse_config(raw), tmp_path / "split", resume=True, progress=False).run()
+    whole, split = (load_checkpoint(tmp_path / d / "last.ckpt") for d in ("whole", "split"))
+    for key, value in whole["model_state"].items():  # the EMA weights
+        assert torch.equal(value, split["model_state"][key]), key
+    for key, value in whole["train_state"]["model"].items():
+        assert torch.equal(value, split["train_state"]["model"][key]), key
+    adam_whole = whole["train_state"]["optimizer"]["base"]["state"]
+    adam_split = split["train_state"]["optimizer"]["base"]["state"]
+    assert adam_whole.keys() == adam_split.keys() and all(torch.equal(adam_whole[k]["exp_avg"], adam_split[k]["exp_avg"]) for k in adam_whole)
+    assert whole["train_state"]["ema"]["num_updates"] == split["train_state"]["ema"]["num_updates"] == 4

@@ -9,28 +9,12 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from stableff.analysis.stability import kaplan_meier, stability_index, summarise_replicas
+from stableff.analysis.stability import stability_index, summarise_replicas
+from stableff.analysis.survival import kaplan_meier
 from stableff.analysis.structure import compare_rdf, jensen_shannon, rdf, wright_factor
 from stableff.data.stats import DatasetStatistics
 from stableff.md.monitors import FailureMonitor, FrameState, MonitorSettings
 from stableff.md.run import MDSettings, run_md
-
-
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
-    """A small NequIP trained briefly on acac (for MD tests that need a real model)."""
-    from stableff.train.config import parse_config
-    from stableff.train.loop import Trainer
-
-    out = tmp_path_factory.mktemp("md_model")
-    config = parse_config({
-        "data": {"train": "acac:train_300K", "isolated_atoms": "acac:isolated_atoms", "val_fraction": 0.1, "max_train_frames": 120},
-        "model": {"name": "nequip", "r_max": 4.0, "num_layers": 2, "num_features": 8, "num_bessels": 6, "radial_mlp_width": 16, "radial_mlp_depth": 1},
-        "training": {"epochs": 4, "batch_size": 4, "num_threads": 2},
-        "optimizer": {"lr": 0.01},
-    })
-    Trainer(config, out, progress=False).run()
-    return out / "best.ckpt"
 
 
 def acac_atoms(index=0):
@@ -145,12 +129,12 @@ def test_stability_index_and_kaplan_meier_with_censoring():
     times = [0.2, 1.0, 0.5, 1.0]  # two failures, two censored runs of length 1 ps
     failed = [True, False, True, False]
     assert stability_index(times, 1.0) == pytest.approx((0.2 + 1.0 + 0.5 + 1.0) / 4)
-    t, s = kaplan_meier(times, failed)
-    assert t.tolist() == [0.0, 0.2, 0.5] and s.tolist() == pytest.approx([1.0, 0.75, 0.5])
+    curve = kaplan_meier(times, failed)
+    assert curve["time_ps"] == [0.0, 0.2, 0.5] and curve["survival"] == pytest.approx([1.0, 0.75, 0.5])
     # censoring before a failure shrinks the risk set: after the failure at 0.1 and the censoring at
     # 0.3, two runs are at risk at 0.6 -> S = 0.75 * (1 - 1/2)
-    t, s = kaplan_meier([0.1, 0.3, 0.6, 1.0], [True, False, True, False])
-    assert s.tolist() == pytest.approx([1.0, 0.75, 0.375])
+    curve = kaplan_meier([0.1, 0.3, 0.6, 1.0], [True, False, True, False])
+    assert curve["survival"] == pytest.approx([1.0, 0.75, 0.375]) and curve["censored_ps"] == [0.3, 1.0]
     summary = summarise_replicas([
         {"run_length_ps": 1.0, "time_to_failure_ps": x, "failed": f, "reason": "close_contact" if f else None} for x, f in zip(times, failed)
     ])
@@ -233,12 +217,12 @@ def test_killed_stability_run_resumes_without_redoing_finished_replicas(trained_
 
     args = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "3", "--workers", "1",
             "--time", "0.15", "--out", str(tmp_path / "stab"), "--json", str(tmp_path / "s.json")]
-    first = tmp_path / "stab" / "test_MD_300K" / "replica_000" / "summary.json"
+    first = tmp_path / "stab" / "test_MD_300K_0" / "replica_000" / "summary.json"
     kill_when(args, first.exists)
     finished_before = first.read_text()
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "of 3 replicas already finished" in result.stdout
+    assert "of 3 replicas already finished with the same inputs" in result.stdout
     assert first.read_text() == finished_before
     assert len(json.loads((tmp_path / "s.json").read_text())["replicas"]) == 3
 
@@ -248,7 +232,7 @@ def test_every_model_trains_with_decorrelation_evaluates_and_runs_md(name, tmp_p
     """One path for all models: train (decorrelation on), checkpoint, evaluate, ASE calculator, MD with monitors."""
     from conftest import SMALL_HYPERPARAMETERS
     from stableff import StableFFCalculator
-    from stableff.analysis.accuracy import evaluate_files
+    from stableff.measures.accuracy import evaluate_files
     from stableff.md.run import monitor_from_statistics
     from stableff.train.config import parse_config
     from stableff.train.loop import Trainer

@@ -53,10 +53,15 @@ def test_miniature_study_end_to_end(mini_study):
     for row in summary["rows"]:
         for key in ("emae_ID_meV_per_atom", "emae_OOD_meV_per_atom", "fmae_ID_meV_per_A", "fmae_OOD_meV_per_A", "corr_mean_over_layers",
                     "stability_index_ID@300K", "stability_index_OOD@300K", "median_time_to_failure_ps_ID@300K",
-                    "median_time_to_failure_ps_OOD@300K", "train_seconds", "training_overhead_percent"):
+                    "median_time_to_failure_ps_OOD@300K", "rmst_ps_ID@300K", "train_seconds", "median_step_ms", "step_time_ratio"):
             assert row[key] is not None and "mean" in row[key] and "std" in row[key], key
         assert 0.0 <= row["stability_index_ID@300K"]["mean"] <= 1.0
-    assert any("cannot be judged (one seed" in v for v in summary["verdicts"])
+    assert any("from 1 seed(s): no interval can be given, the data cannot decide" in v for v in summary["verdicts"])
+    (comparison,) = summary["comparisons"]
+    stability = comparison["stability"]["ID@300K"]
+    for key in ("rmst_difference_ps", "rmst_difference_low_ps", "rmst_difference_high_ps", "logrank_pvalue", "rmst_variant_ps", "rmst_baseline_ps"):
+        assert key in stability
+    assert summary["survival"]["nequip"]["ID@300K"]["baseline"]["lower"][0] == 1.0
     report = (tmp / "out" / "report.html").read_text()
     assert "<table>" in report and "FMAE OOD (meV/Å)" in report and "SI ID@300K" in report
     assert report.count("data:image/png;base64,") >= 6  # learning curves, parity, correlation, survival, traces, RDF
@@ -74,8 +79,37 @@ def test_killed_study_resumes_without_redoing_finished_steps(mini_study):
     before = checkpoint.stat().st_mtime_ns
     result = run_cli("study", config, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[nequip / baseline / seed 0] trained before (reused)" in result.stdout
+    assert "[nequip / baseline / seed 0]\n  trained before (reused)" in result.stdout
     assert checkpoint.stat().st_mtime_ns == before
     assert (out / "report.html").is_file()
     again = run_cli("study", config, "--out", out)  # everything reused the second time
     assert again.returncode == 0 and "training ..." not in again.stdout and "evaluating accuracy" not in again.stdout
+
+
+def test_changed_temperature_keeps_the_models_and_recomputes_stability(mini_study, tmp_path):
+    """A study rerun with another MD temperature reuses its trained models, accuracy and correlation,
+    and runs its MD again: never the old replicas reported under the new temperature."""
+    tmp, config = mini_study
+    out = tmp_path / "study"
+    assert run_cli("study", config, "--out", out).returncode == 0
+    checkpoint = out / "nequip" / "baseline" / "seed_0" / "best.ckpt"
+    before = checkpoint.stat().st_mtime_ns
+    raw = yaml.safe_load(config.read_text())
+    raw["stability"]["temperatures_K"] = [350]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    result = run_cli("study", changed, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained before (reused)" in result.stdout and "training ..." not in result.stdout
+    assert "evaluating accuracy" not in result.stdout and "stability at 350 K" in result.stdout
+    assert checkpoint.stat().st_mtime_ns == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["conditions"] == ["ID@350K", "OOD@350K"]
+    replicas = summary["runs"][0]["stability"]["ID@350K"]["replicas"]
+    assert all(r["temperature_K"] == 350 and r["fingerprint"]["md"]["temperature_K"] == 350 for r in replicas)
+    # a changed training budget retrains (and says why)
+    raw["training"]["training"]["epochs"] = 1
+    changed.write_text(yaml.safe_dump(raw))
+    result = run_cli("study", changed, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained model: inputs changed (config.training.epochs: 2 -> 1)" in result.stdout

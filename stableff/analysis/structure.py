@@ -1,4 +1,4 @@
-"""Radial and angular distribution functions and their distances to a reference (DESIGN.md).
+"""Radial and angular distribution functions and their distances to a reference (docs/method.md, "Structure").
 
 RDF per species pair from pair distances found with the periodic neighbour list: for periodic
 cells the usual g(r) = V / (N_a N_b) * n_ab(r) / (4 pi r^2 dr) (averaged over frames); for
@@ -11,16 +11,12 @@ divergence (base 2, in [0, 1]) of the two curves normalised as distributions.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from stableff.data.neighbors import neighbor_list
-
-
-def _pair_label(za: int, zb: int) -> str:
-    from ase.data import chemical_symbols
-
-    a, b = sorted((int(za), int(zb)))
-    return f"{chemical_symbols[a]}-{chemical_symbols[b]}"
+from stableff.data.species import pair_label
 
 
 def rdf(frames, r_max: float = 6.0, n_bins: int = 120) -> dict:
@@ -38,7 +34,7 @@ def rdf(frames, r_max: float = 6.0, n_bins: int = 120) -> dict:
         volume = atoms.get_volume() if periodic else 1.0
         for a_index, za in enumerate(species):
             for zb in species[a_index:]:
-                label = _pair_label(za, zb)
+                label = pair_label(za, zb)
                 mask = (numbers[i] == za) & (numbers[j] == zb)
                 hist, _ = np.histogram(d[mask], bins=edges)
                 counts[label] = counts.get(label, 0) + hist
@@ -97,32 +93,101 @@ def jensen_shannon(g, g_ref) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
+#: frames of a reference structure file used for its RDF (the one place this number is set)
+REFERENCE_FRAMES = 500
+
+_PAIR_SEPARATORS = re.compile(r"[\s\-_/:,]+")
+
+
+def parse_pair(name: str) -> str | None:
+    """'O-Hf', 'Hf-O', 'Hf O', 'hf_o' ... -> the canonical label 'O-Hf'; None if not a pair of elements."""
+    from ase.data import atomic_numbers
+
+    parts = [p for p in _PAIR_SEPARATORS.split(name.strip()) if p]
+    if len(parts) != 2:
+        return None
+    numbers = []
+    for part in parts:
+        symbol = part[:1].upper() + part[1:].lower()
+        if symbol not in atomic_numbers or atomic_numbers[symbol] == 0:
+            return None
+        numbers.append(atomic_numbers[symbol])
+    return pair_label(*numbers)
+
+
+def _matched_reference(result: dict, reference: dict) -> dict:
+    """The reference curves of the result's pairs; an error when a reference pair is not in the
+    result or nothing matches (a comparison that silently compares nothing is never made)."""
+    from stableff.errors import DataError
+
+    source = reference.get("source", "<reference>")
+    found, expected = sorted(reference["g"]), sorted(result["g"])
+    unused = [p for p in found if p not in result["g"]]
+    common = [p for p in expected if p in reference["g"]]
+    if unused or not common:
+        raise DataError(source, f"reference RDF pairs {found} do not match the structure's pairs {expected}"
+                        + (f" (not in the structure: {unused})" if unused else ""))
+    return {p: reference["g"][p] for p in common}
+
+
 def compare_rdf(result: dict, reference: dict) -> dict:
-    """WF and JSD per species pair present in both (reference interpolated onto result's r grid)."""
+    """WF and JSD per species pair (reference interpolated onto result's r grid)."""
     out = {}
-    for label, g in result["g"].items():
-        if label in reference["g"]:
-            g_ref = np.interp(result["r_A"], reference["r_A"], reference["g"][label], left=0.0, right=0.0)
-            out[label] = {"wright_factor": wright_factor(g, g_ref), "jsd": jensen_shannon(g, g_ref)}
+    for label, g_ref_raw in _matched_reference(result, reference).items():
+        g_ref = np.interp(result["r_A"], reference["r_A"], g_ref_raw, left=0.0, right=0.0)
+        out[label] = {"wright_factor": wright_factor(result["g"][label], g_ref), "jsd": jensen_shannon(result["g"][label], g_ref)}
     return out
 
 
 def read_rdf_csv(path) -> dict:
-    """A reference g(r) from CSV: first column r_A, then one column per pair named like 'O-O'."""
+    """A reference g(r) from CSV: a distance column (``r_A``, ``r / Angstrom``, ``r``...) and one
+    column per species pair in any common form (``O-Hf``, ``Hf-O``, ``Hf O``); anything else is an
+    error listing what was found and what is expected."""
     import csv
 
     from stableff.errors import DataError
 
-    with open(path) as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(path) as handle:
+            rows = [row for row in csv.reader(handle) if row]
+    except OSError as exc:
+        raise DataError(path, f"cannot read ({exc.strerror or exc})") from None
     if len(rows) < 3:
         raise DataError(path, "an RDF CSV needs a header (r_A, pairs...) and at least two rows")
-    header = rows[0]
+    header = [h.strip() for h in rows[0]]
+    if not header[0].lower().startswith("r"):
+        raise DataError(path, f"first column '{header[0]}' is not a distance (expected r_A or 'r / Angstrom'); header {header}")
+    pairs = [parse_pair(name) for name in header[1:]]
+    bad = [name for name, pair in zip(header[1:], pairs) if pair is None]
+    if bad or not pairs:
+        raise DataError(path, f"columns {bad or header[1:]} are not species pairs (expected e.g. 'O-Hf', 'Hf-O' or 'Hf O'); header {header}")
+    if len(set(pairs)) != len(pairs):
+        raise DataError(path, f"the same species pair appears twice among the columns {header[1:]}")
     try:
-        data = np.array([[float(x) for x in row] for row in rows[1:] if row], dtype=float)
+        data = np.array([[float(x) for x in row] for row in rows[1:]], dtype=float)
     except ValueError as exc:
         raise DataError(path, f"non-numeric value in the RDF table ({exc})") from None
-    return {"r_A": data[:, 0], "g": {name.strip(): data[:, k + 1] for k, name in enumerate(header[1:])}}
+    if data.shape[1] != len(header):
+        raise DataError(path, f"rows have {data.shape[1]} values but the header names {len(header)} columns")
+    return {"r_A": data[:, 0], "g": {pair: data[:, k + 1] for k, pair in enumerate(pairs)}, "periodic": True, "source": str(path)}
+
+
+def reference_rdf(specs, r_max: float = 5.0, n_bins: int = 100) -> dict:
+    """The reference g(r) of a CSV file, or of the first REFERENCE_FRAMES frames of structure files."""
+    from stableff.data.io import read_frames, resolve_path
+    from stableff.errors import DataError
+
+    specs = [specs] if isinstance(specs, (str, bytes)) or not hasattr(specs, "__iter__") else list(specs)
+    if len(specs) == 1 and str(specs[0]).endswith(".csv"):
+        if not resolve_path(specs[0]).is_file():
+            raise DataError(specs[0], "no such file")
+        return read_rdf_csv(resolve_path(specs[0]))
+    frames = []
+    for spec in specs:
+        frames.extend(f.to_atoms() for f in read_frames(spec, check_distances=False)[: REFERENCE_FRAMES - len(frames)])
+    result = rdf(frames, r_max, n_bins)
+    result["source"] = ", ".join(map(str, specs))
+    return result
 
 
 class RDFReferenceCheck:
@@ -136,16 +201,22 @@ class RDFReferenceCheck:
     name = "rdf"
 
     def __init__(self, reference_path, threshold: float = 1.0, window_fs: float = 500.0, r_max: float = 5.0, n_bins: int = 100):
+        from stableff.data.io import content_hash
+
         self.threshold = float(threshold)
         self.window_fs = float(window_fs)
         self.r_max, self.n_bins = float(r_max), int(n_bins)
-        if str(reference_path).endswith(".csv"):
-            self.reference = read_rdf_csv(reference_path)
-        else:
-            from stableff.data.io import read_frames
+        self.reference = reference_rdf(reference_path, self.r_max, self.n_bins)
+        self.reference_hash = content_hash(reference_path)
 
-            frames = [f.to_atoms() for f in read_frames(reference_path, check_distances=False)[:500]]
-            self.reference = rdf(frames, self.r_max, self.n_bins)
+    def fingerprint(self) -> dict:
+        return {"reference": self.reference_hash, "threshold": self.threshold, "window_fs": self.window_fs, "r_max": self.r_max, "n_bins": self.n_bins}
+
+    def check_species(self, numbers) -> None:
+        """Refuse, before any MD, a reference whose pairs do not match the structure's."""
+        species = sorted(set(int(z) for z in numbers))
+        pairs = {pair_label(a, b): None for k, a in enumerate(species) for b in species[k:]}
+        _matched_reference({"g": pairs}, self.reference)
 
     def __call__(self, frames) -> float:
         from ase import Atoms

@@ -109,10 +109,11 @@ def frame_from_atoms(atoms, source: str = "", index: int = 0) -> Frame:
 
 
 def _full_stress(stress: np.ndarray) -> np.ndarray:
+    from ase.stress import voigt_6_to_full_3x3_stress
+
     stress = np.asarray(stress, dtype=float)
     if stress.shape == (6,):  # Voigt order xx yy zz yz xz xy
-        xx, yy, zz, yz, xz, xy = stress
-        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+        return voigt_6_to_full_3x3_stress(stress)
     return stress.reshape(3, 3)
 
 
@@ -175,7 +176,7 @@ def read_frames(
     if _is_deepmd_system(path):
         frames = _read_deepmd(path)
         if isinstance(index, int):
-            frames = [frames[index]]
+            frames = [frames[_checked_index(path, index, len(frames))]]
     else:
         if path.is_dir():
             raise DataError(path, "is a directory but not a DeePMD-kit npy system (no type.raw)")
@@ -184,18 +185,33 @@ def read_frames(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                images = ase.io.read(str(path), index=index)
+                images = ase.io.read(str(path), index=":" if isinstance(index, int) else index)
         except Exception as exc:
             raise DataError(path, f"cannot read this file ({type(exc).__name__}: {exc})") from exc
         if not isinstance(images, list):
             images = [images]
-        offset = index if isinstance(index, int) else 0
-        frames = [frame_from_atoms(a, source=str(path), index=offset + k) for k, a in enumerate(images)]
+        offset = 0
+        if isinstance(index, int) and images:
+            offset = _checked_index(path, index, len(images))
+            images = [images[offset]]
+        frames = []
+        for k, atoms in enumerate(images):
+            try:
+                frames.append(frame_from_atoms(atoms, source=str(path), index=offset + k))
+            except (TypeError, ValueError) as exc:
+                raise DataError(path, f"a label is not a number ({exc})", offset + k) from None
     if not frames:
         raise DataError(path, "contains no frames (empty dataset)")
     for frame in frames:
         validate_frame(frame, require=require, check_distances=check_distances)
     return frames
+
+
+def _checked_index(path, index: int, count: int) -> int:
+    """The non-negative frame index, or a DataError when the file has no such frame."""
+    if not -count <= index < count:
+        raise DataError(path, f"has {count} frame(s): there is no frame {index}")
+    return index % count
 
 
 def validate_frame(frame: Frame, require: Iterable[str] = (), check_distances: bool = True) -> None:
@@ -241,3 +257,13 @@ def validate_frame(frame: Frame, require: Iterable[str] = (), check_distances: b
                 problem=f"atoms {i[k]} and {j[k]} are {d[k]:.3f} A apart (closer than {MIN_ALLOWED_DISTANCE} A: atoms on top of each other)",
                 **where,
             )
+
+
+def content_hash(spec: str | Path) -> str:
+    """sha256 of the data behind a file spec (a file, a DeePMD folder, or ``acac:NAME``)."""
+    from stableff.fingerprint import file_hash
+
+    path = resolve_path(spec)
+    if not path.exists():
+        raise DataError(path, "no such file or directory")
+    return file_hash(path)

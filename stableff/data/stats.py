@@ -11,6 +11,7 @@ import numpy as np
 
 from stableff.data.io import Frame
 from stableff.data.neighbors import neighbor_list
+from stableff.data.species import pair_key
 
 
 @dataclasses.dataclass
@@ -33,11 +34,6 @@ class DatasetStatistics:
     @classmethod
     def from_dict(cls, data: dict) -> "DatasetStatistics":
         return cls(**data)
-
-
-def pair_key(z1: int, z2: int) -> str:
-    a, b = sorted((int(z1), int(z2)))
-    return f"{a}-{b}"
 
 
 def reference_energies_least_squares(frames: Sequence[Frame], type_numbers: Sequence[int]) -> np.ndarray:
@@ -104,6 +100,10 @@ def compute_statistics(
                 values = nearest[(f.numbers == z) & np.isfinite(nearest)]
                 if len(values):
                     max_nn[str(int(z))] = max(max_nn.get(str(int(z)), 0.0), float(values.max()))
+    if n_edges_total == 0:
+        from stableff.errors import DataError
+
+        raise DataError(frames[0].source or "<training data>", f"no atom of any frame has a neighbour within the cutoff ({cutoff:g} A): nothing to learn from")
     return DatasetStatistics(
         type_numbers=type_numbers,
         reference_energies=[float(x) for x in e0],

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from stableff.data import keys
 from stableff.data.graph import collate, frame_to_graph, to_device
 from stableff.data.io import frame_from_atoms
-from stableff.train.checkpoint import model_from_checkpoint
+from stableff.models.saved import model_from_checkpoint
 
 
 class StableFFCalculator(Calculator):
@@ -32,7 +33,7 @@ class StableFFCalculator(Calculator):
             self.model, self.statistics = model_from_checkpoint(model_path, device=device)
         self.device = torch.device(device)
         self.model.to(self.device)
-        self.dtype = next(self.model.parameters()).dtype
+        self.dtype = self.model.dtype
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -56,4 +57,4 @@ class StableFFCalculator(Calculator):
         }
         if keys.STRESS in out:
             s = out[keys.STRESS].detach().cpu().double().numpy()[0]
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+            self.results["stress"] = full_3x3_to_voigt_6_stress(s)

@@ -1,4 +1,4 @@
-"""Reference-free failure criteria of an MD run (DESIGN.md, "Failure of an MD run").
+"""Reference-free failure criteria of an MD run (docs/method.md, "Failure of an MD run").
 
 Thresholds come from the training-data statistics stored in the checkpoint; every one can be
 overridden. A run fails at the first checked frame where any criterion holds:
@@ -24,14 +24,15 @@ import dataclasses
 import numpy as np
 
 from stableff.data.neighbors import neighbor_list
-from stableff.data.stats import DatasetStatistics, pair_key
+from stableff.data.species import pair_key, pair_label
+from stableff.data.stats import DatasetStatistics
 
 REASONS = ("non_finite", "temperature", "close_contact", "dissociation", "force_blowup", "energy_drift", "bond_length", "rdf")
 
 
 @dataclasses.dataclass
 class MonitorSettings:
-    """Factors and windows of the criteria (defaults from DESIGN.md)."""
+    """Factors and windows of the criteria (the defaults of docs/method.md, defined only here)."""
 
     temperature_window_fs: float = 100.0
     temperature_low_factor: float = 0.5
@@ -64,6 +65,7 @@ class FrameState:
     potential_energy: float
     kinetic_energy: float
     temperature_K: float
+    neighbors: tuple | None = None  # (i, j, distance) of pairs within the monitor's cutoff, if already computed
 
 
 class FailureMonitor:
@@ -97,6 +99,11 @@ class FailureMonitor:
             self.max_force = s.force_factor * statistics.max_abs_force
         else:
             self.min_distance, self.max_neighbor_distance, self.max_force = {}, {}, None
+
+    @property
+    def neighbor_cutoff(self) -> float:
+        """The pair distance (A) the geometry checks need: pairs farther apart never decide a failure."""
+        return max(list(self.max_neighbor_distance.values()) + list(self.min_distance.values()) + [1e-3])
 
     @property
     def is_nve(self) -> bool:
@@ -165,17 +172,17 @@ class FailureMonitor:
         return None
 
     def _check_geometry(self, frame: FrameState) -> Failure | None:
-        cutoff = max(list(self.max_neighbor_distance.values()) + list(self.min_distance.values()) + [1e-3])
-        i, j, _, d = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff, with_distances=True)
+        if frame.neighbors is not None:
+            i, j, d = frame.neighbors
+        else:
+            i, j, _, d = neighbor_list(frame.positions, frame.cell, frame.pbc, self.neighbor_cutoff, with_distances=True)
         zi, zj = frame.numbers[i], frame.numbers[j]
         if len(d):
             thresholds = np.array([self.min_distance.get(pair_key(a, b), 0.0) for a, b in zip(zi, zj)])
             bad = np.where(d < thresholds)[0]
             if len(bad):
                 k = bad[np.argmin(d[bad] / thresholds[bad])]
-                from ase.data import chemical_symbols
-
-                pair = f"{chemical_symbols[zi[k]]}-{chemical_symbols[zj[k]]}"
+                pair = pair_label(zi[k], zj[k])
                 return Failure("close_contact", f"{pair} atoms {i[k]} and {j[k]} at {d[k]:.2f} A, below {thresholds[k]:.2f} A")
         nearest = np.full(len(frame.numbers), np.inf)
         if len(d):

@@ -1,15 +1,26 @@
-"""Replicas of MD with different velocity seeds, in parallel processes, resumable: a replica whose
-summary.json exists is not run again."""
+"""Replicas of MD with different velocity seeds, in parallel processes, resumable.
+
+Every replica's summary.json carries the fingerprint of everything that determined it (the model's
+content hash, the start structure, the MD and monitor settings, the reference of a structure check);
+a finished replica is reused only when that fingerprint matches the new request. When it does not,
+``run_replicas`` either stops with one message naming the folder and what differs, or (``fresh``)
+runs the replica again.
+"""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import json
 import os
+import shutil
+import threading
 from pathlib import Path
 
 import torch
 
+from stableff.errors import StableFFError
+from stableff.fingerprint import RESULT_FORMAT, atoms_hash, differences, file_hash
+from stableff.io import read_json
 from stableff.md.monitors import MonitorSettings
 from stableff.md.run import MDSettings
 
@@ -28,11 +39,69 @@ class ReplicaTask:
     structure_check: object = None  # optional reference-based check (see FailureMonitor)
 
 
+def replica_seed(seed: int, replica: int) -> int:
+    """The velocity seed of replica ``replica`` (0, 1, ...) of a set started with ``seed`` (the one
+    seed scheme: the same replicas get the same velocities whichever model runs them)."""
+    return seed + replica
+
+
+def start_label(spec: str, index: int = 0, prefix: str = "") -> str:
+    """A folder-safe name of a start structure: file stem and frame, e.g. ``test_MD_600K_0``."""
+    return f"{prefix}{Path(str(spec).split(':')[-1]).stem}_{index}"
+
+
+def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
+    """Labels for start files that stay distinct when two files share a name: ``start_0`` and, for
+    ``a/start.xyz`` beside ``b/start.xyz``, ``a_start_0`` and ``b_start_0`` (then a counter)."""
+    labels = [start_label(spec, index) for spec in specs]
+    for label in set(labels):
+        clashing = [k for k, x in enumerate(labels) if x == label]
+        if len(clashing) < 2:
+            continue
+        for k in clashing:
+            parent = Path(str(specs[k]).split(":")[-1]).resolve().parent.name
+            labels[k] = f"{parent}_{labels[k]}"
+    counts = collections.Counter(labels)
+    used: dict[str, int] = {}
+    for k, label in enumerate(labels):
+        if counts[label] > 1:  # still the same (same folder name too): number them
+            used[label] = used.get(label, 0) + 1
+            labels[k] = f"{label}_{used[label]}"
+    return labels
+
+
+def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None) -> list[ReplicaTask]:
+    """One task per (start, replica): ``starts`` is a list of (label, ase.Atoms); replica r of every
+    start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``."""
+    if replicas < 1:
+        raise StableFFError(f"the number of replicas must be at least 1 (got {replicas})")
+    tasks = []
+    for label, atoms in starts:
+        for r in range(replicas):
+            replica_settings = dataclasses.replace(settings, seed=replica_seed(settings.seed, r))
+            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check))
+    return tasks
+
+
 def replica_dir(out_dir, start_label: str, replica: int) -> Path:
     return Path(out_dir) / start_label / f"replica_{replica:03d}"
 
 
-def run_replica(task: ReplicaTask) -> dict:
+def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dict:
+    """Everything that determines a replica's outcome."""
+    md = {k: v for k, v in dataclasses.asdict(task.settings).items() if k != "progress"}
+    check = task.structure_check
+    return {
+        "format": RESULT_FORMAT,
+        "model": model_hash or file_hash(task.model_path),
+        "start": atoms_hash(task.atoms),
+        "md": md,
+        "monitor": dataclasses.asdict(task.monitor_settings),
+        "structure_check": check.fingerprint() if check is not None else None,
+    }
+
+
+def run_replica(task: ReplicaTask, fingerprint: dict | None = None) -> dict:
     """Run one replica (in whatever process) and return its summary."""
     from stableff.md.calculator import StableFFCalculator
     from stableff.md.run import monitor_from_statistics, run_md
@@ -41,26 +110,78 @@ def run_replica(task: ReplicaTask) -> dict:
     calculator = StableFFCalculator(task.model_path, device=task.device)
     monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     folder = replica_dir(task.out_dir, task.start_label, task.replica)
-    identity = {"start": task.start_label, "replica": task.replica, "path": str(folder)}
+    identity = {"start": task.start_label, "replica": task.replica, "path": str(folder), "fingerprint": fingerprint or replica_fingerprint(task)}
     return run_md(task.atoms, calculator, task.settings, folder, monitor, label=f"{task.start_label} #{task.replica}", metadata=identity)
 
 
-def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress: bool = True) -> list[dict]:
-    """Run every task not finished before; finished ones are read back. Order of results = tasks."""
-    results: dict[int, dict] = {}
-    pending = []
+def _run_packed(packed):
+    return run_replica(*packed)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initialiser: end this process when the parent dies (a killed ``stability`` leaves no
+    orphans running MD): PR_SET_PDEATHSIG on Linux, and a watchdog thread everywhere."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch():
+        import time
+
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def plan_replicas(tasks: list[ReplicaTask], fresh: bool = False, on_mismatch: str = "error") -> tuple[dict[int, dict], list[int], list[dict]]:
+    """Decide, before any work, which replicas are reused: (finished results by task index, indices
+    to run, fingerprints). A stored replica from other inputs raises StableFFError naming the folder
+    and the differences, unless ``fresh`` or ``on_mismatch="recompute"``."""
+    hashes: dict[str, str] = {}
+    results, pending, fingerprints, stale = {}, [], [], []
     for k, task in enumerate(tasks):
-        done = replica_dir(task.out_dir, task.start_label, task.replica) / "summary.json"
-        if done.is_file():
-            summary = json.loads(done.read_text())
-            if "replica" in summary:
-                results[k] = summary
+        if task.model_path not in hashes:
+            hashes[task.model_path] = file_hash(task.model_path)
+        fingerprint = replica_fingerprint(task, hashes[task.model_path])
+        fingerprints.append(fingerprint)
+        folder = replica_dir(task.out_dir, task.start_label, task.replica)
+        stored = read_json(folder / "summary.json")
+        if stored is not None and not fresh:
+            changed = differences(stored.get("fingerprint"), fingerprint)
+            if not changed:
+                results[k] = stored
                 continue
+            stale.append((folder, changed))
         pending.append(k)
+    if stale and not fresh and on_mismatch == "error":
+        folder, changed = stale[0]
+        more = f" (and {len(stale) - 1} more replica folders)" if len(stale) > 1 else ""
+        raise StableFFError(
+            f"{folder} holds a replica made from other inputs{more}: {'; '.join(changed[:4])}. "
+            "Choose another --out, or pass --fresh to run these replicas again"
+        )
+    return results, pending, fingerprints
+
+
+def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress: bool = True, fresh: bool = False, on_mismatch: str = "error") -> list[dict]:
+    """Run every task whose result is not stored with a matching fingerprint; matching ones are read
+    back. Order of results = tasks. See :func:`plan_replicas` for ``fresh`` and ``on_mismatch``."""
+    results, pending, fingerprints = plan_replicas(tasks, fresh, on_mismatch)
+    for k in pending:  # an old result must never be mistaken for this run's, even if it is killed
+        folder = replica_dir(tasks[k].out_dir, tasks[k].start_label, tasks[k].replica)
+        if folder.exists():
+            shutil.rmtree(folder)
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(pending) or 1, cores))
     if progress and len(tasks) - len(pending):
-        print(f"{len(tasks) - len(pending)} of {len(tasks)} replicas already finished; running {len(pending)}", flush=True)
+        print(f"{len(tasks) - len(pending)} of {len(tasks)} replicas already finished with the same inputs; running {len(pending)}", flush=True)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -69,7 +190,7 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     if workers == 1:
         for k in pending:
             tasks[k].settings.progress = progress
-            results[k] = run_replica(tasks[k])
+            results[k] = run_replica(tasks[k], fingerprints[k])
             if bar is not None:
                 bar.update(1)
     else:
@@ -78,9 +199,9 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         for k in pending:
             tasks[k].threads = max(1, cores // workers)
             tasks[k].settings.progress = False
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
-            for k, summary in zip(pending, pool.imap(run_replica, [tasks[k] for k in pending])):
+            for k, summary in zip(pending, pool.imap(_run_packed, [(tasks[k], fingerprints[k]) for k in pending])):
                 results[k] = summary
                 if bar is not None:
                     bar.update(1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,10 +18,19 @@ import numpy as np
 from ase import units
 
 from stableff.data.neighbors import neighbor_list
+from stableff.io import write_json_atomic
 from stableff.md.monitors import FailureMonitor, FrameState, MonitorSettings
-from stableff.train.checkpoint import write_json_atomic
 
+#: the integrators stableff runs (the one list: CLI choices, study plans and settings use it)
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
+
+#: pairs closer than this are looked for in every checked frame (thermo.csv's min_distance_A)
+MIN_DISTANCE_CUTOFF_A = 3.0
+
+
+def steps_for_time(time_ps: float, timestep_fs: float) -> int:
+    """Number of MD steps covering ``time_ps`` with a ``timestep_fs`` step (at least 1)."""
+    return max(1, int(round(time_ps * 1000.0 / timestep_fs)))
 
 
 @dataclasses.dataclass
@@ -92,13 +100,6 @@ def make_integrator(atoms, settings: MDSettings):
     return Bussi(atoms, timestep=dt, temperature_K=settings.temperature_K, taut=settings.damping_fs * units.fs, rng=rng)
 
 
-def _min_distance(atoms, cutoff: float) -> float:
-    if len(atoms) < 2 or not np.all(np.isfinite(atoms.positions)):
-        return float("nan")
-    _, _, _, d = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, with_distances=True)
-    return float(d.min()) if len(d) else float("nan")
-
-
 def _frame_text(atoms, energy, forces) -> str:
     from ase.calculators.singlepoint import SinglePointCalculator
     import ase.io
@@ -111,6 +112,61 @@ def _frame_text(atoms, energy, forces) -> str:
     return buffer.getvalue()
 
 
+class _FrameRecorder:
+    """The observer attached to the ASE dynamics every ``log_interval`` steps: one thermo row, a
+    trajectory frame every ``traj_interval`` steps, and the failure check, all from one neighbour
+    list of the frame."""
+
+    def __init__(self, dynamics, atoms, settings: MDSettings, monitor: FailureMonitor | None, thermo, trajectory, bar):
+        self.dynamics, self.atoms, self.settings, self.monitor = dynamics, atoms, settings, monitor
+        self.thermo, self.trajectory, self.bar = thermo, trajectory, bar
+        self.traj_every = max(1, round(settings.traj_interval / settings.log_interval))
+        self.cutoff = max(MIN_DISTANCE_CUTOFF_A, monitor.neighbor_cutoff if monitor is not None else 0.0)
+        self.records = 0
+        self.last_step = -1
+        self.failure, self.failure_step = None, None
+        self.t_start = time.perf_counter()
+
+    @property
+    def stop(self) -> bool:
+        return self.failure is not None and not self.settings.keep_going
+
+    def __call__(self) -> None:
+        atoms, step = self.atoms, self.dynamics.nsteps
+        if step == self.last_step:
+            return
+        with np.errstate(all="ignore"):
+            forces = atoms.get_forces()
+            epot = float(atoms.get_potential_energy())
+            ekin = float(atoms.get_kinetic_energy())
+            temperature = float(atoms.get_temperature())
+        finite = bool(np.all(np.isfinite(atoms.positions)))
+        pairs = None
+        if finite and len(atoms) > 1:
+            pairs = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff, with_distances=True)
+        distances = pairs[3] if pairs is not None else np.empty(0)
+        dmin = float(distances.min()) if len(distances) else float("nan")
+        time_fs = step * self.settings.timestep_fs
+        fmax = float(np.max(np.linalg.norm(forces, axis=1))) if np.all(np.isfinite(forces)) else float("nan")
+        self.thermo.write(f"{time_fs / 1000:.6f},{temperature:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{fmax:.4f},{dmin:.4f}\n")
+        self.thermo.flush()
+        if self.records % self.traj_every == 0 and finite:
+            self.trajectory.write(_frame_text(atoms, epot, forces))
+            self.trajectory.flush()
+        self.records += 1
+        self.last_step = step
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            elapsed = time.perf_counter() - self.t_start
+            self.bar.set_postfix_str(f"t {time_fs / 1000:.3f} ps  T {temperature:.0f} K  {elapsed / max(step, 1) * 1000:.1f} ms/step", refresh=False)
+        if self.monitor is not None and self.failure is None:
+            neighbors = (pairs[0], pairs[1], pairs[3]) if pairs is not None else None
+            state = FrameState(time_fs, atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, forces, epot, ekin, temperature, neighbors)
+            found = self.monitor.check(state)
+            if found is not None:
+                self.failure, self.failure_step = found, step
+
+
 def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMonitor | None = None, label: str = "", metadata: dict | None = None) -> dict:
     """Run MD from ``atoms`` (velocities initialised here) and return the summary dict
     (``metadata``, e.g. the replica's identity, is stored in it too)."""
@@ -121,55 +177,27 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
     atoms.calc = calculator
     initialise_velocities(atoms, settings.temperature_K, settings.seed)
     dynamics = make_integrator(atoms, settings)
-    traj_every = max(1, round(settings.traj_interval / settings.log_interval))
-    n_chunks = math.ceil(settings.steps / settings.log_interval)
-    min_distance_cutoff = 3.0
-    failure, failure_time_ps, failure_step = None, None, None
     bar = None
     if settings.progress:
         from tqdm import tqdm
 
         bar = tqdm(total=settings.steps, desc=label or "MD", unit="step", file=sys.stderr, mininterval=0.5, leave=False)
     t_start = time.perf_counter()
-    step = 0
     with open(out_dir / "thermo.csv", "w") as thermo, open(out_dir / "trajectory.extxyz", "w") as trajectory:
         thermo.write("time_ps,temperature_K,epot_eV,ekin_eV,etot_eV,max_force_eV_per_A,min_distance_A\n")
-        for chunk in range(n_chunks + 1):
-            if chunk > 0:
-                n = min(settings.log_interval, settings.steps - step)
-                with np.errstate(all="ignore"):
-                    dynamics.run(n)
-                step += n
-                if bar is not None:
-                    bar.update(n)
-            with np.errstate(all="ignore"):
-                forces = atoms.get_forces()
-                epot = float(atoms.get_potential_energy())
-                ekin = float(atoms.get_kinetic_energy())
-                temperature = float(atoms.get_temperature())
-            time_fs = step * settings.timestep_fs
-            fmax = float(np.max(np.linalg.norm(forces, axis=1))) if np.all(np.isfinite(forces)) else float("nan")
-            dmin = _min_distance(atoms, min_distance_cutoff)
-            thermo.write(f"{time_fs / 1000:.6f},{temperature:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{fmax:.4f},{dmin:.4f}\n")
-            thermo.flush()
-            if chunk % traj_every == 0 and np.all(np.isfinite(atoms.positions)):
-                trajectory.write(_frame_text(atoms, epot, forces))
-                trajectory.flush()
-            if bar is not None:
-                elapsed = time.perf_counter() - t_start
-                bar.set_postfix_str(f"t {time_fs / 1000:.3f} ps  T {temperature:.0f} K  {elapsed / max(step, 1) * 1000:.1f} ms/step", refresh=False)
-            if monitor is not None and failure is None:
-                state = FrameState(time_fs, atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, forces, epot, ekin, temperature)
-                found = monitor.check(state)
-                if found is not None:
-                    failure, failure_time_ps, failure_step = found, time_fs / 1000.0, step
-                    if not settings.keep_going:
-                        break
-            if step >= settings.steps:
-                break
+        recorder = _FrameRecorder(dynamics, atoms, settings, monitor, thermo, trajectory, bar)
+        dynamics.attach(recorder, interval=settings.log_interval)
+        with np.errstate(all="ignore"):
+            for _ in dynamics.irun(settings.steps):
+                if recorder.stop:
+                    break
+        if not recorder.stop:
+            recorder()  # the last step, when the run length is not a multiple of log_interval
     if bar is not None:
         bar.close()
+    step = dynamics.nsteps
     elapsed = time.perf_counter() - t_start
+    failure = recorder.failure
     summary = {
         "label": label,
         "ensemble": settings.ensemble,
@@ -179,8 +207,8 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
         "n_atoms": len(atoms),
         "run_length_ps": settings.length_ps,
         "failed": failure is not None,
-        "time_to_failure_ps": failure_time_ps if failure is not None else settings.length_ps,
-        "failure_step": failure_step,
+        "time_to_failure_ps": recorder.failure_step * settings.timestep_fs / 1000.0 if failure is not None else settings.length_ps,
+        "failure_step": recorder.failure_step,
         "reason": failure.reason if failure is not None else None,
         "detail": failure.detail if failure is not None else None,
         "steps": step,

@@ -21,16 +21,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import BesselBasis, PolynomialCutoff, scatter_sum
-
-
-def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for k in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[k], sizes[k + 1]))
-        if k < len(sizes) - 2 or final_activation:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+from stableff.models.blocks import RadialEmbedding, mlp, scatter_sum
 
 
 def weighted_spherical_harmonics(weights: torch.Tensor, sh: torch.Tensor, sh_irreps: o3.Irreps, num_channels: int) -> torch.Tensor:
@@ -100,19 +91,11 @@ class Allegro(ForceField):
         energy_scale=1.0,
         energy_shift=0.0,
     ):
-        super().__init__(type_numbers, energy_scale, energy_shift)
-        self.hyperparameters = dict(
-            r_max=r_max, num_layers=num_layers, l_max=l_max, parity=parity, num_scalar_features=num_scalar_features,
-            num_tensor_features=num_tensor_features, num_bessels=num_bessels, polynomial_p=polynomial_p,
-            two_body_mlp_width=two_body_mlp_width, latent_mlp_width=latent_mlp_width, latent_mlp_depth=latent_mlp_depth,
-            readout_mlp_width=readout_mlp_width, avg_num_neighbors=avg_num_neighbors,
-        )
-        self.r_max = float(r_max)
+        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
         n = self.num_species
         self.sh_irreps = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.sh_irreps, normalize=True, normalization="component")
-        self.bessel = BesselBasis(r_max, num_bessels, trainable=False)
-        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+        self.radial = RadialEmbedding(r_max, num_bessels, polynomial_p)
         self.two_body = mlp([2 * n + num_bessels, two_body_mlp_width, num_scalar_features], final_activation=True)
         self.initial_weights = nn.Linear(num_scalar_features, num_tensor_features * len(self.sh_irreps))
         self.num_tensor = num_tensor_features
@@ -127,23 +110,20 @@ class Allegro(ForceField):
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
         self.readout = mlp([num_scalar_features, readout_mlp_width, 1])
-        self.inv_sqrt_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
         self.edge_feature_scalar_counts = [num_scalar_features] * num_layers
 
-    def atomic_energies(self, batch, edge_vectors, edge_lengths):
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         centre, neighbour = batch[keys.EDGE_INDEX]
         species = batch[keys.SPECIES]
         num_atoms = species.shape[0]
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
-        envelope = self.cutoff(edge_lengths)
-        radial = self.bessel(edge_lengths) * envelope.unsqueeze(-1)
+        radial, envelope = self.radial(edge_lengths)
         sh = self.spherical_harmonics(edge_vectors)
         latents = self.two_body(torch.cat([onehot[centre], onehot[neighbour], radial], dim=-1)) * envelope.unsqueeze(-1)
         tensors = weighted_spherical_harmonics(self.initial_weights(latents), sh, self.sh_irreps, self.num_tensor)
-        sample = batch.get(keys.EDGE_FEATURE_SAMPLE)
-        edge_features = []
+        states = []
         for layer in self.layers:
             latents, tensors = layer(latents, tensors, sh, envelope, centre, num_atoms, self.inv_sqrt_neighbors)
-            edge_features.append(latents if sample is None else latents.index_select(0, sample))
+            states.append(latents)
         edge_energy = self.readout(latents).squeeze(-1) * envelope
-        return scatter_sum(edge_energy, centre, num_atoms) * self.inv_sqrt_neighbors, edge_features
+        return scatter_sum(edge_energy, centre, num_atoms) * self.inv_sqrt_neighbors, (states if edge_states else None)

@@ -1,11 +1,21 @@
-"""The one interface every model has: ``forward(batch) -> {energy, forces, stress?, edge_features}``.
+"""The one interface every model has: ``forward(batch) -> {energy, forces, stress?, edge_features?}``.
 
-A concrete model implements :meth:`ForceField.atomic_energies` (raw per-atom outputs and the
-per-layer edge features); this base class adds the per-species scale and shift, sums to total
-energies, and takes forces (and stress for periodic cells) by autograd of the energy.
+A concrete model implements :meth:`ForceField.atomic_energies` (raw per-atom outputs and, when asked,
+its per-layer edge states); this base class
+
+* captures the constructor's hyper-parameters (to rebuild the model from a checkpoint),
+* adds the per-species scale and shift and sums to total energies in float64 (a float32 model of a
+  -9400 eV molecule would otherwise round its energy to 1e-3 eV),
+* takes forces (and stress for periodic cells) by autograd of the energy,
+* turns the per-layer edge states into the invariant ``edge_features`` only when asked (training with
+  decorrelation, ``stableff correlation``), on the sampled edges ``batch[keys.EDGE_FEATURE_SAMPLE]``
+  when present, so MD and evaluation never pay for them.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import torch
 from torch import nn
@@ -13,20 +23,50 @@ from torch import nn
 from stableff.data import keys
 from stableff.models.blocks import scatter_sum
 
+#: constructor arguments that are not hyper-parameters (they come from the data, or from the weights)
+NOT_HYPERPARAMETERS = ("self", "type_numbers", "energy_scale", "energy_shift")
+
 
 class ForceField(nn.Module):
-    """Base class. Subclasses set ``self.r_max`` and implement ``atomic_energies``.
+    """Base class. Subclasses call ``super().__init__(type_numbers, r_max, avg_num_neighbors,
+    energy_scale, energy_shift)``, set ``edge_feature_scalar_counts`` and implement
+    ``atomic_energies`` (and ``edge_feature_view`` when their edge states are not invariant already).
 
     Args:
         type_numbers: atomic numbers of the species, in species-index order.
+        r_max: cutoff radius (Angstrom).
+        avg_num_neighbors: mean neighbour count of the training data; sums over neighbours are
+            divided by its square root.
         energy_scale, energy_shift: per-species initial values (eV); E_i = scale_s * e_i + shift_s.
     """
 
     model_name = "base"
 
-    def __init__(self, type_numbers, energy_scale, energy_shift, trainable_scale_shift: bool = True):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def capturing_init(self, *args, **kw):
+            init(self, *args, **kw)
+            if type(self) is cls:  # the most derived constructor records the hyper-parameters
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                self.hyperparameters = {k: v for k, v in bound.arguments.items() if k not in NOT_HYPERPARAMETERS}
+
+        cls.__init__ = capturing_init
+
+    @classmethod
+    def hyperparameter_names(cls) -> list[str]:
+        """Names a config may set for this model (everything but the data-derived arguments)."""
+        return [k for k in inspect.signature(cls.__init__).parameters if k not in NOT_HYPERPARAMETERS + ("avg_num_neighbors",)]
+
+    def __init__(self, type_numbers, r_max: float, avg_num_neighbors: float = 1.0, energy_scale=1.0, energy_shift=0.0, trainable_scale_shift: bool = True):
         super().__init__()
         self.type_numbers = [int(z) for z in type_numbers]
+        self.r_max = float(r_max)
+        self.inv_sqrt_neighbors = 1.0 / float(avg_num_neighbors) ** 0.5
         n = len(self.type_numbers)
         scale = torch.as_tensor(energy_scale, dtype=torch.get_default_dtype()).expand(n).clone()
         shift = torch.as_tensor(energy_shift, dtype=torch.get_default_dtype()).expand(n).clone()
@@ -34,28 +74,33 @@ class ForceField(nn.Module):
         self.per_species_shift = nn.Parameter(shift, requires_grad=trainable_scale_shift)
         self.hyperparameters: dict = {}
         #: per layer, how many leading columns of edge_features[l] are l = 0 scalars (rest: norms)
-        self.edge_feature_scalar_counts: list[int] | None = None
+        self.edge_feature_scalar_counts: list[int] = []
 
     @property
     def num_interaction_layers(self) -> int:
         """How many per-layer tensors ``edge_features`` holds."""
-        return len(self.edge_feature_scalar_counts or [])
+        return len(self.edge_feature_scalar_counts)
 
     @property
     def num_species(self) -> int:
         return len(self.type_numbers)
 
-    def atomic_energies(self, batch, edge_vectors, edge_lengths) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Return raw per-atom energies [N] (before scale/shift) and per-layer edge features.
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.per_species_scale.dtype
 
-        Edge features are invariant [E_s, d_l] tensors in the autograd graph, computed on the edges
-        listed in ``batch[keys.EDGE_FEATURE_SAMPLE]`` when present (else on all edges), so that a
-        loss on a subsample only backpropagates through that subsample.
-        """
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Raw per-atom energies [N] (before scale/shift) and, if ``edge_states``, one [E, ...] tensor
+        per interaction layer over all edges (None otherwise)."""
         raise NotImplementedError
 
-    def forward(self, batch: dict, compute_forces: bool = True, compute_stress: bool | None = None, create_graph: bool | None = None) -> dict:
-        """Energies, forces (-dE/dr) and, for fully periodic batches, stress ((1/V) dE/d strain).
+    def edge_feature_view(self, layer: int, states: torch.Tensor) -> torch.Tensor:
+        """The invariant [E_s, d_l] view of a layer's edge states (identity for invariant states)."""
+        return states
+
+    def forward(self, batch: dict, compute_forces: bool = True, compute_stress: bool | None = None, create_graph: bool | None = None, edge_features: bool = False) -> dict:
+        """Energies (float64), forces (-dE/dr) and, for fully periodic batches, stress ((1/V) dE/d strain);
+        with ``edge_features`` also the per-layer invariant edge features.
 
         ``create_graph`` (default: ``self.training``) keeps the graph of the forces so that a force
         loss can be differentiated with respect to the weights.
@@ -72,22 +117,29 @@ class ForceField(nn.Module):
             positions_leaf = positions_leaf.detach().requires_grad_(True)
         positions = positions_leaf
         strain = None
-        if compute_stress:
-            # homogeneous strain of positions and cell: dE/d(strain) = V * stress
-            strain = torch.zeros((num_structures, 3, 3), dtype=positions.dtype, device=positions.device, requires_grad=True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[atom_batch])
-            cell = cell + torch.bmm(cell, symmetric)
-        centre, neighbour = batch[keys.EDGE_INDEX]
-        edge_cell = cell[atom_batch[centre]]
-        edge_vectors = positions[neighbour] - positions[centre] + torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], edge_cell)
-        edge_lengths = torch.linalg.norm(edge_vectors, dim=-1)
+        with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
+            if compute_stress:
+                # homogeneous strain of positions and cell: dE/d(strain) = V * stress
+                strain = torch.zeros((num_structures, 3, 3), dtype=positions.dtype, device=positions.device, requires_grad=True)
+                symmetric = 0.5 * (strain + strain.transpose(1, 2))
+                positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[atom_batch])
+                cell = cell + torch.bmm(cell, symmetric)
+            centre, neighbour = batch[keys.EDGE_INDEX]
+            edge_cell = cell[atom_batch[centre]]
+            edge_vectors = positions[neighbour] - positions[centre] + torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], edge_cell)
+            edge_lengths = torch.linalg.norm(edge_vectors, dim=-1)
 
-        raw, edge_features = self.atomic_energies(batch, edge_vectors, edge_lengths)
-        species = batch[keys.SPECIES]
-        atomic = raw * self.per_species_scale[species] + self.per_species_shift[species]
-        energy = scatter_sum(atomic, atom_batch, num_structures)
-        out = {keys.TOTAL_ENERGY: energy, keys.ATOMIC_ENERGIES: atomic, keys.EDGE_FEATURES: edge_features}
+            raw, states = self.atomic_energies(batch, edge_vectors, edge_lengths, edge_features)
+            species = batch[keys.SPECIES]
+            # per-atom residual in the model's dtype, the large species shift and the sum in float64
+            atomic = (raw * self.per_species_scale[species]).double() + self.per_species_shift[species].double()
+            energy = scatter_sum(atomic, atom_batch, num_structures)
+        out = {keys.TOTAL_ENERGY: energy, keys.ATOMIC_ENERGIES: atomic}
+        if edge_features:
+            sample = batch.get(keys.EDGE_FEATURE_SAMPLE)
+            out[keys.EDGE_FEATURES] = [
+                self.edge_feature_view(layer, s if sample is None else s.index_select(0, sample)) for layer, s in enumerate(states)
+            ]
         wrt = ([positions_leaf] if compute_forces else []) + ([strain] if compute_stress else [])
         if wrt:
             grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph)

@@ -46,6 +46,33 @@ class PolynomialCutoff(nn.Module):
         return out * (x < 1.0)
 
 
+class RadialEmbedding(nn.Module):
+    r"""The radial embedding every model uses: Bessel basis times the polynomial cutoff envelope.
+
+    Returns ``(basis [E, N], envelope [E])`` with basis_n(r) = b_n(r) u(r) and u the envelope, so
+    that everything built from the basis goes smoothly to zero at r_max.
+    """
+
+    def __init__(self, r_max: float, num_basis: int = 8, polynomial_p: float = 6.0, trainable: bool = False):
+        super().__init__()
+        self.bessel = BesselBasis(r_max, num_basis, trainable=trainable)
+        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+
+    def forward(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        envelope = self.cutoff(r)
+        return self.bessel(r) * envelope.unsqueeze(-1), envelope
+
+
+def mlp(sizes: list[int], final_activation: bool = False, bias: bool = True) -> nn.Sequential:
+    """Linear layers of the given widths with SiLU between them (and after the last if asked)."""
+    layers: list[nn.Module] = []
+    for k in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=bias))
+        if k < len(sizes) - 2 or final_activation:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
     """Sum rows of ``src`` into ``dim_size`` bins given by ``index`` (first dimension)."""
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))

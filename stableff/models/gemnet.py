@@ -24,7 +24,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import BesselBasis, PolynomialCutoff, scatter_sum
+from stableff.models.blocks import RadialEmbedding, mlp, scatter_sum
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -61,7 +61,7 @@ class Residual(nn.Module):
 
     def __init__(self, width: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU())
+        self.net = mlp([width, width, width], final_activation=True)
 
     def forward(self, x):
         return (x + self.net(x)) * INV_SQRT2
@@ -71,15 +71,15 @@ class InteractionBlock(nn.Module):
     def __init__(self, edge_width: int, atom_width: int, triplet_width: int, num_radial: int, num_spherical: int, num_sph_radial: int):
         super().__init__()
         self.pre = Residual(edge_width)
-        self.down = nn.Sequential(nn.Linear(edge_width, triplet_width, bias=False), nn.SiLU())
+        self.down = mlp([edge_width, triplet_width], final_activation=True, bias=False)
         self.radial_to_triplet = nn.Linear(num_radial, triplet_width, bias=False)
         self.angle_to_triplet = nn.Linear(num_spherical * num_sph_radial, triplet_width, bias=False)
-        self.up = nn.Sequential(nn.Linear(triplet_width, edge_width, bias=False), nn.SiLU())
+        self.up = mlp([triplet_width, edge_width], final_activation=True, bias=False)
         self.after_triplet = Residual(edge_width)
         self.radial_to_atom = nn.Linear(num_radial, edge_width, bias=False)
-        self.edge_to_atom = nn.Sequential(nn.Linear(edge_width, atom_width), nn.SiLU())
+        self.edge_to_atom = mlp([edge_width, atom_width], final_activation=True)
         self.atom_update = Residual(atom_width)
-        self.concat = nn.Sequential(nn.Linear(2 * atom_width + edge_width, edge_width), nn.SiLU())
+        self.concat = mlp([2 * atom_width + edge_width, edge_width], final_activation=True)
         self.post = Residual(edge_width)
 
     def forward(self, h, m, rbf, cbf, centre, neighbour, e_in, e_out, inv_sqrt_neighbors):
@@ -129,32 +129,24 @@ class GemNetT(ForceField):
         energy_scale=1.0,
         energy_shift=0.0,
     ):
-        super().__init__(type_numbers, energy_scale, energy_shift)
-        self.hyperparameters = dict(
-            r_max=r_max, num_blocks=num_blocks, atom_features=atom_features, edge_features=edge_features,
-            triplet_features=triplet_features, num_radial=num_radial, num_spherical=num_spherical,
-            num_sph_radial=num_sph_radial, polynomial_p=polynomial_p, avg_num_neighbors=avg_num_neighbors,
-        )
-        self.r_max = float(r_max)
+        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
         self.num_spherical = num_spherical
         self.num_sph_radial = min(num_sph_radial, num_radial)
-        self.bessel = BesselBasis(r_max, num_radial, trainable=False)
-        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+        self.radial = RadialEmbedding(r_max, num_radial, polynomial_p)
         self.atom_embedding = nn.Embedding(self.num_species, atom_features)
-        self.edge_embedding = nn.Sequential(nn.Linear(2 * atom_features + num_radial, edge_features), nn.SiLU())
+        self.edge_embedding = mlp([2 * atom_features + num_radial, edge_features], final_activation=True)
         self.blocks = nn.ModuleList(
             InteractionBlock(edge_features, atom_features, triplet_features, num_radial, num_spherical, self.num_sph_radial) for _ in range(num_blocks)
         )
         self.outputs = nn.ModuleList(OutputBlock(edge_features, atom_features, num_radial) for _ in range(num_blocks + 1))
-        self.inv_sqrt_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
         self.edge_feature_scalar_counts = [edge_features] * num_blocks
 
-    def atomic_energies(self, batch, edge_vectors, edge_lengths):
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         centre, neighbour = batch[keys.EDGE_INDEX]
         num_atoms = batch[keys.SPECIES].shape[0]
         e_in, e_out = build_triplets(batch[keys.EDGE_INDEX], batch[keys.EDGE_CELL_SHIFT].round().long(), num_atoms)
-        envelope = self.cutoff(edge_lengths).unsqueeze(-1)
-        rbf = self.bessel(edge_lengths) * envelope
+        rbf, envelope = self.radial(edge_lengths)
+        envelope = envelope.unsqueeze(-1)
         # angle at j between j -> i (= -vector of edge i <- j) and j -> k (= vector of edge j <- k)
         v_out, v_in = -edge_vectors[e_out], edge_vectors[e_in]
         cos_theta = (v_out * v_in).sum(-1) / (edge_lengths[e_out] * edge_lengths[e_in])
@@ -162,11 +154,10 @@ class GemNetT(ForceField):
         h = self.atom_embedding(batch[keys.SPECIES])
         m = self.edge_embedding(torch.cat([h[centre], h[neighbour], rbf], dim=-1)) * envelope
         energies = self.outputs[0](m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)
-        sample = batch.get(keys.EDGE_FEATURE_SAMPLE)
-        edge_features = []
+        states = []
         for block, output in zip(self.blocks, self.outputs[1:]):
             h, m = block(h, m, rbf, cbf, centre, neighbour, e_in, e_out, self.inv_sqrt_neighbors)
             m = m * envelope  # messages of edges leaving the cutoff fade out smoothly
             energies = energies + output(m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)
-            edge_features.append(m if sample is None else m.index_select(0, sample))
-        return energies, edge_features
+            states.append(m)
+        return energies, (states if edge_states else None)

@@ -7,12 +7,10 @@ per path by a radial MLP R of the Bessel basis times the polynomial cutoff), sum
 each atom divided by sqrt(mean neighbour count), mixes them with a linear layer, adds a
 species-dependent self-connection, and applies an equivariant gate nonlinearity (with a residual
 connection where shapes allow). The invariant view of m_ij (scalars, and norms of l > 0 channels)
-is the layer's ``edge_features``.
+is the layer's ``edge_features`` (computed only when asked).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from e3nn import o3
@@ -21,7 +19,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import BesselBasis, InvariantChannels, PolynomialCutoff, scatter_sum
+from stableff.models.blocks import InvariantChannels, RadialEmbedding, scatter_sum
 
 
 def _path_exists(irreps_in, irreps_edge, ir_out) -> bool:
@@ -39,7 +37,7 @@ def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
 class InteractionLayer(nn.Module):
     """One NequIP convolution + gate. Returns new node features and the invariant edge messages."""
 
-    def __init__(self, irreps_in, irreps_target, irreps_edge, num_species, num_basis, radial_hidden, avg_num_neighbors, resnet):
+    def __init__(self, irreps_in, irreps_target, irreps_edge, num_species, num_basis, radial_hidden, resnet):
         super().__init__()
         irreps_in = o3.Irreps(irreps_in)
         act_scalars = {1: torch.nn.functional.silu, -1: torch.tanh}
@@ -71,26 +69,20 @@ class InteractionLayer(nn.Module):
         self.irreps_mid = irreps_mid
         self.invariant_view = InvariantChannels(irreps_mid)
         self.irreps_out = self.gate.irreps_out
-        self.inv_sqrt_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
         self.resnet = resnet and irreps_in == self.irreps_out
 
-    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, feature_edges=None):
+    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float):
+        """New node features, and the messages [E, irreps_mid] (the layer's edge states)."""
         centre, neighbour = edge_index
         weights = self.radial(edge_radial)
         mixed = self.linear_1(node_features)
         messages = self.tp(mixed[neighbour], edge_sh, weights)
-        aggregated = scatter_sum(messages, centre, node_features.shape[0]) * self.inv_sqrt_neighbors
+        aggregated = scatter_sum(messages, centre, node_features.shape[0]) * inv_sqrt_neighbors
         updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
         updated = self.gate(updated)
         if self.resnet:
             updated = updated + node_features
-        if feature_edges is None:
-            return updated, self.invariant_view(messages)
-        # the same messages, recomputed on the sampled edges only: equal values, and a loss on them
-        # backpropagates through E_s edges instead of all E
-        # (radial weights recomputed too: their gradient then scatters into [E, num_basis], not [E, weight_numel])
-        sampled = self.tp(mixed[neighbour[feature_edges]], edge_sh[feature_edges], self.radial(edge_radial[feature_edges]))
-        return updated, self.invariant_view(sampled)
+        return updated, messages
 
 
 class NequIP(ForceField):
@@ -116,19 +108,11 @@ class NequIP(ForceField):
         resnet: bool = False,
         bessel_trainable: bool = False,
     ):
-        super().__init__(type_numbers, energy_scale, energy_shift)
-        self.hyperparameters = dict(
-            r_max=r_max, num_layers=num_layers, l_max=l_max, parity=parity, num_features=num_features,
-            num_bessels=num_bessels, polynomial_p=polynomial_p, radial_mlp_depth=radial_mlp_depth,
-            radial_mlp_width=radial_mlp_width, avg_num_neighbors=avg_num_neighbors, resnet=resnet,
-            bessel_trainable=bessel_trainable,
-        )
-        self.r_max = float(r_max)
+        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
         n = self.num_species
         self.irreps_edge = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_edge, normalize=True, normalization="component")
-        self.bessel = BesselBasis(r_max, num_bessels, trainable=bessel_trainable)
-        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+        self.radial = RadialEmbedding(r_max, num_bessels, polynomial_p, trainable=bessel_trainable)
         self.embedding = o3.Linear(o3.Irreps(f"{n}x0e"), o3.Irreps(f"{num_features}x0e"))
         hidden = hidden_irreps(num_features, l_max, parity)
         irreps = o3.Irreps(f"{num_features}x0e")
@@ -138,7 +122,7 @@ class NequIP(ForceField):
             target = hidden if index < num_layers - 1 else o3.Irreps(f"{num_features}x0e")
             layer = InteractionLayer(
                 irreps, target, self.irreps_edge, n, num_bessels,
-                [radial_mlp_width] * radial_mlp_depth, avg_num_neighbors, resnet,
+                [radial_mlp_width] * radial_mlp_depth, resnet,
             )
             layers.append(layer)
             irreps = layer.irreps_out
@@ -146,15 +130,19 @@ class NequIP(ForceField):
         self.edge_feature_scalar_counts = [layer.invariant_view.num_scalars for layer in layers]
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
 
-    def atomic_energies(self, batch, edge_vectors, edge_lengths):
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         species = batch[keys.SPECIES]
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
         edge_sh = self.spherical_harmonics(edge_vectors)
-        edge_radial = self.bessel(edge_lengths) * self.cutoff(edge_lengths).unsqueeze(-1)
+        edge_radial, _ = self.radial(edge_lengths)
         features = self.embedding(onehot)
-        edge_features = []
+        states = []
         for layer in self.layers:
-            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], batch.get(keys.EDGE_FEATURE_SAMPLE))
-            edge_features.append(messages)
+            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors)
+            states.append(messages)
         energies = self.readout(features).squeeze(-1)
-        return energies, edge_features
+        return energies, (states if edge_states else None)
+
+    def edge_feature_view(self, layer, states):
+        """Scalars of the layer's messages as they are, each l > 0 channel by its norm."""
+        return self.layers[layer].invariant_view(states)

@@ -51,23 +51,25 @@ def parity_plot(prediction: dict, metrics: dict, title: str, path: str | Path) -
     return path
 
 
-def learning_curves(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Validation EMAE/FMAE and training loss by epoch."""
+def learning_curves(histories: dict[str, list[list[dict]]], path: str | Path, title: str = "") -> Path:
+    """Validation FMAE and mean edge-feature correlation by epoch; ``histories[label]`` is a list of
+    metrics.csv row lists (one per training seed), drawn in one colour per label."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    axes[0].semilogy(epochs, [row["train_loss"] for row in history])
-    axes[0].set_ylabel("training loss")
-    axes[1].plot(epochs, [row["val_emae_meV_per_atom"] for row in history])
-    axes[1].set_ylabel("validation EMAE (meV/atom)")
-    axes[2].plot(epochs, [row["val_fmae_meV_per_A"] for row in history])
-    axes[2].set_ylabel("validation FMAE (meV/A)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for k, (label, runs) in enumerate(histories.items()):
+        for n, history in enumerate(runs):
+            epochs = [h["epoch"] for h in history]
+            axes[0].plot(epochs, [h["val_fmae_meV_per_A"] for h in history], color=f"C{k}", alpha=0.8, label=label if n == 0 else None)
+            axes[1].plot(epochs, [h.get("val_corr_mean", np.nan) for h in history], color=f"C{k}", alpha=0.8, label=label if n == 0 else None)
+    axes[0].set_ylabel("validation FMAE (meV/A)")
+    axes[1].set_ylabel("validation mean edge-feature correlation")
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -113,18 +115,27 @@ def correlation_bars(series: dict[str, tuple[list[float], list[float]]], path: s
 
 
 def survival_curves(curves: dict[str, dict], path: str | Path, title: str = "") -> Path:
-    """Kaplan-Meier survival S(t) per label; ``curves[label] = {"time_ps", "survival", "run_length_ps"}``."""
+    """Kaplan-Meier survival S(t) per label with its 95 % band and censored runs marked (+);
+    ``curves[label] = {"time_ps", "survival", "lower"?, "upper"?, "censored_ps"?, "run_length_ps"}``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, curve in curves.items():
+    for k, (label, curve) in enumerate(curves.items()):
         t = list(curve["time_ps"]) + [curve["run_length_ps"]]
         s = list(curve["survival"]) + [curve["survival"][-1]]
-        ax.step(t, s, where="post", label=label)
+        ax.step(t, s, where="post", color=f"C{k}", label=label)
+        if "lower" in curve:
+            low = list(curve["lower"]) + [curve["lower"][-1]]
+            high = list(curve["upper"]) + [curve["upper"][-1]]
+            ax.fill_between(t, low, high, step="post", color=f"C{k}", alpha=0.18, lw=0)
+        censored = curve.get("censored_ps") or []
+        if censored:
+            level = np.interp(censored, t, s, right=s[-1])
+            ax.plot(censored, level, "+", color=f"C{k}", ms=9, mew=1.5)
     ax.set_xlabel("time (ps)")
     ax.set_ylabel("fraction of runs not yet failed")
     ax.set_ylim(-0.02, 1.05)
-    ax.legend()
+    ax.legend(title="shaded: 95 % band; +: censored", fontsize=8, title_fontsize=8)
     ax.set_title(title or "Kaplan-Meier survival of MD runs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stableff.io import read_json
 from stableff.report import plots
 
 
@@ -30,7 +31,9 @@ def table_columns(summary: dict) -> list[tuple[str, str, int]]:
     for condition in summary["conditions"]:
         columns.append((f"stability_index_{condition}", f"SI {condition}", 2))
         columns.append((f"median_time_to_failure_ps_{condition}", f"median t_fail {condition} (ps)", 3))
-    columns += [("train_seconds", "training time (s)", 1), ("training_overhead_percent", "overhead (%)", 1)]
+        columns.append((f"rmst_ps_{condition}", f"RMST {condition}, pooled (ps)", 3))
+    columns += [("train_seconds", "training time (s)", 1), ("median_step_ms", "median time per step (ms)", 1),
+                ("step_time_ratio", "step time / baseline's", 3)]
     return columns
 
 
@@ -55,58 +58,35 @@ def _read_metrics(run_dir: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
 
 
-def make_plots(summary: dict, out_dir: Path, reference_files: list[str] | None = None) -> dict[str, list[Path]]:
-    """All report figures; returns section name -> PNG paths."""
-    import matplotlib.pyplot as plt
-
-    from stableff.analysis.stability import kaplan_meier
-    from stableff.train.evaluation import error_metrics
-
+def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
+    """All report figures from what the study computed; returns section name -> PNG paths."""
     figures: dict[str, list[Path]] = {}
     plot_dir = out_dir / "plots"
     runs = summary["runs"]
     models = list(dict.fromkeys(r["model"] for r in runs))
     first_seed = summary["seeds"][0]
 
-    # learning curves: validation FMAE by epoch, every seed, one colour per variant
-    paths = []
-    for model in models:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-        for k, variant in enumerate(summary["variants"]):
-            for r in [x for x in runs if x["model"] == model and x["variant"] == variant]:
-                history = _read_metrics(Path(r["path"]))
-                if not history:
-                    continue
-                epochs = [h["epoch"] for h in history]
-                label = variant if r["seed"] == first_seed else None
-                axes[0].plot(epochs, [h["val_fmae_meV_per_A"] for h in history], color=f"C{k}", alpha=0.8, label=label)
-                axes[1].plot(epochs, [h.get("val_corr_mean", np.nan) for h in history], color=f"C{k}", alpha=0.8, label=label)
-        axes[0].set_ylabel("validation FMAE (meV/Å)")
-        axes[1].set_ylabel("validation mean edge-feature correlation")
-        for ax in axes:
-            ax.set_xlabel("epoch")
-            ax.legend()
-        fig.suptitle(f"{model}: learning curves (every seed)")
-        fig.tight_layout()
-        path = plot_dir / f"learning_{model}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    figures["Learning curves"] = paths
+    figures["Learning curves"] = [
+        plots.learning_curves(
+            {variant: [h for h in (_read_metrics(Path(r["path"])) for r in runs if r["model"] == model and r["variant"] == variant) if h]
+             for variant in summary["variants"]},
+            plot_dir / f"learning_{model}.png", f"{model}: learning curves (every seed)",
+        )
+        for model in models
+    ]
 
-    # parity plots (first seed)
+    # parity plots (first seed), labelled with the stored metrics
     paths = []
     for r in [x for x in runs if x["seed"] == first_seed]:
         for kind in ("ID", "OOD"):
             npz = Path(r["path"]) / f"parity_{kind}.npz"
-            if npz.is_file():
+            if npz.is_file() and kind in r["accuracy"]:
                 data = dict(np.load(npz))
-                prediction = {k: data.get(k) for k in ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species", "stress_pred", "stress_ref")}
-                paths.append(plots.parity_plot(prediction, error_metrics(prediction), f"{r['model']} {r['variant']} (seed {first_seed}), {kind} test set", plot_dir / f"parity_{r['model']}_{r['variant']}_{kind}.png"))
+                prediction = {k: data.get(k) for k in ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species")}
+                paths.append(plots.parity_plot(prediction, r["accuracy"][kind], f"{r['model']} {r['variant']} (seed {first_seed}), {kind} test set", plot_dir / f"parity_{r['model']}_{r['variant']}_{kind}.png"))
     figures["Parity plots"] = paths
 
-    # correlation: bars (mean ± spread over seeds) and heatmaps (first seed), baseline beside decorrelated
+    # correlation: bars (mean ± spread over seeds) and heatmaps (first seed)
     paths = []
     for model in models:
         series = {}
@@ -121,18 +101,12 @@ def make_plots(summary: dict, out_dir: Path, reference_files: list[str] | None =
                 paths.append(plots.correlation_heatmaps(matrices, r["correlation"]["corr_mean"], plot_dir / f"correlation_heatmaps_{model}_{r['variant']}.png", f"{model} {r['variant']} (seed {first_seed}): R per layer"))
     figures["Edge-feature correlation"] = paths
 
-    # Kaplan-Meier survival per condition, variants overlaid, pooled over seeds and start structures
+    # Kaplan-Meier survival with 95 % bands per condition, variants overlaid (pooled over seeds and starts)
     paths = []
-    for model in models:
-        for condition in summary["conditions"]:
-            curves = {}
-            for variant in summary["variants"]:
-                replicas = [rep for r in runs if r["model"] == model and r["variant"] == variant for rep in r["stability"].get(condition, {}).get("replicas", [])]
-                if replicas:
-                    t, s = kaplan_meier([x["time_to_failure_ps"] for x in replicas], [x["failed"] for x in replicas])
-                    curves[f"{variant} ({len(replicas)} runs)"] = {"time_ps": t, "survival": s, "run_length_ps": summary["stability_plan"]["time_ps"]}
-            if curves:
-                paths.append(plots.survival_curves(curves, plot_dir / f"survival_{model}_{condition.replace('@', '_')}.png", f"{model}: survival, {condition.replace('@', ' at ')}"))
+    for model, by_condition in summary.get("survival", {}).items():
+        for condition, by_variant in by_condition.items():
+            curves = {f"{variant} ({curve['n_runs']} runs)": curve for variant, curve in by_variant.items()}
+            paths.append(plots.survival_curves(curves, plot_dir / f"survival_{model}_{condition.replace('@', '_')}.png", f"{model}: survival, {condition.replace('@', ' at ')}"))
     figures["Survival of MD runs (Kaplan-Meier)"] = paths
 
     # temperature and minimum-distance traces (first seed, each condition)
@@ -148,29 +122,16 @@ def make_plots(summary: dict, out_dir: Path, reference_files: list[str] | None =
                 paths.append(plots.md_traces(thermo, plot_dir / f"traces_{model}_{condition.replace('@', '_')}.png", temperature, f"{model}, {condition.replace('@', ' at ')} (seed {first_seed})"))
     figures["Temperature and closest-contact traces"] = paths
 
-    # RDF of the MD runs against the reference structures
+    # RDF of the MD runs against the reference data, as computed by the study's structure stage
     paths = []
-    if reference_files:
-        from stableff.analysis.structure import compare_rdf, rdf
-        from stableff.data.io import read_frames
-        import ase.io
-
-        reference_frames = []
-        for spec in reference_files:
-            reference_frames.extend(f.to_atoms() for f in read_frames(spec, check_distances=False)[:200])
-        reference = rdf(reference_frames, r_max=5.0, n_bins=100)
-        condition = summary["conditions"][0] if summary["conditions"] else None
-        for model in models:
-            for r in [x for x in runs if x["model"] == model and x["seed"] == first_seed]:
-                frames = []
-                for rep in (r["stability"].get(condition, {}).get("replicas", []) if condition else []):
-                    trajectory = Path(rep["path"]) / "trajectory.extxyz"
-                    if trajectory.is_file() and trajectory.stat().st_size:
-                        frames.extend(ase.io.read(trajectory, ":"))
-                if frames:
-                    result = rdf(frames, r_max=5.0, n_bins=100)
-                    r["rdf_vs_reference"] = compare_rdf(result, reference)
-                    paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{model}_{r['variant']}.png", reference, f"{model} {r['variant']}: MD at {condition.replace('@', ' ')} vs reference data"))
+    for r in [x for x in runs if x["seed"] == first_seed and x.get("structure")]:
+        stored = read_json(Path(r["path"]) / "structure.json")
+        if stored is None:
+            continue
+        s = stored["structure"]
+        result = {"r_A": np.array(s["r_A"]), "g": {k: np.array(v) for k, v in s["g"].items()}, "periodic": True}
+        reference = {"r_A": np.array(s["reference_r_A"]), "g": {k: np.array(v) for k, v in s["reference_g"].items()}}
+        paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{r['model']}_{r['variant']}.png", reference, f"{r['model']} {r['variant']}: MD at {s['condition'].replace('@', ' ')} vs reference data"))
     figures["Structure of the MD runs (RDF)"] = paths
     return figures
 
@@ -189,7 +150,10 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
         f"{', '.join(map(str, summary['seeds']))} (same seeds and budget for every variant). Stability: {plan['replicas']} replicas per start "
         f"structure, {plan['time_ps']:g} ps of {plan['ensemble']} MD at {', '.join(f'{t:g} K' for t in plan['temperatures_K'])}, "
         "reference-free failure criteria. Numbers are mean ± standard deviation over training seeds. SI = stability index "
-        "(1 = every run survived the whole run); ID / OOD = in / out of distribution."
+        "(1 = every run survived the whole run); RMST = restricted mean survival time up to the run length (area under the "
+        "Kaplan-Meier curve, all seeds and starts pooled); ID / OOD = in / out of distribution. Verdicts: RMST difference with a "
+        "95 % hierarchical-bootstrap interval (training seeds, then replicas), log-rank test stratified by start structure; "
+        "accuracy and correlation differences paired by training seed (t interval)."
     )
     # one row per quantity, one column per (model, variant): reads well however many conditions there are
     head = "<th>quantity</th>" + "".join(f"<th>{html.escape(row['model'])}<br>{html.escape(row['variant'])}</th>" for row in summary["rows"])
@@ -219,10 +183,10 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
 <h2>Summary</h2>
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}</tbody></table>
-<h3>Is the difference real?</h3><ul>{verdicts}</ul>
+<h3>Is the difference real? (effect, 95 % interval, test)</h3><ul>{verdicts}</ul>
 <h3>Failures by reason (all seeds and replicas)</h3><ul>{failures}</ul>
 {sections}
-<p style="color:#777">Made by stableff. Method: Zeng et al., arXiv:2502.12548 (2025); definitions as in stableff's DESIGN.md.</p>
+<p style="color:#777">Made by stableff. Method: Zeng et al., arXiv:2502.12548 (2025); definitions in stableff's docs/method.md.</p>
 </body></html>
 """
     html_path = out_dir / "report.html"
@@ -240,3 +204,9 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md))
     return html_path, md_path
+
+
+def write_study_report(summary: dict, out_dir) -> tuple[Path, Path]:
+    """Every figure and the HTML and Markdown reports of a finished study (its summary.json content)."""
+    out_dir = Path(out_dir)
+    return write_report(summary, out_dir, make_plots(summary, out_dir))

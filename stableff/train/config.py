@@ -40,9 +40,7 @@ class ModelConfig(BaseModel):
 
         if self.name not in MODELS:
             raise ValueError(f"unknown model '{self.name}' (choose from {', '.join(MODELS)})")
-        allowed = set(inspect.signature(MODELS[self.name].__init__).parameters) - {
-            "self", "type_numbers", "energy_scale", "energy_shift", "avg_num_neighbors"
-        }
+        allowed = set(MODELS[self.name].hyperparameter_names())
         unknown = sorted(set(self.model_extra or {}) - allowed)
         if unknown:
             raise ValueError(f"unknown hyper-parameter(s) {unknown} for {self.name} (allowed: {sorted(allowed)})")
@@ -50,6 +48,15 @@ class ModelConfig(BaseModel):
 
     def hyperparameters(self) -> dict:
         return dict(self.model_extra or {})
+
+    def num_interaction_layers(self) -> int:
+        """Layers of the configured model (its constructor default when the config leaves it out)."""
+        from stableff.models import MODELS
+
+        cls = MODELS[self.name]
+        name = "num_blocks" if "num_blocks" in cls.hyperparameter_names() else "num_layers"
+        value = self.hyperparameters().get(name, inspect.signature(cls.__init__).parameters[name].default)
+        return int(value)
 
 
 class LossConfig(_Strict):
@@ -68,7 +75,7 @@ class OptimizerConfig(_Strict):
 
 
 class DecorrelationConfig(_Strict):
-    """L = w_E L_E + w_F L_F (+ w_S L_S) + lambda(t) L_corr (DESIGN.md)."""
+    """L = w_E L_E + w_F L_F (+ w_S L_S) + lambda(t) L_corr (docs/method.md)."""
 
     enabled: bool = False
     lambda_max: float = Field(0.3, ge=0)
@@ -125,12 +132,12 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _layers_exist(self):
         layers = self.decorrelation.layers
-        hyper = self.model.hyperparameters()
-        num_layers = hyper.get("num_layers", hyper.get("num_blocks"))
-        if layers is not None and num_layers is not None:
-            bad = [l for l in layers if not -num_layers <= l < num_layers]
-            if bad:
-                raise ValueError(f"decorrelation.layers {bad} out of range for a model with {num_layers} layers")
+        if layers is None:
+            return self
+        num_layers = self.model.num_interaction_layers()
+        bad = [l for l in layers if not -num_layers <= l < num_layers]
+        if bad:
+            raise ValueError(f"decorrelation.layers {bad} out of range for a model with {num_layers} interaction layers")
         return self
 
     @field_validator("model", mode="before")
@@ -157,9 +164,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. training.epochs=5)")
         dotted, _, text = item.partition("=")
-        value = yaml.safe_load(text)
-        node = raw
         parts = dotted.split(".")
+        if not all(part.strip() for part in parts):
+            raise ConfigError(f"override '{item}': '{dotted}' is not a key such as training.epochs")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        node = raw
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

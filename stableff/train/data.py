@@ -48,3 +48,13 @@ def load_splits(data_config) -> dict[str, list[Frame]]:
     if not splits["validation"]:
         raise DataError(_as_list(data_config.train)[0], "no validation frames: set data.validation or data.val_fraction > 0")
     return splits
+
+
+def data_hashes(data_config) -> dict[str, str]:
+    """Content hash of every data file the data config names (training, validation, test, E0)."""
+    from stableff.data.io import content_hash
+
+    hashes = {}
+    for specs in (data_config.train, data_config.validation, data_config.test, data_config.isolated_atoms):
+        hashes.update({str(spec): content_hash(spec) for spec in _as_list(specs)})
+    return hashes

@@ -25,12 +25,14 @@ from stableff.data.graph import collate, frame_to_graph, to_device
 from stableff.data.stats import compute_statistics
 from stableff.errors import StableFFError
 from stableff.models import build_model
-from stableff.train.checkpoint import FORMAT, load_checkpoint, load_weights, save_atomic, write_text_atomic
+from stableff.io import save_torch_atomic, write_text_atomic
+from stableff.measures.accuracy import error_metrics, predict
+from stableff.measures.correlation import dataset_correlation
+from stableff.models.saved import FORMAT, load_checkpoint, load_weights
 from stableff.train.config import Config, config_to_dict
-from stableff.train.data import load_splits, read_many
+from stableff.train.data import data_hashes, load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
-from stableff.train.evaluation import error_metrics, predict
-from stableff.train.decorrelation import coefficient, correlation_loss, dataset_correlation, sample_edges
+from stableff.train.decorrelation import coefficient, correlation_loss, sample_edges
 from stableff.train.losses import loss_sums, weighted_loss
 from stableff.train.sam import SAM
 
@@ -83,12 +85,12 @@ def gradient_step(model, local_graphs, config: Config, world: int, device, dtype
             sample = sample_edges(batch[keys.EDGE_INDEX].shape[1], decorrelation.max_edges, generator, device)
             if sample is not None:
                 batch[keys.EDGE_FEATURE_SAMPLE] = sample
-        prediction = model(batch, compute_forces=True, compute_stress=use_stress and bool(batch[keys.PBC].all()), create_graph=True)
+        prediction = model(batch, compute_forces=True, compute_stress=use_stress and bool(batch[keys.PBC].all()), create_graph=True, edge_features=decorrelation.enabled)
         sums = loss_sums(prediction, batch, use_stress)
         if decorrelation.enabled:
             l_corr, measures = correlation_loss(
-                prediction[keys.EDGE_FEATURES], decorrelation.layers, decorrelation.layer_weights, None,  # already sampled
-                generator, model.edge_feature_scalar_counts, decorrelation.channels,
+                prediction[keys.EDGE_FEATURES], decorrelation.layers, decorrelation.layer_weights,
+                model.edge_feature_scalar_counts, decorrelation.channels,
             )
     else:
         prediction, sums = None, {}
@@ -159,6 +161,9 @@ class Trainer:
     def _prepare(self) -> None:
         config = self.config
         t0 = time.perf_counter()
+        self.data_hashes = data_hashes(config.data)
+        if self.resume_from is not None:
+            self._check_resume()
         splits = load_splits(config.data)
         isolated = read_many(config.data.isolated_atoms, require=("energy",)) if config.data.isolated_atoms else None
         if self.resume_from is not None:
@@ -196,6 +201,7 @@ class Trainer:
         self.eval_model = build_from_statistics(self.config, self.statistics).to(device=self.device, dtype=self.dtype)
         self.start_epoch, self.step, self.best_val, self.bad_epochs, self.history = 0, 0, math.inf, 0, []
         self.train_seconds = 0.0
+        self.step_seconds: list[float] = []
         if self.resume_from is not None:
             state = self.resume_from["train_state"]
             load_weights(self.model, state["model"])
@@ -208,10 +214,31 @@ class Trainer:
             self.step, self.best_val, self.bad_epochs = state["step"], state["best_val"], state["bad_epochs"]
             self.history = state["history"]
             self.train_seconds = state.get("train_seconds", 0.0)
+            self.step_seconds = list(state.get("step_seconds", []))
             self._log(f"resuming from {self.out_dir / 'last.ckpt'} after epoch {state['epoch'] + 1}")
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_text_atomic(yaml.safe_dump(config_to_dict(self.config), sort_keys=False), self.out_dir / "config.yaml")
+
+    def median_step_seconds(self) -> float | None:
+        """Median wall time of one optimiser step (forward, backward, update), the first 3 steps
+        (warm-up) left out: robust to a CPU shared with other work, unlike the total time."""
+        steps = self.step_seconds[3:] if len(self.step_seconds) > 5 else self.step_seconds
+        return float(np.median(steps)) if steps else None
+
+    def _check_resume(self) -> None:
+        """--resume continues the same run: refuse changed data (settings or file contents) or model."""
+        from stableff.fingerprint import differences
+
+        stored = self.resume_from
+        current = config_to_dict(self.config)
+        changed = differences({"data": stored["config"]["data"], "model": stored["config"]["model"]}, {"data": current["data"], "model": current["model"]})
+        changed += differences(stored.get("data_hashes"), self.data_hashes, prefix="data file ")
+        if changed:
+            raise StableFFError(
+                f"{self.out_dir / 'last.ckpt'}: cannot resume with other data or model settings ({'; '.join(changed[:4])}); "
+                "train into a new --out instead"
+            )
 
     # ------------------------------------------------------------------ epochs
     def inference_state(self) -> dict:
@@ -240,6 +267,7 @@ class Trainer:
         totals, layer_totals, n = {}, None, 0
         sam = isinstance(self.optimizer, SAM)
         for global_batch in iterator:
+            step_start = time.perf_counter()
             local = [graphs[i] for i in global_batch[self.rank :: self.world]]
             lambda_corr = self.lambda_at(self.step, len(batches))
             # the edge subsample depends only on (seed, step, rank): resumable and reproducible;
@@ -258,6 +286,7 @@ class Trainer:
                 self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
+            self.step_seconds.append(time.perf_counter() - step_start)
             self.step += 1
             n += 1
             totals["loss"] = totals.get("loss", 0.0) + loss
@@ -284,7 +313,7 @@ class Trainer:
         metrics["loss"] = self.config.loss.energy_weight * energy_mse + self.config.loss.forces_weight * force_mse
         correlation = dataset_correlation(
             self.eval_model, self.graphs["validation"], batch_size=max(self.config.training.batch_size, 8), device=self.device,
-            scalar_counts=self.eval_model.edge_feature_scalar_counts, channels=self.config.decorrelation.channels,
+            channels=self.config.decorrelation.channels,
         )
         metrics["layer_corr"] = correlation["corr_mean"]
         return metrics
@@ -298,6 +327,7 @@ class Trainer:
             "dtype": self.config.training.dtype,
             "statistics": self.statistics.to_dict(),
             "config": config_to_dict(self.config),
+            "data_hashes": self.data_hashes,
             "model_state": self.inference_state(),
             "epoch": epoch,
             "metrics": self.history[-1] if self.history else {},
@@ -312,6 +342,7 @@ class Trainer:
                 "bad_epochs": self.bad_epochs,
                 "history": self.history,
                 "train_seconds": self.train_seconds,
+                "step_seconds": self.step_seconds,
             },
         }
 
@@ -366,8 +397,8 @@ class Trainer:
             if self.is_main:
                 checkpoint = self._checkpoint(epoch)
                 if improved:
-                    save_atomic(checkpoint, self.out_dir / "best.ckpt")
-                save_atomic(checkpoint, self.out_dir / "last.ckpt")
+                    save_torch_atomic(checkpoint, self.out_dir / "best.ckpt")
+                save_torch_atomic(checkpoint, self.out_dir / "last.ckpt")
                 self._write_metrics()
                 self._log(
                     f"epoch {epoch + 1:4d}/{training.epochs}  loss {row['train_loss']:.4g}  "

@@ -1,10 +1,12 @@
-"""Checkpoints: written atomically (temp file, fsync, rename) so an interrupted run never leaves a
-corrupt file; loading rebuilds the model with its hyper-parameters and dataset statistics."""
+"""Loading a trained model for use (MD, evaluation, analysis): the checkpoint format, the model
+rebuilt from its hyper-parameters, and the training-data statistics stored beside the weights.
+
+This lives with the models, not with the trainer, so that md/, analysis/ and measures/ never depend
+on training code.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,45 +14,12 @@ import torch
 from stableff.data.stats import DatasetStatistics
 from stableff.errors import StableFFError
 
-FORMAT = "stableff-checkpoint-1"
-
-
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(data, path: str | Path) -> None:
-    """JSON (indented) written atomically: readers never see half a file."""
-    import json
-
-    write_text_atomic(json.dumps(data, indent=2), path)
+#: the ``format`` entry of every checkpoint stableff writes
+FORMAT = "stableff-checkpoint-2"  # 2: shared radial embedding, float64 energy sum
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """The checkpoint dict at ``path``; a clear error for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise StableFFError(f"{path}: no such checkpoint file")
@@ -58,7 +27,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
         raise StableFFError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if isinstance(found, str) and found.startswith("stableff-checkpoint-") and found != FORMAT:
+        raise StableFFError(f"{path}: made by another stableff version ({found}; this one reads {FORMAT}): train the model again")
+    if found != FORMAT:
         raise StableFFError(f"{path}: not a stableff checkpoint")
     return checkpoint
 
@@ -69,7 +41,7 @@ def _is_codegen_constant(key: str) -> bool:
     return "._tensor_constant" in key
 
 
-def load_weights(model, state: dict) -> None:
+def load_weights(model: torch.nn.Module, state: dict) -> None:
     """load_state_dict that ignores only e3nn codegen constants, and is strict about everything else."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_codegen_constant(k)]

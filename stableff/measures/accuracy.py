@@ -1,14 +1,22 @@
-"""Predictions over a dataset and the accuracy metrics of DESIGN.md (EMAE meV/atom, FMAE meV/A,
-their RMSEs, stress MAE meV/A^3, per-species force MAE)."""
+"""Prediction over a dataset and the accuracy metrics (docs/method.md, "Accuracy"): EMAE and ERMSE
+in meV/atom, FMAE and FRMSE in meV/A, stress MAE in meV/A^3, force MAE by species.
+
+Metrics over several files are computed from the pooled errors (an RMSE from the pooled squared
+errors, a per-species MAE over every atom of every file), never by averaging per-file figures.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from stableff.data import keys
 from stableff.data.graph import collate, to_device
+
+PREDICTION_KEYS = ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species", "stress_pred", "stress_ref")
 
 
 def predict(model, graphs: Sequence[dict], batch_size: int = 8, device="cpu", progress: bool = False) -> dict:
@@ -18,15 +26,14 @@ def predict(model, graphs: Sequence[dict], batch_size: int = 8, device="cpu", pr
     species [N] (atomic numbers), stress_pred/stress_ref [B', 3, 3] (periodic frames with stress).
     """
     model.eval()
-    dtype = next(model.parameters()).dtype
-    collected = {k: [] for k in ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species", "stress_pred", "stress_ref")}
+    collected = {k: [] for k in PREDICTION_KEYS}
     starts = range(0, len(graphs), batch_size)
     if progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="evaluating", unit="batch", leave=False)
     for start in starts:
-        batch = to_device(collate(graphs[start : start + batch_size]), device, dtype)
+        batch = to_device(collate(graphs[start : start + batch_size]), device, model.dtype)
         has_stress = keys.STRESS in batch and bool(batch[keys.PBC].all())
         out = model(batch, compute_forces=True, compute_stress=has_stress, create_graph=False)
         collected["energy_pred"].append(out[keys.TOTAL_ENERGY].detach().cpu().double().numpy())
@@ -43,8 +50,18 @@ def predict(model, graphs: Sequence[dict], batch_size: int = 8, device="cpu", pr
     return {k: (np.concatenate(v) if v else None) for k, v in collected.items()}
 
 
+def pool_predictions(predictions: Sequence[dict]) -> dict:
+    """One prediction dict over several (e.g. one per file): every array concatenated. A label is
+    kept only when every part has it."""
+    pooled = {}
+    for key in PREDICTION_KEYS:
+        parts = [p[key] for p in predictions]
+        pooled[key] = np.concatenate(parts) if parts and all(x is not None for x in parts) else None
+    return pooled
+
+
 def error_metrics(prediction: dict) -> dict:
-    """Accuracy metrics in meV units from :func:`predict` output."""
+    """Accuracy metrics in meV units from :func:`predict` (or :func:`pool_predictions`) output."""
     metrics = {"n_frames": int(len(prediction["energy_pred"]))}
     if prediction["energy_ref"] is not None:
         per_atom = (prediction["energy_pred"] - prediction["energy_ref"]) / prediction["num_atoms"]
@@ -63,3 +80,26 @@ def error_metrics(prediction: dict) -> dict:
     if prediction["stress_ref"] is not None:
         metrics["smae_meV_per_A3"] = float(1000 * np.mean(np.abs(prediction["stress_pred"] - prediction["stress_ref"])))
     return metrics
+
+
+def evaluate_files(model_or_path, paths, batch_size: int = 8, device: str = "cpu", progress: bool = True) -> list[dict]:
+    """For each file: its metrics (keys of :func:`error_metrics`, plus ``path``) and raw predictions
+    (under ``"prediction"``). Frames must carry energies and forces."""
+    from stableff.data.graph import frame_to_graph
+    from stableff.data.io import read_frames, resolve_path
+    from stableff.models.saved import model_from_checkpoint
+
+    model = model_from_checkpoint(model_or_path, device=device)[0] if not isinstance(model_or_path, torch.nn.Module) else model_or_path
+    results = []
+    for path in paths:
+        frames = read_frames(path, require=("energy", "forces"))
+        graphs = [frame_to_graph(f, model.type_numbers, model.r_max, model.dtype) for f in frames]
+        prediction = predict(model, graphs, batch_size=batch_size, device=device, progress=progress)
+        results.append({"path": str(resolve_path(path)), **error_metrics(prediction), "prediction": prediction})
+    return results
+
+
+def pooled_metrics(results: Sequence[dict]) -> tuple[dict, dict]:
+    """(metrics over all frames of all files, the pooled prediction) from :func:`evaluate_files` output."""
+    prediction = pool_predictions([r["prediction"] for r in results])
+    return error_metrics(prediction), prediction

@@ -1,0 +1,115 @@
+"""Edge-feature correlation (docs/method.md, "Edge-feature correlation").
+
+For a layer's invariant edge features X in R^{E x d}: standardise each column over the edges
+(mean 0, std 1, eps 1e-8) and form R = X^T X / E. Then
+
+    reported measure   corr_l = mean_{i != j} |R_ij|        (0 = decorrelated, 1 = redundant)
+    loss term          mean_{i != j} R_ij^2                  (summed over layers with weights w_l)
+
+This module is the one implementation of R, of its off-diagonal reduction and of corr_l; the
+training loss, ``stableff correlation`` and the study all use it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stableff.data import keys
+
+EPS = 1e-8
+
+
+def correlation_matrix(features: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """R = Z^T Z / E for the column-standardised features Z of X [E, d] (differentiable).
+
+    >>> x = torch.randn(1000, 2, dtype=torch.float64); x[:, 1] = 2 * x[:, 0] + 1
+    >>> round(float(correlation_matrix(x)[0, 1]), 6)
+    1.0
+    """
+    centred = features - features.mean(dim=0, keepdim=True)
+    std = torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
+    z = centred / std
+    return z.transpose(0, 1) @ z / features.shape[0]
+
+
+def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
+    """The d(d-1) entries R_ij, i != j, of a square matrix, as a flat tensor."""
+    d = matrix.shape[0]
+    return matrix.masked_select(~torch.eye(d, dtype=torch.bool, device=matrix.device))
+
+
+def has_correlation(features: torch.Tensor) -> bool:
+    """R is defined (and has off-diagonal entries) for at least 2 edges and 2 channels."""
+    return features.shape[0] >= 2 and features.shape[1] >= 2
+
+
+def mean_abs_correlation(features: torch.Tensor) -> float:
+    """corr_l = mean_{i != j} |R_ij| (the reported measure); NaN when undefined."""
+    if not has_correlation(features):
+        return float("nan")
+    return float(off_diagonal(correlation_matrix(features.detach())).abs().mean())
+
+
+def correlation_terms(features: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(mean_{i != j} R_ij^2 in the autograd graph, corr_l) from one R; (0, NaN) when undefined."""
+    if not has_correlation(features):
+        return features.new_zeros(()), float("nan")
+    entries = off_diagonal(correlation_matrix(features))
+    return entries.pow(2).mean(), float(entries.detach().abs().mean())
+
+
+def select_channels(features: torch.Tensor, num_scalars: int | None, channels: str) -> torch.Tensor:
+    """``channels="all"``: scalars and norms of l > 0 channels; ``"scalars"``: the l = 0 channels only."""
+    if channels == "scalars" and num_scalars is not None:
+        return features[:, :num_scalars]
+    return features
+
+
+@torch.no_grad()
+def dataset_correlation(model, graphs, batch_size: int = 8, device="cpu", progress: bool = False, channels: str = "all") -> dict:
+    """Per-layer correlation over a dataset: corr_l per batch (mean and std over batches), and the
+    edge-weighted mean correlation matrix R of each layer (for heatmaps)."""
+    from stableff.data.graph import collate, to_device
+
+    model.eval()
+    dtype = model.dtype
+    scalar_counts = model.edge_feature_scalar_counts
+    per_batch: list[list[float]] = []
+    sums: list[torch.Tensor] | None = None
+    total_edges = 0
+    starts = range(0, len(graphs), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="correlation", unit="batch", leave=False)
+    for start in starts:
+        batch = to_device(collate(graphs[start : start + batch_size]), device, dtype)
+        out = model(batch, compute_forces=False, compute_stress=False, edge_features=True)
+        features = [select_channels(f.detach(), scalar_counts[k], channels) for k, f in enumerate(out[keys.EDGE_FEATURES])]
+        per_batch.append([mean_abs_correlation(f) for f in features])
+        matrices = [correlation_matrix(f.double()) * f.shape[0] for f in features]
+        sums = matrices if sums is None else [a + b for a, b in zip(sums, matrices)]
+        total_edges += features[0].shape[0]
+    values = torch.tensor(per_batch, dtype=torch.float64)
+    return {
+        "corr_mean": values.nanmean(0).tolist(),
+        "corr_std": values.std(0).tolist() if len(per_batch) > 1 else [0.0] * values.shape[1],
+        "matrices": [(s / total_edges).cpu().numpy() for s in sums],
+        "n_channels": [int(s.shape[0]) for s in sums],
+        "n_batches": len(per_batch),
+    }
+
+
+def correlation_of_files(model_or_path, paths, batch_size: int = 8, device: str = "cpu", channels: str = "all", progress: bool = True) -> dict:
+    """corr_l (mean and std over batches), channel counts and mean R matrices over all frames of ``paths``."""
+    from stableff.data.graph import frame_to_graph
+    from stableff.data.io import read_frames
+    from stableff.models.saved import model_from_checkpoint
+
+    model = model_from_checkpoint(model_or_path, device=device)[0] if not isinstance(model_or_path, torch.nn.Module) else model_or_path
+    graphs = []
+    for path in paths:
+        graphs.extend(frame_to_graph(f, model.type_numbers, model.r_max, model.dtype) for f in read_frames(path))
+    result = dataset_correlation(model, graphs, batch_size=batch_size, device=device, progress=progress, channels=channels)
+    result["n_frames"] = len(graphs)
+    return result

@@ -1,0 +1,116 @@
+"""The plan of a study (its YAML configuration): which models, variants and training seeds; which
+test sets; which MD temperatures, start structures and replicas. Validated with pydantic, every
+error naming its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stableff.errors import ConfigError
+
+VARIANTS = ("baseline", "decorrelated", "sam")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartStructures(_Strict):
+    file: str
+    frames: list[int] = [0]
+
+
+class StabilityPlan(_Strict):
+    temperatures_K: list[float] = [300.0]
+    replicas: int = Field(3, ge=1)
+    time_ps: float = Field(1.0, gt=0)
+    timestep_fs: float = Field(0.5, gt=0)
+    ensemble: str = "langevin"
+    seed: int = 0  # velocity seed of replica 0 (replica r: seed + r), the same for every model and variant
+    in_distribution: list[StartStructures] = []
+    out_of_distribution: list[StartStructures] = []
+    workers: int | None = Field(None, ge=1)
+
+    @field_validator("ensemble")
+    @classmethod
+    def _known_ensemble(cls, value):
+        from stableff.md.run import ENSEMBLES
+
+        if value not in ENSEMBLES:
+            raise ValueError(f"unknown ensemble '{value}' (choose from {', '.join(ENSEMBLES)})")
+        return value
+
+    def md_settings(self, temperature_K: float):
+        """The MD settings of every replica at one temperature (replica seeds are added per replica)."""
+        from stableff.md.run import MDSettings, steps_for_time
+
+        return MDSettings(ensemble=self.ensemble, temperature_K=temperature_K, timestep_fs=self.timestep_fs,
+                          steps=steps_for_time(self.time_ps, self.timestep_fs), seed=self.seed)
+
+
+class TestSets(_Strict):
+    in_distribution: list[str] = []
+    out_of_distribution: list[str] = []
+
+
+class StudyConfig(_Strict):
+    name: str = "study"
+    training: dict  # a full `stableff train` config (data, model, loss, optimizer, scheduler, training, decorrelation)
+    models: list[dict] | None = None  # model blocks to compare (default: the training config's model)
+    variants: list[Literal["baseline", "decorrelated", "sam"]] = ["baseline", "decorrelated"]
+    seeds: list[int] = [0, 1, 2]
+    sam: dict = {"rho": 0.005}
+    test: TestSets = TestSets()
+    stability: StabilityPlan = StabilityPlan()
+
+    def model_blocks(self) -> list[dict]:
+        """The model blocks compared: ``models``, or the training config's model."""
+        return self.models or [self.training.get("model", {"name": "nequip"})]
+
+
+def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
+    from stableff.train.config import format_validation_error, read_yaml
+
+    raw = read_yaml(path, overrides, what="study configuration")
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    for model in study.model_blocks():
+        for variant in study.variants:
+            variant_config(study, model, variant, study.seeds[0], source=str(path))  # validates every combination now
+    return study
+
+
+def variant_config(study: StudyConfig, model: dict, variant: str, seed: int, source: str = "<study>"):
+    """The training Config of one (model, variant, seed): same data and budget, only the method differs."""
+    from stableff.train.config import parse_config
+
+    raw = copy.deepcopy(study.training)
+    raw["model"] = copy.deepcopy(model)
+    raw.setdefault("training", {})["seed"] = seed
+    decorrelation = raw.setdefault("decorrelation", {})
+    decorrelation["enabled"] = variant == "decorrelated"
+    if variant == "sam":
+        raw["optimizer"] = {**raw.get("optimizer", {}), "name": "sam", **study.sam}
+    return parse_config(raw, f"{source} (model {model.get('name')}, variant {variant}, seed {seed})")
+
+
+def start_structures(plan: StabilityPlan) -> list[tuple[str, str, object]]:
+    """(kind "ID"/"OOD", label, ase.Atoms) of every start structure of the plan."""
+    from stableff.data.io import read_frames
+    from stableff.md.replicas import start_label
+
+    starts = []
+    for kind, entries in (("ID", plan.in_distribution), ("OOD", plan.out_of_distribution)):
+        for entry in entries:
+            for frame in entry.frames:
+                atoms = read_frames(entry.file, index=frame)[0].to_atoms()
+                starts.append((kind, start_label(entry.file, frame, prefix=f"{kind}_"), atoms))
+    return starts
+
+

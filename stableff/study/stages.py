@@ -1,0 +1,192 @@
+"""The stages of a study, one function each, with explicit inputs and outputs. Each stage stores its
+result in the run folder with the fingerprint of its inputs and reuses it only when the fingerprint
+matches; otherwise it says what changed and computes it again.
+
+    DIR/<model>/<variant>/seed_<s>/     training run (best.ckpt, last.ckpt, metrics.csv, done.json)
+                                   accuracy.json, parity_<ID|OOD>.npz
+                                   correlation.json, correlation_matrices.npz
+                                   stability/<T>K/<start>/replica_<r>/...
+                                   structure.json  (RDF of the MD against the reference data)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stableff.fingerprint import RESULT_FORMAT, differences, file_hash
+from stableff.io import read_json, write_json_atomic
+
+#: files of a training run (removed when the run's inputs changed)
+TRAINING_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "done.json")
+
+
+def _data_hashes(specs) -> dict:
+    from stableff.data.io import content_hash
+
+    specs = [specs] if isinstance(specs, str) else list(specs or [])
+    return {str(spec): content_hash(spec) for spec in specs}
+
+
+def training_fingerprint(config) -> dict:
+    """The training configuration (with its seed) and the content of every data file it reads."""
+    from stableff.train.config import config_to_dict
+    from stableff.train.data import data_hashes
+
+    raw = config_to_dict(config)
+    raw["training"].pop("num_threads", None)  # how fast, not what
+    return {"format": RESULT_FORMAT, "config": raw, "data": data_hashes(config.data)}
+
+
+def _reuse(path: Path, fingerprint: dict, what: str, log) -> dict | None:
+    """The stored result at ``path`` when its fingerprint matches; None (after saying why) otherwise."""
+    stored = read_json(path)
+    if stored is None:
+        return None
+    changed = differences(stored.get("fingerprint"), fingerprint)
+    if not changed:
+        return stored
+    log(f"  {what}: inputs changed ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''}), computing again")
+    return None
+
+
+def train_stage(config, run_dir: Path, log=print) -> dict:
+    """Train (or resume, or reuse) one model. Returns done.json's content: train_seconds, epochs,
+    median_step_seconds, model_hash (of best.ckpt) and the fingerprint."""
+    from stableff.train.loop import Trainer
+
+    fingerprint = training_fingerprint(config)
+    done = _reuse(run_dir / "done.json", fingerprint, "trained model", log)
+    if done is not None and (run_dir / "best.ckpt").is_file() and done.get("model_hash") == file_hash(run_dir / "best.ckpt"):
+        log("  trained before (reused)")
+        return done
+    resume = False
+    partial = read_json(run_dir / "started.json")
+    if (run_dir / "last.ckpt").is_file() and done is None and partial is not None and not differences(partial.get("fingerprint"), fingerprint):
+        resume = True
+    elif any((run_dir / name).exists() for name in TRAINING_FILES):
+        for name in TRAINING_FILES:
+            if (run_dir / name).exists():
+                (run_dir / name).unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"fingerprint": fingerprint}, run_dir / "started.json")
+    log(f"  {'resuming' if resume else 'training'} ...")
+    t0 = time.perf_counter()
+    trainer = Trainer(config, run_dir, resume=resume)
+    trainer.run()
+    history = trainer.history
+    done = {
+        "fingerprint": fingerprint,
+        "train_seconds": history[-1]["time_s"],
+        "epochs": history[-1]["epoch"],
+        "median_step_seconds": trainer.median_step_seconds(),
+        "wall_seconds": time.perf_counter() - t0,
+        "model_hash": file_hash(run_dir / "best.ckpt"),
+    }
+    write_json_atomic(done, run_dir / "done.json")
+    return done
+
+
+def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[str]], run_dir: Path, log=print) -> dict:
+    """EMAE/FMAE (and RMSEs, per-species FMAE) per kind of test set ("ID", "OOD"), pooled over its
+    files; parity data saved as parity_<kind>.npz."""
+    from stableff.measures.accuracy import evaluate_files, pooled_metrics
+
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "test": {kind: _data_hashes(files) for kind, files in test_sets.items() if files}}
+    stored = _reuse(run_dir / "accuracy.json", fingerprint, "accuracy", log)
+    if stored is not None:
+        return stored["accuracy"]
+    log("  evaluating accuracy")
+    accuracy = {}
+    for kind, files in test_sets.items():
+        if not files:
+            continue
+        metrics, prediction = pooled_metrics(evaluate_files(model_path, files, progress=False))
+        accuracy[kind] = metrics
+        np.savez_compressed(run_dir / f"parity_{kind}.npz", **{k: v for k, v in prediction.items() if v is not None})
+    write_json_atomic({"fingerprint": fingerprint, "accuracy": accuracy}, run_dir / "accuracy.json")
+    return accuracy
+
+
+def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_dir: Path, log=print) -> dict:
+    """Per-layer corr_l over ``files`` (mean, spread over batches), the mean over layers; R matrices
+    saved as correlation_matrices.npz."""
+    from stableff.measures.correlation import correlation_of_files
+
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "data": _data_hashes(files)}
+    stored = _reuse(run_dir / "correlation.json", fingerprint, "correlation", log)
+    if stored is not None:
+        return stored["correlation"]
+    log("  edge-feature correlation")
+    result = correlation_of_files(model_path, files, progress=False)
+    correlation = {
+        "corr_mean": result["corr_mean"], "corr_std": result["corr_std"], "n_channels": result["n_channels"],
+        "mean_over_layers": float(np.nanmean(result["corr_mean"])),
+    }
+    np.savez_compressed(run_dir / "correlation_matrices.npz", *result["matrices"])
+    write_json_atomic({"fingerprint": fingerprint, "correlation": correlation}, run_dir / "correlation.json")
+    return correlation
+
+
+def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print) -> dict:
+    """Replicas at every temperature from every start; returns {"ID@1200K": stability report, ...}.
+    Replicas whose inputs changed are run again (each replica is keyed by its own fingerprint)."""
+    from stableff.analysis.stability import stability_report
+    from stableff.md.monitors import MonitorSettings
+    from stableff.md.replicas import build_replica_tasks, run_replicas
+
+    stability = {}
+    for temperature in plan.temperatures_K:
+        tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
+                                    plan.replicas, MonitorSettings(), run_dir / "stability" / f"{temperature:g}K")
+        if not tasks:
+            continue
+        log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")
+        replicas = run_replicas(tasks, workers=plan.workers, progress=True, on_mismatch="recompute")
+        kinds = {label: kind for kind, label, _ in starts}
+        for kind in ("ID", "OOD"):
+            chosen = [r for r in replicas if kinds[r["start"]] == kind]
+            if chosen:
+                stability[f"{kind}@{temperature:g}K"] = stability_report(chosen)
+    return stability
+
+
+def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, log=print, max_reference_frames: int = 200) -> dict | None:
+    """RDF of the MD trajectories of the first condition against the reference data (Wright's factor
+    and JSD per species pair); g(r) of both saved in structure.json for the report."""
+    import ase.io
+
+    from stableff.analysis.structure import REFERENCE_FRAMES, compare_rdf, rdf, reference_rdf
+
+    if not reference_files or not stability:
+        return None
+    condition = sorted(stability, key=lambda c: (float(c.split("@")[1][:-1]), c))[0]
+    replicas = stability[condition]["replicas"]
+    fingerprint = {
+        "format": RESULT_FORMAT, "condition": condition,
+        "replicas": [r.get("fingerprint") for r in replicas], "reference": _data_hashes(reference_files),
+        "reference_frames": REFERENCE_FRAMES,
+    }
+    stored = _reuse(run_dir / "structure.json", fingerprint, "structure", log)
+    if stored is not None:
+        return stored["structure"]
+    frames = []
+    for rep in replicas:
+        trajectory = Path(rep["path"]) / "trajectory.extxyz"
+        if trajectory.is_file() and trajectory.stat().st_size:
+            frames.extend(ase.io.read(trajectory, ":"))
+    if not frames:
+        return None
+    log("  structure (RDF) of the MD runs")
+    reference = reference_rdf(reference_files, r_max=5.0, n_bins=100)
+    result = rdf(frames, r_max=5.0, n_bins=100)
+    structure = {
+        "condition": condition, "n_frames": len(frames), "comparison": compare_rdf(result, reference),
+        "r_A": result["r_A"].tolist(), "g": {k: v.tolist() for k, v in result["g"].items()},
+        "reference_g": {k: v.tolist() for k, v in reference["g"].items()}, "reference_r_A": reference["r_A"].tolist(),
+    }
+    write_json_atomic({"fingerprint": fingerprint, "structure": structure}, run_dir / "structure.json")
+    return structure

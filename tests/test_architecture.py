@@ -1,0 +1,74 @@
+"""The layering of the README's architecture section, checked on the source: every import inside
+stableff/ (module level or inside functions) goes to the same package or to a layer below."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "stableff"
+
+# layer of each top-level module or package of stableff (data flows from low to high numbers)
+LAYERS = {
+    "errors": 0, "io": 0.5, "fingerprint": 0.5,
+    "data": 1, "datasets": 1, "configs": 1,
+    "models": 2,
+    "measures": 3, "testing": 3,
+    "train": 4, "md": 4,
+    "analysis": 5,
+    "study": 6,
+    "report": 7,
+    "cli": 8, "__main__": 9, "__init__": 9,
+}
+
+
+def imports_of(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+
+
+def unit_of(path: Path) -> str:
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def test_no_module_imports_a_layer_above_it():
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        unit = unit_of(path)
+        assert unit in LAYERS, f"{path}: add this module to the layer table (and to the README)"
+        for line, module in imports_of(path):
+            parts = module.split(".")
+            if parts[0] != "stableff" or len(parts) == 1:
+                continue
+            target = parts[1]
+            if target == unit:
+                continue
+            assert target in LAYERS, f"{path}:{line} imports unknown stableff.{target}"
+            same_layer_sibling = LAYERS[target] == LAYERS[unit]
+            if LAYERS[target] > LAYERS[unit] or same_layer_sibling:
+                violations.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {unit} (layer {LAYERS[unit]}) imports stableff.{target} (layer {LAYERS[target]})")
+    assert not violations, "\n".join(violations)
+
+
+def test_md_analysis_and_report_never_reach_training_code():
+    for unit in ("md", "analysis", "report", "measures", "models"):
+        for path in (PACKAGE / unit).rglob("*.py"):
+            assert not any(m.startswith("stableff.train") for _, m in imports_of(path)), path
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from stableff.train.loop import Trainer\n")
+    assert ("stableff.train.loop" in [m for _, m in imports_of(bad)])
+
+
+def test_no_file_cites_a_document_outside_the_repository():
+    root = PACKAGE.parent
+    for path in list(PACKAGE.rglob("*.py")) + list(PACKAGE.rglob("*.yaml")):
+        text = path.read_text()
+        assert "DESIGN.md" not in text and "CONVENTIONS.md" not in text, path
+        if "docs/method.md" in text:
+            assert (root / "docs" / "method.md").is_file()

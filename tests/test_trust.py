@@ -1,0 +1,249 @@
+"""Results you can trust: stored results reused only for the same inputs, every named input used or
+refused, and user errors ending in one clear line (no traceback, non-zero exit)."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from stableff.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "stableff", *map(str, args)], capture_output=True, text=True)
+
+
+def one_line_error(capsys, argv, *fragments):
+    """main(argv) exits 1 with one message on stderr containing every fragment, no traceback."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+STABILITY = ["--replicas", "2", "--workers", "1", "--steps", "20", "--log-interval", "10"]
+
+
+# ---------------------------------------------------------------- stale results
+
+
+def test_stability_refuses_replicas_made_from_other_inputs_and_fresh_reruns(trained_model, tmp_path, capsys):
+    out = tmp_path / "stab"
+    assert main(["stability", str(trained_model), "acac:test_MD_300K", "--out", str(out), "--temperature", "300", *STABILITY]) == 0
+    first = json.loads((out / "test_MD_300K_0" / "replica_000" / "summary.json").read_text())
+    assert first["fingerprint"]["md"]["temperature_K"] == 300
+    # another temperature into the same folder: refused, naming what differs
+    one_line_error(capsys, ["stability", trained_model, "acac:test_MD_300K", "--out", out, "--temperature", "600", *STABILITY],
+                   str(out / "test_MD_300K_0"), "md.temperature_K: 300.0 -> 600.0", "--fresh")
+    # another threshold
+    one_line_error(capsys, ["stability", trained_model, "acac:test_MD_300K", "--out", out, "--temperature", "300", "--force-factor", "4", *STABILITY],
+                   "monitor.force_factor: 3.0 -> 4.0")
+    # another model (same architecture, other weights)
+    other = tmp_path / "other.ckpt"
+    checkpoint = torch.load(trained_model, weights_only=False)
+    checkpoint["model_state"] = {k: (v * 1.01 if v.is_floating_point() else v) for k, v in checkpoint["model_state"].items()}
+    torch.save(checkpoint, other)
+    one_line_error(capsys, ["stability", other, "acac:test_MD_300K", "--out", out, "--temperature", "300", *STABILITY], "model: sha256:")
+    # another start structure under the same label (frame 1 of the same file is another label; the same file edited is not)
+    moved = tmp_path / "test_MD_300K.xyz"
+    import ase.io
+
+    atoms = ase.io.read("stableff/datasets/acac/test_MD_300K.xyz", 0)
+    atoms.positions[0, 0] += 0.05
+    ase.io.write(moved, atoms, format="extxyz")
+    one_line_error(capsys, ["stability", trained_model, moved, "--out", out, "--temperature", "300", *STABILITY], "start: sha256:")
+    # --fresh runs them again with the new settings; the same inputs again are reused
+    assert main(["stability", str(trained_model), "acac:test_MD_300K", "--out", str(out), "--temperature", "600", "--fresh", "--json", str(tmp_path / "r.json"), *STABILITY]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert all(r["temperature_K"] == 600 for r in report["replicas"])
+    capsys.readouterr()
+    assert main(["stability", str(trained_model), "acac:test_MD_300K", "--out", str(out), "--temperature", "600", *STABILITY]) == 0
+    assert "2 of 2 replicas already finished with the same inputs" in capsys.readouterr().out
+
+
+def test_two_start_files_with_the_same_name_are_kept_apart(trained_model, tmp_path):
+    import ase.io
+
+    for folder, frame in (("a", 0), ("b", 3)):
+        (tmp_path / folder).mkdir()
+        ase.io.write(tmp_path / folder / "start.xyz", ase.io.read("stableff/datasets/acac/test_MD_300K.xyz", frame), format="extxyz")
+    code = main(["stability", str(trained_model), str(tmp_path / "a" / "start.xyz"), str(tmp_path / "b" / "start.xyz"),
+                 "--out", str(tmp_path / "out"), "--json", str(tmp_path / "r.json"), *STABILITY])
+    assert code == 0
+    starts = {r["start"] for r in json.loads((tmp_path / "r.json").read_text())["replicas"]}
+    assert starts == {"a_start_0", "b_start_0"}
+    for label in starts:  # each trajectory readable and from its own start
+        frames = ase.io.read(tmp_path / "out" / label / "replica_000" / "trajectory.extxyz", ":")
+        assert len(frames) >= 2
+
+
+def test_resume_refuses_other_data_or_model_settings(tmp_path, capsys):
+    import yaml
+
+    config = {
+        "data": {"train": "acac:train_300K", "val_fraction": 0.25, "max_train_frames": 8},
+        "model": {"name": "nequip", "r_max": 3.5, "num_layers": 2, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+        "training": {"epochs": 1, "batch_size": 4, "num_threads": 1},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    one_line_error(capsys, ["train", path, "--out", tmp_path / "run", "--resume", "data.train=acac:test_MD_300K"],
+                   "cannot resume with other data or model settings", "data.train: acac:train_300K -> acac:test_MD_300K")
+    one_line_error(capsys, ["train", path, "--out", tmp_path / "run", "--resume", "model.num_features=8"], "model.num_features: 4 -> 8")
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--resume", "training.epochs=2"]) == 0  # a longer budget is fine
+
+
+# ---------------------------------------------------------------- reference RDFs
+
+
+def test_reference_rdf_csv_columns_matched_in_any_common_form(tmp_path, capsys):
+    from stableff.analysis.structure import compare_rdf, rdf, read_rdf_csv
+    from ase.spacegroup import crystal
+
+    atoms = crystal(["Hf", "O"], basis=[(0, 0, 0), (0.25, 0.25, 0.25)], spacegroup=225, cellpar=[5.1] * 3 + [90] * 3)
+    result = rdf([atoms], 5.0, 50)
+    header = "r  /  Angstrom,Hf Hf,Hf-O,O O"  # a third-party header; Hf-O is stableff's O-Hf
+    rows = [",".join([f"{r:.4f}"] + [f"{result['g'][p][k]:.6f}" for p in ("Hf-Hf", "O-Hf", "O-O")]) for k, r in enumerate(result["r_A"])]
+    (tmp_path / "ref.csv").write_text("\n".join([header] + rows) + "\n")
+    reference = read_rdf_csv(tmp_path / "ref.csv")
+    assert sorted(reference["g"]) == ["Hf-Hf", "O-Hf", "O-O"]
+    comparison = compare_rdf(result, reference)
+    assert sorted(comparison) == ["Hf-Hf", "O-Hf", "O-O"] and all(v["wright_factor"] < 1e-6 for v in comparison.values())
+    # columns that are not pairs, or pairs the structure does not have: an error listing both
+    (tmp_path / "bad.csv").write_text("r_A,g_total\n0.1,0\n0.2,0\n")
+    ase_file = tmp_path / "crystal.xyz"
+    import ase.io
+
+    ase.io.write(ase_file, atoms, format="extxyz")
+    one_line_error(capsys, ["rdf", ase_file, "--reference", tmp_path / "bad.csv"], "columns ['g_total'] are not species pairs")
+    (tmp_path / "cu.csv").write_text("r_A,Cu-Cu\n0.1,0\n0.2,0\n")
+    one_line_error(capsys, ["rdf", ase_file, "--reference", tmp_path / "cu.csv"], "reference RDF pairs ['Cu-Cu'] do not match", "O-Hf")
+
+
+def test_md_reference_rdf_that_does_not_match_is_refused_before_md(trained_model, tmp_path, capsys):
+    (tmp_path / "cu.csv").write_text("r_A,Cu-Cu\n0.1,0\n0.2,0\n")
+    one_line_error(capsys, ["md", trained_model, "acac:test_MD_300K", "--out", tmp_path / "md", "--steps", "10", "--reference-rdf", tmp_path / "cu.csv"],
+                   "do not match the structure's pairs")
+    one_line_error(capsys, ["md", trained_model, "acac:test_MD_300K", "--out", tmp_path / "md", "--steps", "10", "--reference-rdf", tmp_path / "none.xyz"],
+                   "none.xyz", "no such file")
+    assert not (tmp_path / "md" / "thermo.csv").exists()
+
+
+# ---------------------------------------------------------------- outputs checked before work
+
+
+def test_outputs_checked_before_any_work(trained_model, tmp_path, capsys):
+    start = tmp_path / "start.xyz"
+    shutil.copy("stableff/datasets/acac/test_MD_300K.xyz", start)
+    before = start.read_bytes()
+    one_line_error(capsys, ["stability", trained_model, start, "--out", tmp_path / "s", "--json", start, *STABILITY], "is also an input file")
+    assert start.read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    t0 = time.perf_counter()
+    one_line_error(capsys, ["stability", trained_model, start, "--out", tmp_path / "afile", *STABILITY], "is an existing file, not a folder")
+    one_line_error(capsys, ["stability", trained_model, start, "--out", tmp_path / "s", "--json", tmp_path / "afile" / "r.json", *STABILITY], "afile is a file")
+    one_line_error(capsys, ["evaluate", trained_model, "acac:test_MD_300K", "--json", tmp_path], "is an existing directory")
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "s").exists()  # refused before any MD
+
+
+# ---------------------------------------------------------------- one clear line instead of a traceback
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--timestep", "0"], ["--timestep must be positive"]),
+    (["stability", "{model}", "acac:test_MD_300K", "--out", "{tmp}/s", "--replicas", "0"], ["--replicas must be at least 1"]),
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--index", "9999"], ["there is no frame 9999", "650 frame(s)"]),
+    (["md", "{model}", "acac:isolated_atoms", "--out", "{tmp}/md"], ["MD needs at least 2 atoms"]),
+    (["train", "{config}", "--out", "{tmp}/t", "training.epochs=["], ["override 'training.epochs=['", "not valid YAML"]),
+    (["train", "{config}", "--out", "{tmp}/t", "=5"], ["override '=5'", "is not a key"]),
+    (["train", "{config}", "--out", "{tmp}/t", "decorrelation.layers=[4]"], ["decorrelation.layers [4] out of range for a model with 3"]),
+    (["rdf", "acac:test_MD_300K", "--reference", "{tmp}/missing.csv"], ["missing.csv", "no such file"]),
+])
+def test_user_errors_end_in_one_line(argv, fragments, trained_model, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {train: acac:train_300K, max_train_frames: 8}\ntraining: {epochs: 1}\n")
+    argv = [a.format(model=trained_model, tmp=tmp_path, config=config) for a in argv]
+    one_line_error(capsys, argv, *fragments)
+
+
+def test_text_where_a_number_belongs_and_one_atom_training_data(tmp_path, capsys):
+    (tmp_path / "bad.xyz").write_text("2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=abc pbc=\"F F F\"\nH 0 0 0 0 0 0\nH 0 0 0.74 0 0 0\n")
+    one_line_error(capsys, ["evaluate", "missing.ckpt", tmp_path / "bad.xyz"], "no such checkpoint")
+    from stableff.data.io import read_frames
+    from stableff.errors import DataError
+
+    with pytest.raises(DataError, match="frame 0: a label is not a number"):
+        read_frames(tmp_path / "bad.xyz")
+    (tmp_path / "atoms.xyz").write_text("1\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 pbc=\"F F F\"\nH 0 0 0 0 0 0\n" * 4)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{train: {tmp_path / 'atoms.xyz'}, val_fraction: 0.25}}\ntraining: {{epochs: 1}}\n")
+    one_line_error(capsys, ["train", config, "--out", tmp_path / "t"], "no atom of any frame has a neighbour within the cutoff")
+
+
+def test_killed_stability_leaves_no_worker_running(trained_model, tmp_path):
+    import os
+    import signal
+
+    args = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "4", "--workers", "2",
+            "--time", "5", "--out", str(tmp_path / "s")]
+    parent = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def children():
+        found = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    with open(f"/proc/{pid}/stat") as handle:
+                        if int(handle.read().rsplit(")", 1)[1].split()[1]) == parent.pid:
+                            found.append(int(pid))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return found
+
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((tmp_path / "s").rglob("thermo.csv"))) < 2:
+        time.sleep(0.2)
+    workers = children()
+    assert len(workers) >= 2, "the workers never started"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z" for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert not alive, f"workers {alive} still running after their parent was killed"
+
+
+def test_calculator_equals_the_evaluation_path_in_float64(tmp_path, acac_frames):
+    from stableff import StableFFCalculator
+    from stableff.measures.accuracy import predict
+    from stableff.data.graph import frame_to_graph
+    from stableff.models.saved import FORMAT
+
+    from test_physics import make_model
+
+    model = make_model("nequip")
+    checkpoint = {"format": FORMAT, "model_name": "nequip", "hyperparameters": model.hyperparameters, "type_numbers": model.type_numbers,
+                  "dtype": "float64", "statistics": {"type_numbers": [1, 6, 8], "reference_energies": [0, 0, 0], "energy_per_atom_residual_mean": 0,
+                  "energy_per_atom_residual_std": 0, "force_rms": 1, "mean_num_neighbors": 4, "max_abs_force": 1, "min_pair_distance": {},
+                  "max_nearest_neighbor_distance": {}, "cutoff": 3.5, "n_frames": 1}, "model_state": model.state_dict()}
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    calculator = StableFFCalculator(tmp_path / "m.ckpt")
+    frames = acac_frames[:3]
+    prediction = predict(model, [frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in frames], batch_size=2)
+    offset = 0
+    for k, frame in enumerate(frames):
+        atoms = frame.to_atoms()
+        atoms.calc = calculator
+        assert atoms.get_potential_energy() == pytest.approx(prediction["energy_pred"][k], abs=1e-6)
+        np.testing.assert_allclose(atoms.get_forces(), prediction["forces_pred"][offset : offset + len(frame)], atol=1e-6)
+        offset += len(frame)
