@@ -30,8 +30,11 @@ BENCH_S = dict(r_max=5.0, num_layers=3, l_max=1, parity=True, num_features=32, n
 # bench-S-like sizes for the other two models
 BENCH_S_ALLEGRO = dict(r_max=5.0, num_layers=2, l_max=1, parity=True, num_scalar_features=32, num_tensor_features=8, num_bessels=8,
                        polynomial_p=6, two_body_mlp_width=32, latent_mlp_width=32, latent_mlp_depth=1, readout_mlp_width=16)
-BENCH_S_GEMNET = dict(r_max=5.0, num_blocks=3, atom_features=32, edge_features=32, triplet_features=16, num_radial=8, num_spherical=5, num_sph_radial=4)
-BENCH = {"nequip": BENCH_S, "allegro": BENCH_S_ALLEGRO, "gemnet_t": BENCH_S_GEMNET}
+BENCH_S_GEMNET = dict(r_max=5.0, num_blocks=3, num_spherical=7, num_radial=6, emb_size_atom=32, emb_size_edge=32, emb_size_trip=16,
+                      emb_size_rbf=8, emb_size_cbf=8, emb_size_bil_trip=16)
+# the DimeNet++-style model that stableff called gemnet_t before it followed the paper
+BENCH_S_DIMENET_LIKE = dict(r_max=5.0, num_blocks=3, atom_features=32, edge_features=32, triplet_features=16, num_radial=8, num_spherical=5, num_sph_radial=4)
+BENCH = {"nequip": BENCH_S, "allegro": BENCH_S_ALLEGRO, "gemnet_t": BENCH_S_GEMNET, "dimenet_pp_like": BENCH_S_DIMENET_LIKE}
 
 
 def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name="nequip"):

@@ -11,7 +11,8 @@ ACAC = Path(__file__).resolve().parents[1] / "stableff" / "datasets" / "acac"
 SMALL_HYPERPARAMETERS = {
     "nequip": dict(r_max=3.5, num_layers=2, l_max=2, num_features=4, num_bessels=4, radial_mlp_width=8, radial_mlp_depth=1),
     "allegro": dict(r_max=3.5, num_layers=2, l_max=2, num_scalar_features=8, num_tensor_features=4, num_bessels=4, two_body_mlp_width=8, latent_mlp_width=8, readout_mlp_width=8),
-    "gemnet_t": dict(r_max=3.5, num_blocks=2, atom_features=8, edge_features=8, triplet_features=4, num_radial=4, num_spherical=3, num_sph_radial=3),
+    "gemnet_t": dict(r_max=3.5, num_blocks=2, num_spherical=3, num_radial=4, emb_size_atom=8, emb_size_edge=8, emb_size_trip=4, emb_size_rbf=4, emb_size_cbf=4, emb_size_bil_trip=4, num_atom=1),
+    "dimenet_pp_like": dict(r_max=3.5, num_blocks=2, atom_features=8, edge_features=8, triplet_features=4, num_radial=4, num_spherical=3, num_sph_radial=3),
 }
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -2,10 +2,11 @@
 
 from stableff.models.base import ForceField
 from stableff.models.allegro import Allegro
+from stableff.models.dimenet_like import DimeNetPPLike
 from stableff.models.gemnet import GemNetT
 from stableff.models.nequip import NequIP
 
-MODELS = {"nequip": NequIP, "allegro": Allegro, "gemnet_t": GemNetT}
+MODELS = {"nequip": NequIP, "allegro": Allegro, "gemnet_t": GemNetT, "dimenet_pp_like": DimeNetPPLike}
 
 
 def build_model(name: str, **hyperparameters) -> ForceField:
@@ -17,4 +18,4 @@ def build_model(name: str, **hyperparameters) -> ForceField:
     return MODELS[name](**hyperparameters)
 
 
-__all__ = ["ForceField", "NequIP", "Allegro", "GemNetT", "MODELS", "build_model"]
+__all__ = ["ForceField", "NequIP", "Allegro", "GemNetT", "DimeNetPPLike", "MODELS", "build_model"]

@@ -1,17 +1,35 @@
-"""GemNet-T (Gasteiger et al., NeurIPS 2021): directed-edge embeddings with two-hop triplet
-interactions through angles (no quadruplets), forces by autograd of the energy (conservative).
+"""GemNet-T (Gasteiger, Becker and Günnemann, "GemNet: Universal Directional Graph Neural Networks for
+Molecules", NeurIPS 2021), the variant with triplet (two-hop) interactions only.
 
-Notation: edge e = (i <- j) carries the message m_ji (centre i = edge_index[0], neighbour j).
-  * radial basis     rbf(r) = Bessel(r) * u(r)           (u: polynomial cutoff envelope)
-  * angle basis      cbf(theta_kji, r_kj) = rbf(r_kj)[:n_sph_radial] (x) P_l(cos theta_kji), l < num_spherical
-                     (theta_kji: angle at j between j->i and j->k; P_l: Legendre polynomials)
-  * embeddings       h_i = Embedding(Z_i);  m_ji = MLP([h_i, h_j, W rbf_ji])
-  * interaction      triplets: m_ji += Up( sum_k  Down(m_kj) * W_r rbf_kj * (W_c cbf_kji) )
-                     atoms:    h_i += MLP( sum_j m_ji * W rbf_ji );  m_ji += MLP([h_i, h_j, m_ji])
-                     (residual blocks, skip connections scaled by 1/sqrt(2))
-  * output blocks    E_i = sum_blocks MLP( sum_j m_ji * W rbf_ji )
-Triplets (k -> j -> i) pair every edge i <- j with every edge j <- k except the one leading back to
-the same image of i, so periodic images are handled. ``edge_features`` are the directed-edge
+What is implemented, in the paper's terms (directed edge e = (i <- j) carries the message m_ji; a
+triplet k -> j -> i couples m_kj into m_ji through the angle theta_kji at j):
+
+* Radial basis (spherical Bessel functions of order 0 with the smooth polynomial envelope u):
+      e_RBF,n(d) = u(d) sqrt(2/c) sin(n pi d / c) / d,            n = 1..N_rbf
+* Spherical 2D basis of a triplet (radial part on the output edge, angle between the two edges):
+      e_CBF,ln(d_ji, theta_kji) = u(d_ji) sqrt(2/c^3) / |j_{l+1}(z_ln)| j_l(z_ln d_ji / c) Y_l^0(theta_kji)
+  with z_ln the n-th root of the spherical Bessel function j_l, l < N_sph, n <= N_rbf.
+* Embeddings: h_i = W Z_i (atom embedding); m_ji = sigma(W [h_i, h_j, W_rbf e_RBF(d_ji)]).
+* Interaction block, one per ``num_blocks``:
+    - efficient triplet interaction: x_kj = sigma(W m_kj) * (W_rbf e_RBF(d_kj)), down-projected to
+      ``emb_size_trip``; basis transformation and bilinear layer
+          y_ji = sum_{l,c,f} W_{c f o} (W_cbf e_CBF,l(d_ji))_{c} (sum_k Y_l(theta_kji) x_kj,f)
+      (the sum over k done first, GemNet's efficient form); up-projected separately for the edge and
+      its reverse and combined as (up_1(y)_ji + up_2(y)_ij) / sqrt(2);
+    - skip connection x = (sigma(W m_ji) + y) / sqrt(2), ``num_before_skip`` residual layers,
+      m <- (m + x) / sqrt(2), ``num_after_skip`` residual layers;
+    - atom update h_i <- (h_i + MLP(sum_j m_ji * W e_RBF(d_ji))) / sqrt(2) with ``num_atom`` residual layers;
+    - edge update by concatenation m_ji <- (m_ji + sigma(W [h_i, h_j, m_ji]) after ``num_concat``
+      residual layers) / sqrt(2).
+* Output block after the embedding and after every interaction block: E_i^(b) = W_out MLP(sum_j
+  m_ji * W e_RBF(d_ji)); the energy is sum_b sum_i E_i^(b). Activation: scaled SiLU, x sigmoid(x) / 0.6.
+* Forces by autograd of the energy only (the conservative variant, needed for MD).
+
+Documented differences from the paper: the learned ScaleFactor layers (fitted on data to keep
+activations at unit variance) are replaced by fixed normalisations of every sum over neighbours by
+1/sqrt(mean neighbour count) and of the triplet sum by 1/sqrt(mean neighbours - 1), the 1/sqrt(2)
+residual scaling and the 1/0.6 activation scale, which serve the same purpose without a fitting pass;
+no quadruplets (GemNet-Q) and no direct force head (GemNet-dT). ``edge_features`` are the directed-edge
 embeddings m after each interaction block.
 """
 
@@ -19,97 +37,187 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, mlp, scatter_sum
+from stableff.models.blocks import RadialEmbedding, build_triplets, legendre, reverse_edges, scatter_sum
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
-def build_triplets(edge_index: torch.Tensor, shifts: torch.Tensor, num_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index pairs (e_in, e_out) of edges e_out = (i <- j) and e_in = (j <- k), k != i (same image).
+def spherical_bessel_roots(num_spherical: int, num_radial: int) -> np.ndarray:
+    """z_ln, the first ``num_radial`` positive roots of j_l for l < num_spherical ([L, N])."""
+    from scipy.optimize import brentq
+    from scipy.special import spherical_jn
 
-    Returns (e_in, e_out), both [T]. Built with sorting and repeat_interleave (no Python loops).
-    """
-    centre, neighbour = edge_index
-    order = torch.argsort(centre, stable=True)
-    counts = torch.bincount(centre, minlength=num_atoms)
-    starts = torch.cumsum(counts, 0) - counts
-    per_edge = counts[neighbour]  # edges centred on j, for every edge i <- j
-    e_out = torch.repeat_interleave(torch.arange(len(neighbour), device=centre.device), per_edge)
-    offsets = torch.arange(len(e_out), device=centre.device) - torch.repeat_interleave(torch.cumsum(per_edge, 0) - per_edge, per_edge)
-    e_in = order[starts[neighbour[e_out]] + offsets]
-    # drop k = i through the same periodic image: edge j <- i with the opposite shift
-    back = (neighbour[e_in] == centre[e_out]) & torch.all(shifts[e_in] == -shifts[e_out], dim=-1)
-    keep = ~back
-    return e_in[keep], e_out[keep]
+    roots = np.zeros((num_spherical, num_radial))
+    roots[0] = np.arange(1, num_radial + 1) * np.pi  # j_0 = sin x / x
+    points = np.arange(1, num_radial + num_spherical + 1) * np.pi
+    for l in range(1, num_spherical):
+        # roots of j_l interlace those of j_{l-1}
+        found = [brentq(lambda x: spherical_jn(l, x), points[k], points[k + 1]) for k in range(len(points) - 1)]
+        points = np.array(found)
+        roots[l] = points[:num_radial]
+    return roots
 
 
-def legendre(cos_theta: torch.Tensor, n: int) -> torch.Tensor:
-    """P_0..P_{n-1}(cos theta) by the three-term recurrence, [T, n]."""
-    values = [torch.ones_like(cos_theta), cos_theta]
-    for l in range(2, n):
-        values.append(((2 * l - 1) * cos_theta * values[-1] - (l - 1) * values[-2]) / l)
-    return torch.stack(values[:n], dim=-1)
+def spherical_bessel(x: torch.Tensor, num_spherical: int) -> torch.Tensor:
+    """j_l(x) for l < num_spherical, [..., L], accurate for all x >= 0: the power series where
+    x < l + 1 (upward recurrence loses digits there), the upward recurrence elsewhere. float64."""
+    x = x.double()
+    values = []
+    for l in range(num_spherical):
+        threshold = float(l + 1)
+        small = x.clamp(max=threshold)
+        # series: j_l(x) = x^l / (2l+1)!! * sum_k (-x^2/2)^k / (k! (2l+3)(2l+5)...(2l+2k+1))
+        term = small**l / float(np.prod(np.arange(1, 2 * l + 2, 2)))
+        series = term.clone()
+        for k in range(1, 16):
+            term = term * (-small * small / 2.0) / (k * (2 * l + 2 * k + 1))
+            series = series + term
+        large = x.clamp(min=threshold)
+        j_prev, j_cur = torch.sin(large) / large, torch.sin(large) / large**2 - torch.cos(large) / large
+        if l == 0:
+            recurrence = j_prev
+        else:
+            for m in range(1, l):
+                j_prev, j_cur = j_cur, (2 * m + 1) / large * j_cur - j_prev
+            recurrence = j_cur
+        values.append(torch.where(x < threshold, series, recurrence))
+    return torch.stack(values, dim=-1)
 
 
-class Residual(nn.Module):
-    """x + f(x), scaled by 1/sqrt(2), with f a two-layer SiLU MLP."""
+class SphericalBasis(nn.Module):
+    """The triplet basis split as GemNet's efficient form needs it: the radial part per edge
+    [E, L, N] (envelope included) and the angular part Y_l^0 per triplet [T, L]."""
+
+    def __init__(self, r_max: float, num_spherical: int, num_radial: int):
+        super().__init__()
+        roots = spherical_bessel_roots(num_spherical, num_radial)
+        from scipy.special import spherical_jn
+
+        norms = np.stack([np.sqrt(2.0 / r_max**3) / np.abs(spherical_jn(l + 1, roots[l])) for l in range(num_spherical)])
+        self.r_max = float(r_max)
+        self.num_spherical = num_spherical
+        self.register_buffer("roots", torch.tensor(roots), persistent=False)
+        self.register_buffer("norms", torch.tensor(norms), persistent=False)
+        self.register_buffer("ylm_norm", torch.tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(num_spherical)]), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in ("roots", "norms", "ylm_norm"):  # constants stay float64
+            setattr(self, name, getattr(self, name).to(torch.float64))
+        return self
+
+    def radial(self, d: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
+        x = (d.double() / self.r_max)[:, None, None] * self.roots[None]  # [E, L, N]
+        j = spherical_bessel(x.reshape(-1), self.num_spherical).reshape(*x.shape, self.num_spherical)
+        # pick j_l for row l
+        j = torch.diagonal(j, dim1=1, dim2=3).permute(0, 2, 1)  # [E, L, N]
+        return (self.norms[None] * j * envelope.double()[:, None, None]).to(d.dtype)
+
+    def angular(self, cos_theta: torch.Tensor) -> torch.Tensor:
+        return (legendre(cos_theta.double(), self.num_spherical) * self.ylm_norm).to(cos_theta.dtype)
+
+
+class ScaledSiLU(nn.Module):
+    """x sigmoid(x) / 0.6: keeps unit-variance inputs near unit variance (GemNet)."""
+
+    def forward(self, x):
+        return torch.nn.functional.silu(x) * (1.0 / 0.6)
+
+
+def dense(n_in: int, n_out: int, activation: bool = True, bias: bool = False) -> nn.Module:
+    layer = nn.Linear(n_in, n_out, bias=bias)
+    return nn.Sequential(layer, ScaledSiLU()) if activation else layer
+
+
+class ResidualLayer(nn.Module):
+    """(x + sigma(W2 sigma(W1 x))) / sqrt(2)."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.net = mlp([width, width, width], final_activation=True)
+        self.net = nn.Sequential(dense(width, width), dense(width, width))
 
     def forward(self, x):
         return (x + self.net(x)) * INV_SQRT2
 
 
-class InteractionBlock(nn.Module):
-    def __init__(self, edge_width: int, atom_width: int, triplet_width: int, num_radial: int, num_spherical: int, num_sph_radial: int):
-        super().__init__()
-        self.pre = Residual(edge_width)
-        self.down = mlp([edge_width, triplet_width], final_activation=True, bias=False)
-        self.radial_to_triplet = nn.Linear(num_radial, triplet_width, bias=False)
-        self.angle_to_triplet = nn.Linear(num_spherical * num_sph_radial, triplet_width, bias=False)
-        self.up = mlp([triplet_width, edge_width], final_activation=True, bias=False)
-        self.after_triplet = Residual(edge_width)
-        self.radial_to_atom = nn.Linear(num_radial, edge_width, bias=False)
-        self.edge_to_atom = mlp([edge_width, atom_width], final_activation=True)
-        self.atom_update = Residual(atom_width)
-        self.concat = mlp([2 * atom_width + edge_width, edge_width], final_activation=True)
-        self.post = Residual(edge_width)
+class TripletInteraction(nn.Module):
+    """GemNet-T's efficient triplet interaction (down-projection, basis transformation, bilinear
+    layer, up-projection for the edge and for its reverse)."""
 
-    def forward(self, h, m, rbf, cbf, centre, neighbour, e_in, e_out, inv_sqrt_neighbors):
-        skip = m
-        x = self.pre(m)
-        # triplets: messages k -> j feed j -> i
-        x_kj = self.down(x) * self.radial_to_triplet(rbf)
-        triplet = x_kj[e_in] * self.angle_to_triplet(cbf)
-        aggregated = scatter_sum(triplet, e_out, m.shape[0]) * inv_sqrt_neighbors
-        m = (skip + self.up(aggregated)) * INV_SQRT2
-        m = self.after_triplet(m)
-        # atom self-interaction and the edge update from both ends
-        atom_messages = scatter_sum(m * self.radial_to_atom(rbf), centre, h.shape[0]) * inv_sqrt_neighbors
-        h = (h + self.atom_update(self.edge_to_atom(atom_messages))) * INV_SQRT2
-        m = (m + self.concat(torch.cat([h[centre], h[neighbour], m], dim=-1))) * INV_SQRT2
-        return h, self.post(m)
+    def __init__(self, emb_size_edge, emb_size_trip, emb_size_rbf, emb_size_cbf, emb_size_bil_trip, num_radial, num_spherical):
+        super().__init__()
+        self.dense_kj = dense(emb_size_edge, emb_size_edge)
+        self.rbf_kj = nn.Sequential(nn.Linear(num_radial, emb_size_rbf, bias=False), nn.Linear(emb_size_rbf, emb_size_edge, bias=False))
+        self.down = dense(emb_size_edge, emb_size_trip)
+        # basis transformation of the radial part of the 2D basis: W1 [L, N, C]
+        self.cbf_weight = nn.Parameter(torch.randn(num_spherical, num_radial, emb_size_cbf) * math.sqrt(2.0 / (num_radial + emb_size_cbf)))
+        # bilinear layer: W [F_trip, C, O]
+        self.bilinear = nn.Parameter(torch.randn(emb_size_trip, emb_size_cbf, emb_size_bil_trip) * math.sqrt(2.0 / (emb_size_trip * emb_size_cbf + emb_size_bil_trip)))
+        self.up_ji = dense(emb_size_bil_trip, emb_size_edge)
+        self.up_ij = dense(emb_size_bil_trip, emb_size_edge)
+
+    def forward(self, m, rbf, cbf_radial, sph, e_in, e_out, ragged, kmax, reverse, inv_sqrt_triplets):
+        x = self.dense_kj(m) * self.rbf_kj(rbf)
+        x = self.down(x)  # [E, F]
+        num_edges = m.shape[0]
+        # sum over k first: S[e, l, f] = sum_{t: e_out = e} Y_l(theta_t) x[e_in(t), f]
+        padded_x = x.new_zeros((num_edges, kmax, x.shape[1]))
+        padded_x[e_out, ragged] = x[e_in]
+        padded_sph = sph.new_zeros((num_edges, sph.shape[1], kmax))
+        padded_sph[e_out, :, ragged] = sph
+        summed = torch.bmm(padded_sph, padded_x) * inv_sqrt_triplets  # [E, L, F]
+        radial = torch.einsum("eln,lnc->elc", cbf_radial, self.cbf_weight)  # [E, L, C]
+        mixed = torch.einsum("elc,elf->efc", radial, summed)  # [E, F, C]
+        y = torch.einsum("efc,fco->eo", mixed, self.bilinear)
+        return (self.up_ji(y) + self.up_ij(y)[reverse]) * INV_SQRT2
+
+
+class InteractionBlock(nn.Module):
+    def __init__(self, emb_size_atom, emb_size_edge, emb_size_trip, emb_size_rbf, emb_size_cbf, emb_size_bil_trip,
+                 num_radial, num_spherical, num_before_skip, num_after_skip, num_concat, num_atom):
+        super().__init__()
+        self.skip = dense(emb_size_edge, emb_size_edge)
+        self.triplet = TripletInteraction(emb_size_edge, emb_size_trip, emb_size_rbf, emb_size_cbf, emb_size_bil_trip, num_radial, num_spherical)
+        self.before_skip = nn.Sequential(*[ResidualLayer(emb_size_edge) for _ in range(num_before_skip)])
+        self.after_skip = nn.Sequential(*[ResidualLayer(emb_size_edge) for _ in range(num_after_skip)])
+        self.atom_rbf = nn.Linear(num_radial, emb_size_edge, bias=False)
+        self.atom_dense = dense(emb_size_edge, emb_size_atom)
+        self.atom_residual = nn.Sequential(*[ResidualLayer(emb_size_atom) for _ in range(num_atom)])
+        self.concat = dense(2 * emb_size_atom + emb_size_edge, emb_size_edge)
+        self.concat_residual = nn.Sequential(*[ResidualLayer(emb_size_edge) for _ in range(num_concat)])
+
+    def forward(self, h, m, rbf, cbf_radial, sph, graph):
+        centre, neighbour, e_in, e_out, ragged, kmax, reverse, inv_sqrt_neighbors, inv_sqrt_triplets = graph
+        y = self.triplet(m, rbf, cbf_radial, sph, e_in, e_out, ragged, kmax, reverse, inv_sqrt_triplets)
+        x = self.before_skip((self.skip(m) + y) * INV_SQRT2)
+        m = self.after_skip((m + x) * INV_SQRT2)
+        atom_messages = scatter_sum(m * self.atom_rbf(rbf), centre, h.shape[0]) * inv_sqrt_neighbors
+        h = (h + self.atom_residual(self.atom_dense(atom_messages))) * INV_SQRT2
+        m2 = self.concat_residual(self.concat(torch.cat([h[centre], h[neighbour], m], dim=-1)))
+        return h, (m + m2) * INV_SQRT2
 
 
 class OutputBlock(nn.Module):
-    def __init__(self, edge_width: int, atom_width: int, num_radial: int):
+    def __init__(self, emb_size_atom, emb_size_edge, num_radial, num_layers: int = 2):
         super().__init__()
-        self.radial = nn.Linear(num_radial, edge_width, bias=False)
-        self.net = nn.Sequential(nn.Linear(edge_width, atom_width), nn.SiLU(), nn.Linear(atom_width, atom_width), nn.SiLU(), nn.Linear(atom_width, 1, bias=False))
+        self.rbf = nn.Linear(num_radial, emb_size_edge, bias=False)
+        self.dense = dense(emb_size_edge, emb_size_atom)
+        self.residual = nn.Sequential(*[ResidualLayer(emb_size_atom) for _ in range(num_layers)])
+        self.out = nn.Linear(emb_size_atom, 1, bias=False)
 
     def forward(self, m, rbf, centre, num_atoms, inv_sqrt_neighbors):
-        return self.net(scatter_sum(m * self.radial(rbf), centre, num_atoms) * inv_sqrt_neighbors).squeeze(-1)
+        x = scatter_sum(m * self.rbf(rbf), centre, num_atoms) * inv_sqrt_neighbors
+        return self.out(self.residual(self.dense(x))).squeeze(-1)
 
 
 class GemNetT(ForceField):
-    """GemNet-T energy model (r_max in Angstrom)."""
+    """GemNet-T energy model with the paper's hyper-parameter names (cutoff as r_max, in A)."""
 
     model_name = "gemnet_t"
 
@@ -118,46 +226,61 @@ class GemNetT(ForceField):
         type_numbers,
         r_max: float = 5.0,
         num_blocks: int = 3,
-        atom_features: int = 32,
-        edge_features: int = 32,
-        triplet_features: int = 16,
-        num_radial: int = 8,
-        num_spherical: int = 5,
-        num_sph_radial: int = 4,
-        polynomial_p: float = 6.0,
+        num_spherical: int = 7,
+        num_radial: int = 6,
+        emb_size_atom: int = 64,
+        emb_size_edge: int = 64,
+        emb_size_trip: int = 32,
+        emb_size_rbf: int = 16,
+        emb_size_cbf: int = 16,
+        emb_size_bil_trip: int = 32,
+        num_before_skip: int = 1,
+        num_after_skip: int = 1,
+        num_concat: int = 1,
+        num_atom: int = 2,
+        envelope_exponent: float = 5.0,
         avg_num_neighbors: float = 1.0,
         energy_scale=1.0,
         energy_shift=0.0,
     ):
         super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
-        self.num_spherical = num_spherical
-        self.num_sph_radial = min(num_sph_radial, num_radial)
-        self.radial = RadialEmbedding(r_max, num_radial, polynomial_p)
-        self.atom_embedding = nn.Embedding(self.num_species, atom_features)
-        self.edge_embedding = mlp([2 * atom_features + num_radial, edge_features], final_activation=True)
+        self.radial = RadialEmbedding(r_max, num_radial, envelope_exponent)
+        self.spherical = SphericalBasis(r_max, num_spherical, num_radial)
+        self.inv_sqrt_triplets = 1.0 / math.sqrt(max(float(avg_num_neighbors) - 1.0, 1.0))
+        self.atom_embedding = nn.Embedding(self.num_species, emb_size_atom)
+        self.edge_rbf = nn.Linear(num_radial, emb_size_rbf, bias=False)
+        self.edge_embedding = dense(2 * emb_size_atom + emb_size_rbf, emb_size_edge)
         self.blocks = nn.ModuleList(
-            InteractionBlock(edge_features, atom_features, triplet_features, num_radial, num_spherical, self.num_sph_radial) for _ in range(num_blocks)
+            InteractionBlock(emb_size_atom, emb_size_edge, emb_size_trip, emb_size_rbf, emb_size_cbf, emb_size_bil_trip,
+                             num_radial, num_spherical, num_before_skip, num_after_skip, num_concat, num_atom)
+            for _ in range(num_blocks)
         )
-        self.outputs = nn.ModuleList(OutputBlock(edge_features, atom_features, num_radial) for _ in range(num_blocks + 1))
-        self.edge_feature_scalar_counts = [edge_features] * num_blocks
+        self.outputs = nn.ModuleList(OutputBlock(emb_size_atom, emb_size_edge, num_radial) for _ in range(num_blocks + 1))
+        self.edge_feature_scalar_counts = [emb_size_edge] * num_blocks
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
-        centre, neighbour = batch[keys.EDGE_INDEX]
+        edge_index = batch[keys.EDGE_INDEX]
+        centre, neighbour = edge_index
         num_atoms = batch[keys.SPECIES].shape[0]
-        e_in, e_out = build_triplets(batch[keys.EDGE_INDEX], batch[keys.EDGE_CELL_SHIFT].round().long(), num_atoms)
+        shifts = batch[keys.EDGE_CELL_SHIFT].round().long()
+        e_in, e_out = build_triplets(edge_index, shifts, num_atoms)
+        num_edges = edge_index.shape[1]
+        counts = torch.bincount(e_out, minlength=num_edges)
+        ragged = torch.arange(len(e_out), device=e_out.device) - (torch.cumsum(counts, 0) - counts)[e_out]
+        kmax = int(counts.max().item()) if len(e_out) else 0
+        reverse = reverse_edges(edge_index, shifts, num_atoms)
         rbf, envelope = self.radial(edge_lengths)
-        envelope = envelope.unsqueeze(-1)
+        cbf_radial = self.spherical.radial(edge_lengths, envelope)
         # angle at j between j -> i (= -vector of edge i <- j) and j -> k (= vector of edge j <- k)
-        v_out, v_in = -edge_vectors[e_out], edge_vectors[e_in]
-        cos_theta = (v_out * v_in).sum(-1) / (edge_lengths[e_out] * edge_lengths[e_in])
-        cbf = (rbf[e_in, : self.num_sph_radial, None] * legendre(cos_theta.clamp(-1.0, 1.0), self.num_spherical)[:, None, :]).flatten(1)
+        cos_theta = (-(edge_vectors[e_out]) * edge_vectors[e_in]).sum(-1) / (edge_lengths[e_out] * edge_lengths[e_in])
+        sph = self.spherical.angular(cos_theta.clamp(-1.0, 1.0))
+        graph = (centre, neighbour, e_in, e_out, ragged, max(kmax, 1), reverse, self.inv_sqrt_neighbors, self.inv_sqrt_triplets)
         h = self.atom_embedding(batch[keys.SPECIES])
-        m = self.edge_embedding(torch.cat([h[centre], h[neighbour], rbf], dim=-1)) * envelope
+        m = self.edge_embedding(torch.cat([h[centre], h[neighbour], self.edge_rbf(rbf)], dim=-1))
         energies = self.outputs[0](m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)
         states = []
         for block, output in zip(self.blocks, self.outputs[1:]):
-            h, m = block(h, m, rbf, cbf, centre, neighbour, e_in, e_out, self.inv_sqrt_neighbors)
-            m = m * envelope  # messages of edges leaving the cutoff fade out smoothly
+            h, m = block(h, m, rbf, cbf_radial, sph, graph)
             energies = energies + output(m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)
             states.append(m)
         return energies, (states if edge_states else None)
