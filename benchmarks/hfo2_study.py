@@ -83,6 +83,9 @@ def main():
     parser.add_argument("--replicas", type=int)
     parser.add_argument("--time-ps", type=float)
     parser.add_argument("--start-frames", type=int, default=1, help="start cells per composition")
+    parser.add_argument("--variants", nargs="+", help="e.g. baseline decorrelated zbl decorrelated+zbl")
+    parser.add_argument("--ood-test-frames", type=int, help="use only the first N frames of ood_Hf32O60 for OOD accuracy")
+    parser.add_argument("--results", help="also copy summary.json and report.md into this folder (e.g. benchmarks/results/hfo2)")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED} not found: this benchmark needs ../shared/data/hfo2 beside the checkout")
@@ -96,6 +99,13 @@ def main():
     raw["training"]["data"]["train"] = str(files["train"])
     raw["test"]["in_distribution"] = [str(files["test_id"])]
     raw["test"]["out_of_distribution"] = [str(SHARED / "ood_Hf32O60.extxyz")]
+    if args.ood_test_frames:
+        import ase.io
+
+        subset = out / "data" / f"ood_Hf32O60_first{args.ood_test_frames}.extxyz"
+        if not subset.is_file():
+            ase.io.write(subset, ase.io.read(SHARED / "ood_Hf32O60.extxyz", f":{args.ood_test_frames}"), format="extxyz")
+        raw["test"]["out_of_distribution"] = [str(subset)]
     frames = list(range(args.start_frames))
     raw["stability"]["in_distribution"] = [{"file": str(files["HfO2"]), "frames": frames}]
     raw["stability"]["out_of_distribution"] = [{"file": str(files["HfO1.55"]), "frames": frames}, {"file": str(files["HfO1.1"]), "frames": frames}]
@@ -103,6 +113,8 @@ def main():
         raw["models"] = [m for m in raw["models"] if m["name"] in args.models]
     if args.seeds:
         raw["seeds"] = args.seeds
+    if args.variants:
+        raw["variants"] = args.variants
     if args.epochs:
         raw["training"]["training"]["epochs"] = args.epochs
     if args.max_train_frames:
@@ -119,6 +131,17 @@ def main():
     for sentence in summary["verdicts"]:
         print(f"- {sentence}")
     print(f"report: {html_path}")
+    if args.results:
+        import json
+        import shutil
+
+        results = Path(args.results)
+        results.mkdir(parents=True, exist_ok=True)
+        slim = {k: v for k, v in summary.items() if k != "runs"}
+        slim["runs"] = [{k: v for k, v in r.items() if k != "stability"} | {"stability": {c: {k: v for k, v in rep.items() if k != "replicas"} | {"replicas": [{k: x.get(k) for k in ("start", "replica", "seed", "time_to_failure_ps", "failed", "reason", "detail")} for x in rep["replicas"]]} for c, rep in r["stability"].items()}} for r in summary["runs"]]
+        (results / "summary.json").write_text(json.dumps(slim, indent=1))
+        shutil.copy(out / "report.md", results / "report.md")
+        print(f"results copied to {results}")
     # paper-style view: stability per start composition (the OOD conditions pool both deficient cells)
     print("\nPer start composition at 1200 K (pooled over seeds and replicas):")
     from stableff.analysis.stability import summarise_replicas

@@ -9,6 +9,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from stableff.io import write_json_atomic
 from stableff.md.monitors import MonitorSettings
 from stableff.md.run import ENSEMBLES, MDSettings
@@ -266,6 +268,44 @@ def cmd_rdf(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from stableff.analysis.probes import dimer_curves, equation_of_state
+    from stableff.models.saved import model_from_checkpoint
+
+    _check_outputs(args, [args.model, *(args.eos or [])])
+    model, statistics = model_from_checkpoint(args.model, device=args.device)
+    eos_atoms = [(spec, _read_start(spec, 0)) for spec in args.eos or []]  # every file checked before work
+    curves = dimer_curves(model, statistics, step=args.step)
+    print(f"dimer curves of {args.model} ({len(curves)} species pairs, 0.3 A to {model.r_max:g} A, energies relative to the separated atoms)")
+    print(f"{'pair':<8} {'closest in training (A)':>24} {'E there (eV)':>13}  hole")
+    for curve in curves:
+        hole = curve["hole"]
+        at_min = f"{hole['energy_at_training_min_eV']:.3f}" if hole else (f"{np.interp(curve['training_min_A'], curve['r_A'], curve['energy_eV']):.3f}" if curve["training_min_A"] else "-")
+        shown = f"HOLE: {hole['depth_eV']:.3f} eV deep at {hole['radius_A']:.2f} A (attractive below the training minimum)" if hole else "none"
+        minimum = f"{curve['training_min_A']:.3f}" if curve["training_min_A"] else "not seen"
+        print(f"{curve['pair']:<8} {minimum:>24} {at_min:>13}  {shown}")
+    eos = {}
+    for spec, atoms in eos_atoms:
+        result = equation_of_state(model, atoms, strain=args.strain)
+        eos[str(spec)] = result
+        if "B0_GPa" in result:
+            print(f"EOS {spec}: V0 {result['V0_A3']:.2f} A^3 ({result['V0_A3'] / len(atoms):.3f} A^3/atom), B0 {result['B0_GPa']:.1f} GPa, E0 {result['E0_eV']:.4f} eV"
+                  + (f" ({result['warning']})" if "warning" in result else ""))
+        else:
+            print(f"EOS {spec}: Birch-Murnaghan fit failed ({result['fit_error']})")
+    if args.plot:
+        from stableff.report.plots import dimer_plot, eos_plot
+
+        paths = [dimer_plot(curves, Path(args.plot) / "dimers.png", f"dimer curves of {Path(args.model).name}")]
+        if eos:
+            paths.append(eos_plot({Path(k).name: v for k, v in eos.items()}, Path(args.plot) / "eos.png"))
+        print("plots: " + ", ".join(map(str, paths)))
+    if args.json:
+        write_json_atomic({"model": str(args.model), "dimers": curves, "eos": eos}, args.json)
+        print(f"probe written to {args.json}")
+    return 0
+
+
 def _add_md_arguments(p) -> None:
     p.add_argument("--index", type=int, default=0, help="frame of START to begin from (default 0)")
     md, monitor = MDSettings(), MonitorSettings()
@@ -399,6 +439,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json")
     p.add_argument("--plot")
     p.set_defaults(func=cmd_rdf)
+
+    p = sub.add_parser("probe", help="dimer curves and equations of state: holes before MD finds them")
+    p.add_argument("model", help="checkpoint (best.ckpt)")
+    p.add_argument("--eos", nargs="+", help="cells for energy-volume curves (Birch-Murnaghan fit)")
+    p.add_argument("--strain", type=float, default=0.08, help="volume range (1 +- strain) V of the EOS (default 0.08)")
+    p.add_argument("--step", type=float, default=0.01, help="A between dimer points (default 0.01)")
+    p.add_argument("--json", help="write the curves, holes and fits to this JSON file")
+    p.add_argument("--plot", help="write dimers.png (and eos.png) into this folder")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("study", help="baseline vs decorrelated: accuracy, correlation and MD stability, with a report")
     p.add_argument("config", help="study YAML (see configs/acac_study.yaml)")

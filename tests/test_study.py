@@ -113,3 +113,31 @@ def test_changed_temperature_keeps_the_models_and_recomputes_stability(mini_stud
     result = run_cli("study", changed, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "trained model: inputs changed (config.training.epochs: 2 -> 1)" in result.stdout
+
+
+def test_remedies_compose_as_variants(mini_study, tmp_path):
+    """zbl and decorrelated+zbl beside the baseline: same seeds and budget, each compared with the
+    baseline, with the dimer probe of every trained model."""
+    tmp, config = mini_study
+    raw = yaml.safe_load(config.read_text())
+    raw["variants"] = ["baseline", "zbl", "decorrelated+zbl"]
+    raw["training"]["training"]["epochs"] = 1
+    raw["stability"]["out_of_distribution"] = []
+    path = tmp_path / "remedies.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = run_cli("study", path, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [c["variant"] for c in summary["comparisons"]] == ["zbl", "decorrelated+zbl"]
+    runs = {r["variant"]: r for r in summary["runs"]}
+    assert "holes" in runs["zbl"] and (tmp_path / "out" / "nequip" / "zbl" / "seed_0" / "probe.json").is_file()
+    from stableff.models.saved import load_checkpoint
+
+    for variant, zbl, decorrelated in (("baseline", False, False), ("zbl", True, False), ("decorrelated+zbl", True, True)):
+        checkpoint = load_checkpoint(tmp_path / "out" / "nequip" / variant / "seed_0" / "best.ckpt")
+        assert checkpoint["hyperparameters"]["zbl"] is zbl and checkpoint["config"]["decorrelation"]["enabled"] is decorrelated
+    assert "Dimer probes" in (tmp_path / "out" / "report.html").read_text()
+    raw["variants"] = ["baseline", "zbl+magic"]
+    path.write_text(yaml.safe_dump(raw))
+    bad = run_cli("study", path, "--out", tmp_path / "out")
+    assert bad.returncode == 1 and "unknown variant 'zbl+magic'" in bad.stderr and "Traceback" not in bad.stderr

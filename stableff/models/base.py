@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from stableff.data import keys
+from stableff.errors import ConfigError
 from stableff.models.blocks import scatter_sum
+from stableff.models.priors import PRIOR_HYPERPARAMETERS, ZBLRepulsion
 
 #: constructor arguments that are not hyper-parameters (they come from the data, or from the weights)
 NOT_HYPERPARAMETERS = ("self", "type_numbers", "energy_scale", "energy_shift")
@@ -49,18 +51,31 @@ class ForceField(nn.Module):
 
         @functools.wraps(init)
         def capturing_init(self, *args, **kw):
+            priors = {k: kw.pop(k, default) for k, default in PRIOR_HYPERPARAMETERS.items()}
             init(self, *args, **kw)
             if type(self) is cls:  # the most derived constructor records the hyper-parameters
                 bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
                 self.hyperparameters = {k: v for k, v in bound.arguments.items() if k not in NOT_HYPERPARAMETERS}
+                self.hyperparameters.update(priors)
+                self._add_priors(**priors)
 
         cls.__init__ = capturing_init
 
     @classmethod
     def hyperparameter_names(cls) -> list[str]:
-        """Names a config may set for this model (everything but the data-derived arguments)."""
-        return [k for k in inspect.signature(cls.__init__).parameters if k not in NOT_HYPERPARAMETERS + ("avg_num_neighbors",)]
+        """Names a config may set for this model (everything but the data-derived arguments),
+        the priors every model accepts included."""
+        own = [k for k in inspect.signature(cls.__init__).parameters if k not in NOT_HYPERPARAMETERS + ("avg_num_neighbors",)]
+        return own + list(PRIOR_HYPERPARAMETERS)
+
+    def _add_priors(self, zbl=False, zbl_inner=None, zbl_outer=None) -> None:
+        if not isinstance(zbl, bool):
+            raise ConfigError(f"model.zbl must be true or false (got {zbl!r})")
+        for name, value in (("zbl_inner", zbl_inner), ("zbl_outer", zbl_outer)):
+            if value is not None and (not zbl or not isinstance(value, (int, float))):
+                raise ConfigError(f"model.{name} needs zbl: true and a distance in A (got {value!r})")
+        self.zbl = ZBLRepulsion(self.type_numbers, self.r_max, zbl_inner, zbl_outer) if zbl else None
 
     def __init__(self, type_numbers, r_max: float, avg_num_neighbors: float = 1.0, energy_scale=1.0, energy_shift=0.0, trainable_scale_shift: bool = True):
         super().__init__()
@@ -73,6 +88,7 @@ class ForceField(nn.Module):
         self.per_species_scale = nn.Parameter(scale, requires_grad=trainable_scale_shift)
         self.per_species_shift = nn.Parameter(shift, requires_grad=trainable_scale_shift)
         self.hyperparameters: dict = {}
+        self.zbl: ZBLRepulsion | None = None
         #: per layer, how many leading columns of edge_features[l] are l = 0 scalars (rest: norms)
         self.edge_feature_scalar_counts: list[int] = []
 
@@ -133,6 +149,8 @@ class ForceField(nn.Module):
             species = batch[keys.SPECIES]
             # per-atom residual in the model's dtype, the large species shift and the sum in float64
             atomic = (raw * self.per_species_scale[species]).double() + self.per_species_shift[species].double()
+            if self.zbl is not None:  # the learned part fits the residual to the short-range repulsion
+                atomic = atomic + self.zbl(species, batch[keys.EDGE_INDEX], edge_lengths)
             energy = scatter_sum(atomic, atom_batch, num_structures)
         out = {keys.TOTAL_ENERGY: energy, keys.ATOMIC_ENERGIES: atomic}
         if edge_features:

@@ -196,3 +196,55 @@ def rdf_plot(result: dict, path: str | Path, reference: dict | None = None, titl
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def dimer_plot(curves: list[dict], path: str | Path, title: str = "") -> Path:
+    """Dimer curves E(r) per species pair, the training minimum dashed, holes marked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ncols = min(3, len(curves))
+    nrows = -(-len(curves) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(curves):]:
+        ax.set_visible(False)
+    for ax, curve in zip(axes.flat, curves):
+        r, e = np.array(curve["r_A"]), np.array(curve["energy_eV"])
+        ax.plot(r, e, lw=1.2)
+        low = min(e.min(), -1.0)
+        high = max(min(e.max(), 20.0), 1.0)
+        ax.set_ylim(low - 0.1 * abs(low), high)
+        if curve["training_min_A"] is not None:
+            ax.axvline(curve["training_min_A"], color="k", ls="--", lw=0.8, label="closest in training")
+        if curve["hole"] is not None:
+            hole = curve["hole"]
+            ax.plot([hole["radius_A"]], [hole["energy_at_training_min_eV"] - hole["depth_eV"]], "rv", ms=8, label=f"hole: {hole['depth_eV']:.2f} eV at {hole['radius_A']:.2f} A")
+        ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_title(curve["pair"])
+        ax.set_xlabel("r (A)")
+        ax.set_ylabel("E(r) - E(separated) (eV)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def eos_plot(results: dict[str, dict], path: str | Path, title: str = "") -> Path:
+    """Energy per atom against volume per atom for each cell, with the Birch-Murnaghan V0 and B0."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, result in results.items():
+        n = result["n_atoms"]
+        v, e = np.array(result["volumes_A3"]) / n, np.array(result["energies_eV"]) / n
+        text = f"{label}: V0 {result['V0_A3'] / n:.2f} A^3/atom, B0 {result['B0_GPa']:.0f} GPa" if "B0_GPa" in result else f"{label}: no fit"
+        ax.plot(v, e - e.min(), "o-", ms=3, label=text)
+    ax.set_xlabel("volume per atom (A^3)")
+    ax.set_ylabel("energy per atom - minimum (eV)")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "equation of state")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -133,7 +133,24 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
         reference = {"r_A": np.array(s["reference_r_A"]), "g": {k: np.array(v) for k, v in s["reference_g"].items()}}
         paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{r['model']}_{r['variant']}.png", reference, f"{r['model']} {r['variant']}: MD at {s['condition'].replace('@', ' ')} vs reference data"))
     figures["Structure of the MD runs (RDF)"] = paths
+
+    # dimer probes (first seed): holes next to the failures they explain
+    paths = []
+    for r in [x for x in runs if x["seed"] == first_seed]:
+        stored = read_json(Path(r["path"]) / "probe.json")
+        if stored is not None:
+            paths.append(plots.dimer_plot(stored["probe"]["dimers"], plot_dir / f"dimers_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): dimer curves"))
+    figures["Dimer probes (holes: attraction below the closest training distance)"] = paths
     return figures
+
+
+def _holes_text(summary: dict, model: str, variant: str) -> str:
+    parts = []
+    for r in summary["runs"]:
+        if r["model"] == model and r["variant"] == variant:
+            for pair, hole in (r.get("holes") or {}).items():
+                parts.append(f"{pair} {hole['depth_eV']:.2f} eV at {hole['radius_A']:.2f} A (seed {r['seed']})")
+    return "holes: " + (", ".join(parts) if parts else "none")
 
 
 def _image_tag(path: Path) -> str:
@@ -163,7 +180,7 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
     failures = ""
     for row in summary["rows"]:
         parts = [f"{c.replace('@', ' at ')}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
-        failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}</li>"
+        failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}; {html.escape(_holes_text(summary, row['model'], row['variant']))}</li>"
     verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in summary["verdicts"]) or "<li>only one variant: nothing to compare</li>"
     sections = ""
     for title, paths in figures.items():
@@ -184,7 +201,7 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}</tbody></table>
 <h3>Is the difference real? (effect, 95 % interval, test)</h3><ul>{verdicts}</ul>
-<h3>Failures by reason (all seeds and replicas)</h3><ul>{failures}</ul>
+<h3>Failures by reason (all seeds and replicas) and dimer holes</h3><ul>{failures}</ul>
 {sections}
 <p style="color:#777">Made by stableff. Method: Zeng et al., arXiv:2502.12548 (2025); definitions in stableff's docs/method.md.</p>
 </body></html>
@@ -198,6 +215,11 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
     for key, name, digits in columns:
         md.append("| " + " | ".join([name] + [_fmt(row.get(key), digits) for row in summary["rows"]]) + " |")
     md += ["", "## Is the difference real?", ""] + [f"- {v}" for v in summary["verdicts"]] + [""]
+    md += ["## Failures by reason and dimer holes", ""]
+    for row in summary["rows"]:
+        parts = [f"{c}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
+        md.append(f"- {row['model']} {row['variant']}: {'; '.join(parts)}; {_holes_text(summary, row['model'], row['variant'])}")
+    md.append("")
     for title, paths in figures.items():
         if paths:
             md += [f"## {title}", ""] + [f"![{p.stem}](plots/{p.name})" for p in paths] + [""]

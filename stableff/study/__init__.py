@@ -16,7 +16,7 @@ from pathlib import Path
 
 from stableff.io import write_json_atomic
 from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config
-from stableff.study.stages import accuracy_stage, correlation_stage, stability_stage, structure_stage, train_stage
+from stableff.study.stages import accuracy_stage, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
 from stableff.study.summary import summarise_study
 
 __all__ = ["StudyConfig", "StabilityPlan", "load_study_config", "run_study", "variant_config"]
@@ -41,12 +41,13 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 model_path = run_dir / "best.ckpt"
                 accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log)
                 correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log)
+                probe = probe_stage(model_path, done["model_hash"], run_dir, log)
                 stability = stability_stage(model_path, plan, starts, run_dir, log)
                 structure = structure_stage(stability, study.test.in_distribution, run_dir, log)
                 runs.append({
                     "model": model_name, "variant": variant, "seed": seed, "path": str(run_dir),
                     "train_seconds": done["train_seconds"], "median_step_seconds": done.get("median_step_seconds"),
-                    "accuracy": accuracy, "correlation": correlation, "stability": stability,
+                    "accuracy": accuracy, "correlation": correlation, "stability": stability, "holes": probe["holes"],
                     "structure": {k: v for k, v in (structure or {}).items() if k in ("condition", "n_frames", "comparison")} or None,
                 })
     summary = summarise_study(study, runs)

@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stableff.errors import ConfigError
 
-VARIANTS = ("baseline", "decorrelated", "sam")
+#: the remedies a variant can switch on; a variant is "baseline" or remedies joined by "+"
+REMEDIES = ("decorrelated", "sam", "zbl")
+
+
+def variant_remedies(variant: str) -> set[str]:
+    """{"decorrelated", "zbl"} for "decorrelated+zbl"; the empty set for "baseline"."""
+    if variant == "baseline":
+        return set()
+    parts = [p.strip() for p in variant.split("+")]
+    unknown = [p for p in parts if p not in REMEDIES]
+    if unknown or not parts or len(set(parts)) != len(parts):
+        raise ValueError(f"unknown variant '{variant}': use baseline, or remedies from {', '.join(REMEDIES)} joined by '+' (e.g. decorrelated+zbl)")
+    return set(parts)
 
 
 class _Strict(BaseModel):
@@ -61,11 +71,19 @@ class StudyConfig(_Strict):
     name: str = "study"
     training: dict  # a full `stableff train` config (data, model, loss, optimizer, scheduler, training, decorrelation)
     models: list[dict] | None = None  # model blocks to compare (default: the training config's model)
-    variants: list[Literal["baseline", "decorrelated", "sam"]] = ["baseline", "decorrelated"]
+    variants: list[str] = ["baseline", "decorrelated"]  # baseline, decorrelated, sam, zbl, decorrelated+zbl, ...
     seeds: list[int] = [0, 1, 2]
     sam: dict = {"rho": 0.005}
     test: TestSets = TestSets()
     stability: StabilityPlan = StabilityPlan()
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value):
+        remedies = [frozenset(variant_remedies(v)) for v in value]
+        if len(set(remedies)) != len(remedies):
+            raise ValueError(f"the same variant is listed twice in {value}")
+        return value
 
     def model_blocks(self) -> list[dict]:
         """The model blocks compared: ``models``, or the training config's model."""
@@ -93,10 +111,12 @@ def variant_config(study: StudyConfig, model: dict, variant: str, seed: int, sou
     raw = copy.deepcopy(study.training)
     raw["model"] = copy.deepcopy(model)
     raw.setdefault("training", {})["seed"] = seed
-    decorrelation = raw.setdefault("decorrelation", {})
-    decorrelation["enabled"] = variant == "decorrelated"
-    if variant == "sam":
+    remedies = variant_remedies(variant)
+    raw.setdefault("decorrelation", {})["enabled"] = "decorrelated" in remedies
+    if "sam" in remedies:
         raw["optimizer"] = {**raw.get("optimizer", {}), "name": "sam", **study.sam}
+    if "zbl" in remedies:
+        raw["model"]["zbl"] = True
     return parse_config(raw, f"{source} (model {model.get('name')}, variant {variant}, seed {seed})")
 
 

@@ -190,3 +190,20 @@ def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, 
     }
     write_json_atomic({"fingerprint": fingerprint, "structure": structure}, run_dir / "structure.json")
     return structure
+
+
+def probe_stage(model_path: Path, model_hash: str, run_dir: Path, log=print) -> dict:
+    """Dimer curves of every species pair and their holes (probe.json)."""
+    from stableff.analysis.probes import dimer_curves, holes
+    from stableff.models.saved import model_from_checkpoint
+
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "step_A": 0.02}
+    stored = _reuse(run_dir / "probe.json", fingerprint, "probe", log)
+    if stored is not None:
+        return stored["probe"]
+    log("  dimer probe")
+    model, statistics = model_from_checkpoint(model_path)
+    curves = dimer_curves(model, statistics, step=0.02)
+    probe = {"dimers": curves, "holes": holes(curves)}
+    write_json_atomic({"fingerprint": fingerprint, "probe": probe}, run_dir / "probe.json")
+    return probe

@@ -1,0 +1,175 @@
+"""The ZBL short-range prior and the dimer / equation-of-state probes."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from stableff import testing
+from stableff.data import keys
+from stableff.errors import ConfigError
+from stableff.models import MODELS, build_model
+
+from conftest import SMALL_HYPERPARAMETERS
+
+
+def zbl_reference(z1, z2, r):
+    """ZBL written out independently (Ziegler, Biersack, Littmark 1985), eV."""
+    a = 0.46850 / (z1**0.23 + z2**0.23)
+    x = r / a
+    phi = 0.18175 * np.exp(-3.19980 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.40290 * x) + 0.02817 * np.exp(-0.20162 * x)
+    return 14.399645 * z1 * z2 / r * phi
+
+
+def zbl_only(type_numbers=(8, 72), r_max=4.0, **zbl):
+    """A model whose learned part is switched off: its energy is the ZBL prior alone."""
+    torch.manual_seed(0)
+    model = build_model("nequip", type_numbers=list(type_numbers), r_max=r_max, num_layers=2, num_features=4, num_bessels=4, radial_mlp_width=8, radial_mlp_depth=1, zbl=True, **zbl)
+    with torch.no_grad():
+        model.per_species_scale.zero_()
+        model.per_species_shift.zero_()
+    return model.double().eval()
+
+
+def dimer_energy(model, z1, z2, r):
+    return testing.evaluate(model, [Atoms(numbers=[z1, z2], positions=[[0, 0, 0], [0, 0, r]])])[keys.TOTAL_ENERGY].item()
+
+
+@pytest.mark.parametrize("pair", [(8, 72), (72, 72), (8, 8)])
+def test_dimer_energy_equals_the_zbl_formula_at_short_range(pair):
+    model = zbl_only()
+    inner = float(model.zbl.inner[model.type_numbers.index(pair[0]), model.type_numbers.index(pair[1])])
+    for r in (0.3, 0.5, 0.9 * inner):
+        assert dimer_energy(model, *pair, r) == pytest.approx(zbl_reference(*pair, r), rel=1e-10)
+    assert dimer_energy(model, *pair, 3.9) == 0.0 or pair == (72, 72)  # beyond the outer radius of O pairs
+    assert dimer_energy(model, 72, 72, 3.6) == 0.0  # Hf-Hf: outer = 2 x 1.75 A
+
+
+def test_energy_and_force_continuous_through_the_switching_region():
+    model = zbl_only(zbl_inner=1.0, zbl_outer=2.0)
+    h = 1e-6
+    for boundary in (1.0, 2.0):
+        below, above = dimer_energy(model, 8, 72, boundary - h), dimer_energy(model, 8, 72, boundary + h)
+        assert abs(below - above) < 1e-4 * max(abs(below), 1e-3)
+        force = lambda r: (dimer_energy(model, 8, 72, r + 1e-7) - dimer_energy(model, 8, 72, r - 1e-7)) / 2e-7
+        assert force(boundary - 1e-4) == pytest.approx(force(boundary + 1e-4), abs=1e-2 * max(abs(force(boundary - 1e-4)), 1e-3))
+    # inside the switch the energy lies between 0 and the full ZBL energy, and falls monotonically
+    r = np.linspace(1.0, 2.0, 21)
+    energies = np.array([dimer_energy(model, 8, 72, x) for x in r])
+    assert np.all(np.diff(energies) < 0) and np.all(energies <= zbl_reference(8, 72, r) + 1e-12)
+    # forces by autograd equal -dE/dr inside the switching region
+    atoms = Atoms(numbers=[8, 72], positions=[[0, 0, 0], [0.3, 0.2, 1.4]])
+    testing.assert_forces_are_minus_gradient(model, atoms, components=((0, 0), (1, 2)))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_with_zbl_pass_the_physics_checks(name, acac_frames):
+    from ase.spacegroup import crystal
+
+    torch.manual_seed(0)
+    model = build_model(name, type_numbers=[1, 6, 8], avg_num_neighbors=4.0, **SMALL_HYPERPARAMETERS[name], zbl=True).double().eval()
+    testing.assert_rotation_invariant(model, acac_frames[0])
+    testing.assert_translation_permutation_invariant(model, acac_frames[0])
+    testing.assert_forces_are_minus_gradient(model, acac_frames[0])
+    testing.assert_smooth_at_cutoff(model)
+    testing.assert_batch_consistent(model, [acac_frames[0], acac_frames[3]])
+    hfo2 = build_model(name, type_numbers=[8, 72], avg_num_neighbors=4.0, **SMALL_HYPERPARAMETERS[name], zbl=True).double().eval()
+    cell = crystal(["Hf", "O"], basis=[(0, 0, 0), (0.25, 0.25, 0.25)], spacegroup=225, cellpar=[4.6] * 3 + [90] * 3)
+    cell.rattle(0.05, seed=1)
+    testing.assert_supercell_consistent(hfo2, cell)
+    testing.assert_stress_is_strain_derivative(hfo2, cell)
+
+
+def test_zbl_configuration_errors():
+    from stableff.train.config import parse_config
+
+    base = {"data": {"train": "x"}}
+    assert parse_config({**base, "model": {"name": "allegro", "zbl": True}}).model.hyperparameters()["zbl"] is True
+    with pytest.raises(ConfigError, match="model.zbl must be true or false"):
+        build_model("nequip", type_numbers=[1], zbl="yes")
+    with pytest.raises(ConfigError, match="zbl_outer = 6 A is beyond the model's cutoff"):
+        build_model("nequip", type_numbers=[1], r_max=5.0, zbl=True, zbl_outer=6.0)
+    with pytest.raises(ConfigError, match="zbl_inner needs zbl: true"):
+        build_model("nequip", type_numbers=[1], zbl_inner=0.5)
+    with pytest.raises(ConfigError, match="unknown hyper-parameter"):
+        parse_config({**base, "model": {"name": "nequip", "zbl_radius": 1.0}})
+
+
+def test_probe_finds_a_hole_in_an_attractive_model_and_none_with_zbl_alone():
+    from stableff.analysis.probes import dimer_curves
+    from stableff.data.stats import DatasetStatistics
+
+    stats = DatasetStatistics(type_numbers=[8, 72], reference_energies=[0, 0], energy_per_atom_residual_mean=0, energy_per_atom_residual_std=0,
+                              force_rms=1, mean_num_neighbors=4, max_abs_force=1, min_pair_distance={"8-8": 2.4, "8-72": 1.9, "72-72": 3.0},
+                              max_nearest_neighbor_distance={}, cutoff=4.0, n_frames=1)
+    assert not any(c["hole"] for c in dimer_curves(zbl_only(), stats))
+    # an attractive toy model: minus the ZBL energy (strongly attractive at short range)
+    attractive = zbl_only()
+    original = attractive.forward
+
+    def attract(batch, **kw):
+        out = original(batch, **kw)
+        return {**out, keys.TOTAL_ENERGY: -out[keys.TOTAL_ENERGY]}
+
+    attractive.forward = attract
+    curves = {c["pair"]: c for c in dimer_curves(attractive, stats)}
+    hole = curves["O-Hf"]["hole"]
+    assert hole is not None and hole["radius_A"] == pytest.approx(0.3) and hole["depth_eV"] > 100
+    assert curves["Hf-Hf"]["hole"] is not None and curves["O-O"]["hole"] is not None
+
+
+def test_probe_command_writes_json_and_plots(trained_model, tmp_path):
+    import json
+
+    from stableff.cli import main
+
+    from ase.spacegroup import crystal
+    import ase.io
+
+    cell = crystal(["C"], basis=[(0, 0, 0)], spacegroup=227, cellpar=[3.57] * 3 + [90] * 3)  # diamond: a cell for the EOS
+    ase.io.write(tmp_path / "diamond.xyz", cell, format="extxyz")
+    code = main(["probe", str(trained_model), "--eos", str(tmp_path / "diamond.xyz"), "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "plots"), "--step", "0.05"])
+    assert code == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert sorted(c["pair"] for c in result["dimers"]) == ["C-C", "C-O", "H-C", "H-H", "H-O", "O-O"]
+    assert all(c["training_min_A"] for c in result["dimers"] if c["pair"] != "O-O") and "hole" in result["dimers"][0]
+    eos = result["eos"][str(tmp_path / "diamond.xyz")]
+    assert len(eos["volumes_A3"]) == 11 and ("B0_GPa" in eos or "fit_error" in eos)
+    assert (tmp_path / "plots" / "dimers.png").is_file() and (tmp_path / "plots" / "eos.png").is_file()
+
+
+def test_equation_of_state_of_a_pair_potential_matches_its_analytic_fit():
+    """EOS of fcc Cu with ASE's EMT through the same code path: the Birch-Murnaghan fit finds V0
+    within the strained range and a bulk modulus near EMT's (about 134 GPa)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.eos import EquationOfState
+    from ase.units import GPa
+
+    from stableff.analysis import probes
+
+    atoms = bulk("Cu", "fcc", a=3.6)
+    factors = np.linspace(0.92, 1.08, 11)
+
+    class EMTModel:
+        """Stands in for a model: energies of frames from EMT."""
+
+    original = probes._energies
+    try:
+        def emt_energies(model, frames, batch_size=64):
+            out = []
+            for f in frames:
+                a = f.to_atoms()
+                a.calc = EMT()
+                out.append(a.get_potential_energy())
+            return np.array(out)
+
+        probes._energies = emt_energies
+        result = probes.equation_of_state(EMTModel(), atoms)
+    finally:
+        probes._energies = original
+    volumes = factors * atoms.get_volume()
+    assert result["volumes_A3"] == pytest.approx(volumes.tolist())
+    v0, e0, b = EquationOfState(volumes, result["energies_eV"], eos="birchmurnaghan").fit()
+    assert result["V0_A3"] == pytest.approx(v0) and result["B0_GPa"] == pytest.approx(b / GPa)
+    assert 120 < result["B0_GPa"] < 150 and volumes.min() < result["V0_A3"] < volumes.max()
