@@ -64,30 +64,40 @@ def spherical_bessel_roots(num_spherical: int, num_radial: int) -> np.ndarray:
     return roots
 
 
-def spherical_bessel(x: torch.Tensor, num_spherical: int) -> torch.Tensor:
-    """j_l(x) for l < num_spherical, [..., L], accurate for all x >= 0: the power series where
-    x < l + 1 (upward recurrence loses digits there), the upward recurrence elsewhere. float64."""
+def spherical_bessel_rows(x: torch.Tensor) -> torch.Tensor:
+    """j_l(x[:, l, :]) for x [E, L, N]: row l takes the order l, accurate for all x >= 0 (float64).
+
+    The power series where x < l + 1 (the upward recurrence loses digits there), the upward
+    recurrence elsewhere; both vectorised over l so that the autograd graph stays shallow.
+    """
     x = x.double()
-    values = []
-    for l in range(num_spherical):
-        threshold = float(l + 1)
-        small = x.clamp(max=threshold)
-        # series: j_l(x) = x^l / (2l+1)!! * sum_k (-x^2/2)^k / (k! (2l+3)(2l+5)...(2l+2k+1))
-        term = small**l / float(np.prod(np.arange(1, 2 * l + 2, 2)))
-        series = term.clone()
-        for k in range(1, 16):
-            term = term * (-small * small / 2.0) / (k * (2 * l + 2 * k + 1))
-            series = series + term
-        large = x.clamp(min=threshold)
-        j_prev, j_cur = torch.sin(large) / large, torch.sin(large) / large**2 - torch.cos(large) / large
-        if l == 0:
-            recurrence = j_prev
-        else:
-            for m in range(1, l):
-                j_prev, j_cur = j_cur, (2 * m + 1) / large * j_cur - j_prev
-            recurrence = j_cur
-        values.append(torch.where(x < threshold, series, recurrence))
-    return torch.stack(values, dim=-1)
+    num_orders = x.shape[1]
+    order = torch.arange(num_orders, dtype=torch.float64, device=x.device).view(1, -1, 1)
+    threshold = order + 1.0
+    # series: j_l(x) = x^l / (2l+1)!! * sum_k (-x^2/2)^k / (k! (2l+3)(2l+5)...(2l+2k+1))
+    small = torch.minimum(x, threshold)
+    double_factorial = torch.tensor([float(np.prod(np.arange(1, 2 * l + 2, 2))) for l in range(num_orders)], dtype=torch.float64, device=x.device)
+    term = small**order / double_factorial.view(1, -1, 1)
+    series = term
+    half_square = -0.5 * small * small
+    for k in range(1, 18):
+        term = term * half_square / (k * (2.0 * order + 2 * k + 1))
+        series = series + term
+    # upward recurrence j_{m+1} = (2m+1)/x j_m - j_{m-1} from j_0 = sin x / x, j_1 = sin x / x^2 - cos x / x
+    large = torch.maximum(x, threshold)
+    sine, cosine = torch.sin(large), torch.cos(large)
+    j_prev, j_cur = sine / large, sine / large**2 - cosine / large
+    recurrence = torch.where(order == 0, j_prev, j_cur)
+    for m in range(1, num_orders - 1):
+        j_prev, j_cur = j_cur, (2 * m + 1) / large * j_cur - j_prev
+        recurrence = torch.where(order == m + 1, j_cur, recurrence)
+    return torch.where(x < threshold, series, recurrence)
+
+
+def spherical_bessel(x: torch.Tensor, num_spherical: int) -> torch.Tensor:
+    """j_l(x) for every l < num_spherical, [..., L] (float64)."""
+    flat = x.reshape(-1, 1, 1).expand(-1, num_spherical, 1)
+    return spherical_bessel_rows(flat).reshape(*x.shape, num_spherical)
 
 
 class SphericalBasis(nn.Module):
@@ -114,9 +124,7 @@ class SphericalBasis(nn.Module):
 
     def radial(self, d: torch.Tensor, envelope: torch.Tensor) -> torch.Tensor:
         x = (d.double() / self.r_max)[:, None, None] * self.roots[None]  # [E, L, N]
-        j = spherical_bessel(x.reshape(-1), self.num_spherical).reshape(*x.shape, self.num_spherical)
-        # pick j_l for row l
-        j = torch.diagonal(j, dim1=1, dim2=3).permute(0, 2, 1)  # [E, L, N]
+        j = spherical_bessel_rows(x)
         return (self.norms[None] * j * envelope.double()[:, None, None]).to(d.dtype)
 
     def angular(self, cos_theta: torch.Tensor) -> torch.Tensor:
