@@ -16,6 +16,7 @@ stratum the statistic equals scipy.stats.logrank's (checked in the tests).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -37,7 +38,10 @@ def kaplan_meier(times, failed, confidence: float = 0.95) -> dict:
     if not failed.any():
         return out
     result = stats.ecdf(_censored(times, failed))
-    band = result.sf.confidence_interval(confidence, method="log-log")
+    with warnings.catch_warnings():
+        # where S(t) is 0 or 1 the log-log band is undefined (scipy warns); it is then [0, 1]-clamped below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        band = result.sf.confidence_interval(confidence, method="log-log")
     event_times = np.unique(times[failed])
     keep = np.isin(result.sf.quantiles, event_times)
     out["time_ps"] += result.sf.quantiles[keep].tolist()

@@ -129,7 +129,7 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
         if stored is None:
             continue
         s = stored["structure"]
-        result = {"r_A": np.array(s["r_A"]), "g": {k: np.array(v) for k, v in s["g"].items()}, "periodic": True}
+        result = {"r_A": np.array(s["r_A"]), "g": {k: np.array(v) for k, v in s["g"].items()}, "periodic": s.get("periodic", True)}
         reference = {"r_A": np.array(s["reference_r_A"]), "g": {k: np.array(v) for k, v in s["reference_g"].items()}}
         paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{r['model']}_{r['variant']}.png", reference, f"{r['model']} {r['variant']}: MD at {s['condition'].replace('@', ' ')} vs reference data"))
     figures["Structure of the MD runs (RDF)"] = paths

@@ -166,7 +166,7 @@ def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, 
     condition = sorted(stability, key=lambda c: (float(c.split("@")[1][:-1]), c))[0]
     replicas = stability[condition]["replicas"]
     fingerprint = {
-        "format": RESULT_FORMAT, "condition": condition,
+        "format": RESULT_FORMAT, "stage": "structure-2", "condition": condition,
         "replicas": [r.get("fingerprint") for r in replicas], "reference": _data_hashes(reference_files),
         "reference_frames": REFERENCE_FRAMES,
     }
@@ -184,7 +184,7 @@ def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, 
     reference = reference_rdf(reference_files, r_max=5.0, n_bins=100)
     result = rdf(frames, r_max=5.0, n_bins=100)
     structure = {
-        "condition": condition, "n_frames": len(frames), "comparison": compare_rdf(result, reference),
+        "condition": condition, "n_frames": len(frames), "periodic": bool(result["periodic"]), "comparison": compare_rdf(result, reference),
         "r_A": result["r_A"].tolist(), "g": {k: v.tolist() for k, v in result["g"].items()},
         "reference_g": {k: v.tolist() for k, v in reference["g"].items()}, "reference_r_A": reference["r_A"].tolist(),
     }
