@@ -173,16 +173,22 @@ def md_traces(thermo_files: dict[str, Path], path: str | Path, temperature_K: fl
     return path
 
 
+def _panel_grid(count: int):
+    """One small panel per species pair, three to a row (unused panels hidden)."""
+    ncols = min(3, count)
+    nrows = -(-count // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def rdf_plot(result: dict, path: str | Path, reference: dict | None = None, title: str = "") -> Path:
     """g(r) per species pair, with the reference dashed when given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     labels = list(result["g"])
-    ncols = min(3, len(labels))
-    nrows = -(-len(labels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(labels):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(len(labels))
     for ax, label in zip(axes.flat, labels):
         ax.plot(result["r_A"], result["g"][label], label="trajectory")
         if reference is not None and label in reference["g"]:
@@ -202,11 +208,7 @@ def dimer_plot(curves: list[dict], path: str | Path, title: str = "") -> Path:
     """Dimer curves E(r) per species pair, the training minimum dashed, holes marked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ncols = min(3, len(curves))
-    nrows = -(-len(curves) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(curves):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(len(curves))
     for ax, curve in zip(axes.flat, curves):
         r, e = np.array(curve["r_A"]), np.array(curve["energy_eV"])
         ax.plot(r, e, lw=1.2)
