@@ -267,3 +267,11 @@ def content_hash(spec: str | Path) -> str:
     if not path.exists():
         raise DataError(path, "no such file or directory")
     return file_hash(path)
+
+
+def content_hashes(specs) -> dict[str, str]:
+    """{spec: content_hash(spec)} for one spec, a list of them, or None (empty)."""
+    if specs is None:
+        return {}
+    specs = [specs] if isinstance(specs, (str, Path)) else list(specs)
+    return {str(spec): content_hash(spec) for spec in specs}

@@ -17,18 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from stableff.data.io import content_hashes
 from stableff.fingerprint import RESULT_FORMAT, differences, file_hash
 from stableff.io import read_json, write_json_atomic
 
 #: files of a training run (removed when the run's inputs changed)
 TRAINING_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "done.json")
-
-
-def _data_hashes(specs) -> dict:
-    from stableff.data.io import content_hash
-
-    specs = [specs] if isinstance(specs, str) else list(specs or [])
-    return {str(spec): content_hash(spec) for spec in specs}
 
 
 def training_fingerprint(config) -> dict:
@@ -95,7 +89,7 @@ def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[
     files; parity data saved as parity_<kind>.npz."""
     from stableff.measures.accuracy import evaluate_files, pooled_metrics
 
-    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "test": {kind: _data_hashes(files) for kind, files in test_sets.items() if files}}
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "test": {kind: content_hashes(files) for kind, files in test_sets.items() if files}}
     stored = _reuse(run_dir / "accuracy.json", fingerprint, "accuracy", log)
     if stored is not None:
         return stored["accuracy"]
@@ -116,7 +110,7 @@ def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_d
     saved as correlation_matrices.npz."""
     from stableff.measures.correlation import correlation_of_files
 
-    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "data": _data_hashes(files)}
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "data": content_hashes(files)}
     stored = _reuse(run_dir / "correlation.json", fingerprint, "correlation", log)
     if stored is not None:
         return stored["correlation"]
@@ -167,7 +161,7 @@ def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, 
     replicas = stability[condition]["replicas"]
     fingerprint = {
         "format": RESULT_FORMAT, "stage": "structure-2", "condition": condition,
-        "replicas": [r.get("fingerprint") for r in replicas], "reference": _data_hashes(reference_files),
+        "replicas": [r.get("fingerprint") for r in replicas], "reference": content_hashes(reference_files),
         "reference_frames": REFERENCE_FRAMES,
     }
     stored = _reuse(run_dir / "structure.json", fingerprint, "structure", log)

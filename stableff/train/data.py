@@ -52,9 +52,9 @@ def load_splits(data_config) -> dict[str, list[Frame]]:
 
 def data_hashes(data_config) -> dict[str, str]:
     """Content hash of every data file the data config names (training, validation, test, E0)."""
-    from stableff.data.io import content_hash
+    from stableff.data.io import content_hashes
 
     hashes = {}
     for specs in (data_config.train, data_config.validation, data_config.test, data_config.isolated_atoms):
-        hashes.update({str(spec): content_hash(spec) for spec in _as_list(specs)})
+        hashes.update(content_hashes(specs))
     return hashes
