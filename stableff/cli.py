@@ -13,7 +13,7 @@ import numpy as np
 
 from stableff.io import write_json_atomic
 from stableff.md.monitors import MonitorSettings
-from stableff.md.run import ENSEMBLES, MDSettings
+from stableff.md.run import DEFAULT_ENGINE, ENGINES, ENSEMBLES, MDSettings
 
 
 def _print_accuracy_table(results: list[dict], labels: list[str] | None = None) -> None:
@@ -202,9 +202,9 @@ def cmd_stability(args) -> int:
     load_checkpoint(args.model)  # a bad model file stops here, not in every worker
     atoms = [_read_start(spec, args.index) for spec in args.start]
     starts = list(zip(unique_start_labels(args.start, args.index), atoms))
-    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms))
+    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine)
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
-          f"{settings.length_ps:g} ps each, output in {args.out}/")
+          f"{settings.length_ps:g} ps each, {args.engine} engine, output in {args.out}/")
     replicas = run_replicas(tasks, workers=args.workers, fresh=args.fresh)
     report = stability_report(replicas)
     print(f"\n{'start':<20} {'replica':>7} {'seed':>5} {'t_fail (ps)':>12} {'status':<10} reason")
@@ -423,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="stability", help="output folder (finished replicas with the same inputs are reused)")
     p.add_argument("--fresh", action="store_true", help="run every replica again, even where the folder holds results from other inputs")
     p.add_argument("--replicas", type=int, default=4)
-    p.add_argument("--workers", type=int, help="parallel processes (default: number of cores)")
+    p.add_argument("--workers", type=int, help="parallel processes of the ase engine (default: number of cores)")
+    p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+                   help=f"batched: every replica advanced together in one model call per step; ase: one replica per process (default: {DEFAULT_ENGINE})")
     p.add_argument("--json", help="write the report to this JSON file")
     p.add_argument("--plot", help="write survival curves and traces (PNG) into this folder")
     _add_md_arguments(p)

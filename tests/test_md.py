@@ -216,7 +216,7 @@ def test_killed_stability_run_resumes_without_redoing_finished_replicas(trained_
     from conftest import kill_when
 
     args = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "3", "--workers", "1",
-            "--time", "0.15", "--out", str(tmp_path / "stab"), "--json", str(tmp_path / "s.json")]
+            "--time", "0.15", "--engine", "ase", "--out", str(tmp_path / "stab"), "--json", str(tmp_path / "s.json")]
     first = tmp_path / "stab" / "test_MD_300K_0" / "replica_000" / "summary.json"
     kill_when(args, first.exists)
     finished_before = first.read_text()

@@ -22,7 +22,7 @@ from stableff.errors import StableFFError
 from stableff.fingerprint import RESULT_FORMAT, atoms_hash, differences, file_hash
 from stableff.io import read_json
 from stableff.md.monitors import MonitorSettings
-from stableff.md.run import MDSettings
+from stableff.md.run import DEFAULT_ENGINE, ENGINES, MDSettings
 
 
 @dataclasses.dataclass
@@ -37,6 +37,7 @@ class ReplicaTask:
     device: str = "cpu"
     threads: int = 1
     structure_check: object = None  # optional reference-based check (see FailureMonitor)
+    engine: str = DEFAULT_ENGINE
 
 
 def replica_seed(seed: int, replica: int) -> int:
@@ -70,16 +71,18 @@ def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
     return labels
 
 
-def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None) -> list[ReplicaTask]:
+def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE) -> list[ReplicaTask]:
     """One task per (start, replica): ``starts`` is a list of (label, ase.Atoms); replica r of every
     start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``."""
     if replicas < 1:
         raise StableFFError(f"the number of replicas must be at least 1 (got {replicas})")
+    if engine not in ENGINES:
+        raise StableFFError(f"unknown MD engine '{engine}' (choose from {', '.join(ENGINES)})")
     tasks = []
     for label, atoms in starts:
         for r in range(replicas):
             replica_settings = dataclasses.replace(settings, seed=replica_seed(settings.seed, r))
-            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check))
+            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine))
     return tasks
 
 
@@ -96,6 +99,7 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
         "model": model_hash or file_hash(task.model_path),
         "start": atoms_hash(task.atoms),
         "md": md,
+        "engine": task.engine,  # the engines draw different random numbers: same statistics, not the same runs
         "monitor": dataclasses.asdict(task.monitor_settings),
         "structure_check": check.fingerprint() if check is not None else None,
     }
@@ -109,9 +113,39 @@ def run_replica(task: ReplicaTask, fingerprint: dict | None = None) -> dict:
     torch.set_num_threads(task.threads)
     calculator = StableFFCalculator(task.model_path, device=task.device)
     monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
+    identity = replica_identity(task, fingerprint)
+    return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}", metadata={**identity, "engine": "ase"})
+
+
+def replica_identity(task: ReplicaTask, fingerprint: dict | None = None) -> dict:
+    """What a replica's summary.json says of where it came from."""
     folder = replica_dir(task.out_dir, task.start_label, task.replica)
-    identity = {"start": task.start_label, "replica": task.replica, "path": str(folder), "fingerprint": fingerprint or replica_fingerprint(task)}
-    return run_md(task.atoms, calculator, task.settings, folder, monitor, label=f"{task.start_label} #{task.replica}", metadata=identity)
+    return {"start": task.start_label, "replica": task.replica, "path": str(folder), "fingerprint": fingerprint or replica_fingerprint(task)}
+
+
+def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], progress: bool = True) -> list[dict]:
+    """Run tasks with the batched engine: one batch per model, device and MD settings (all but the
+    seed), in this process; results in the order of ``tasks``."""
+    from stableff.md.batched import BatchedReplica, run_batched
+    from stableff.md.run import monitor_from_statistics
+    from stableff.models.saved import model_from_checkpoint
+
+    groups: dict[tuple, list[int]] = {}
+    for k, task in enumerate(tasks):
+        key = (task.model_path, task.device, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings))
+        groups.setdefault(key, []).append(k)
+    results: dict[int, dict] = {}
+    for (model_path, device, _, _), members in groups.items():
+        model, statistics = model_from_checkpoint(model_path, device=device)
+        replicas = []
+        for k in members:
+            task = tasks[k]
+            monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
+            identity = replica_identity(task, fingerprints[k])
+            replicas.append(BatchedReplica(task.atoms, task.settings, identity["path"], monitor, f"{task.start_label} #{task.replica}", identity))
+        for k, summary in zip(members, run_batched(model, replicas, progress=progress, device=device)):
+            results[k] = summary
+    return [results[k] for k in range(len(tasks))]
 
 
 def _run_packed(packed):
@@ -182,12 +216,19 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     workers = max(1, min(workers or cores, len(pending) or 1, cores))
     if progress and len(tasks) - len(pending):
         print(f"{len(tasks) - len(pending)} of {len(tasks)} replicas already finished with the same inputs; running {len(pending)}", flush=True)
+    batched = [k for k in pending if tasks[k].engine == "batched"]
+    if batched:
+        for k, summary in zip(batched, run_replicas_batched([tasks[k] for k in batched], [fingerprints[k] for k in batched], progress)):
+            results[k] = summary
+        pending = [k for k in pending if k not in set(batched)]
     bar = None
-    if progress:
+    if progress and pending:
         from tqdm import tqdm
 
         bar = tqdm(total=len(pending), desc="replicas", unit="run", leave=False)
-    if workers == 1:
+    if not pending:
+        pass
+    elif workers == 1:
         for k in pending:
             tasks[k].settings.progress = progress
             results[k] = run_replica(tasks[k], fingerprints[k])

@@ -24,6 +24,12 @@ from stableff.md.monitors import FailureMonitor, FrameState, MonitorSettings
 #: the integrators stableff runs (the one list: CLI choices, study plans and settings use it)
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
 
+#: the engines of replica runs: ``batched`` advances all replicas of a model together, one batched
+#: model call per step (stableff.md.batched); ``ase`` runs one replica per process with ASE's integrators
+ENGINES = ("batched", "ase")
+#: the faster of the two on CPU and on GPU (benchmarks/replica_throughput.py)
+DEFAULT_ENGINE = "batched"
+
 #: pairs closer than this are looked for in every checked frame (thermo.csv's min_distance_A)
 MIN_DISTANCE_CUTOFF_A = 3.0
 
@@ -112,7 +118,7 @@ def _frame_text(atoms, energy, forces) -> str:
     return buffer.getvalue()
 
 
-class _FrameRecorder:
+class FrameRecorder:
     """The observer attached to the ASE dynamics every ``log_interval`` steps: one thermo row, a
     trajectory frame every ``traj_interval`` steps, and the failure check, all from one neighbour
     list of the frame."""
@@ -167,6 +173,36 @@ class _FrameRecorder:
                 self.failure, self.failure_step = found, step
 
 
+def md_summary(settings: MDSettings, n_atoms: int, recorder: "FrameRecorder", steps: int, elapsed_s: float, label: str = "", metadata: dict | None = None) -> dict:
+    """The summary.json of one run (either engine): outcome, time to failure, cost, and ``metadata``."""
+    failure = recorder.failure
+    return {
+        "label": label,
+        "ensemble": settings.ensemble,
+        "temperature_K": settings.temperature_K,
+        "timestep_fs": settings.timestep_fs,
+        "seed": settings.seed,
+        "n_atoms": n_atoms,
+        "run_length_ps": settings.length_ps,
+        "failed": failure is not None,
+        "time_to_failure_ps": recorder.failure_step * settings.timestep_fs / 1000.0 if failure is not None else settings.length_ps,
+        "failure_step": recorder.failure_step,
+        "reason": failure.reason if failure is not None else None,
+        "detail": failure.detail if failure is not None else None,
+        "steps": steps,
+        "ms_per_step": 1000 * elapsed_s / max(steps, 1),
+        **(metadata or {}),
+    }
+
+
+def open_run_files(out_dir: Path):
+    """thermo.csv (with its header) and trajectory.extxyz of a run, opened for writing."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    thermo = open(out_dir / "thermo.csv", "w")
+    thermo.write("time_ps,temperature_K,epot_eV,ekin_eV,etot_eV,max_force_eV_per_A,min_distance_A\n")
+    return thermo, open(out_dir / "trajectory.extxyz", "w")
+
+
 def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMonitor | None = None, label: str = "", metadata: dict | None = None) -> dict:
     """Run MD from ``atoms`` (velocities initialised here) and return the summary dict
     (``metadata``, e.g. the replica's identity, is stored in it too)."""
@@ -183,9 +219,9 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
 
         bar = tqdm(total=settings.steps, desc=label or "MD", unit="step", file=sys.stderr, mininterval=0.5, leave=False)
     t_start = time.perf_counter()
-    with open(out_dir / "thermo.csv", "w") as thermo, open(out_dir / "trajectory.extxyz", "w") as trajectory:
-        thermo.write("time_ps,temperature_K,epot_eV,ekin_eV,etot_eV,max_force_eV_per_A,min_distance_A\n")
-        recorder = _FrameRecorder(dynamics, atoms, settings, monitor, thermo, trajectory, bar)
+    thermo, trajectory = open_run_files(out_dir)
+    with thermo, trajectory:
+        recorder = FrameRecorder(dynamics, atoms, settings, monitor, thermo, trajectory, bar)
         dynamics.attach(recorder, interval=settings.log_interval)
         with np.errstate(all="ignore"):
             for _ in dynamics.irun(settings.steps):
@@ -195,26 +231,7 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
             recorder()  # the last step, when the run length is not a multiple of log_interval
     if bar is not None:
         bar.close()
-    step = dynamics.nsteps
-    elapsed = time.perf_counter() - t_start
-    failure = recorder.failure
-    summary = {
-        "label": label,
-        "ensemble": settings.ensemble,
-        "temperature_K": settings.temperature_K,
-        "timestep_fs": settings.timestep_fs,
-        "seed": settings.seed,
-        "n_atoms": len(atoms),
-        "run_length_ps": settings.length_ps,
-        "failed": failure is not None,
-        "time_to_failure_ps": recorder.failure_step * settings.timestep_fs / 1000.0 if failure is not None else settings.length_ps,
-        "failure_step": recorder.failure_step,
-        "reason": failure.reason if failure is not None else None,
-        "detail": failure.detail if failure is not None else None,
-        "steps": step,
-        "ms_per_step": 1000 * elapsed / max(step, 1),
-        **(metadata or {}),
-    }
+    summary = md_summary(settings, len(atoms), recorder, dynamics.nsteps, time.perf_counter() - t_start, label, metadata)
     write_json_atomic(summary, out_dir / "summary.json")
     return summary
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from stableff.errors import ConfigError
+from stableff.md.run import DEFAULT_ENGINE, ENGINES, ENSEMBLES
 
 #: the remedies a variant can switch on; a variant is "baseline" or remedies joined by "+"
 REMEDIES = ("decorrelated", "sam", "zbl")
@@ -43,13 +44,19 @@ class StabilityPlan(_Strict):
     seed: int = 0  # velocity seed of replica 0 (replica r: seed + r), the same for every model and variant
     in_distribution: list[StartStructures] = []
     out_of_distribution: list[StartStructures] = []
-    workers: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1)  # processes of the ase engine
+    engine: str = DEFAULT_ENGINE  # batched | ase
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value):
+        if value not in ENGINES:
+            raise ValueError(f"unknown MD engine '{value}' (choose from {', '.join(ENGINES)})")
+        return value
 
     @field_validator("ensemble")
     @classmethod
     def _known_ensemble(cls, value):
-        from stableff.md.run import ENSEMBLES
-
         if value not in ENSEMBLES:
             raise ValueError(f"unknown ensemble '{value}' (choose from {', '.join(ENSEMBLES)})")
         return value

@@ -1,0 +1,159 @@
+"""The batched MD engine (stableff.md.batched): forces equal to the calculator's, the same trajectories
+as the ASE engine in NVE, thermostats that reach their temperature, failed replicas leaving the batch,
+and the same stability statistics as the ASE engine on a model that fails."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stableff.data import keys
+from stableff.models.base import ForceField
+from stableff.md.batched import BatchedReplica, ReplicaBatch, run_batched
+from stableff.md.calculator import StableFFCalculator
+from stableff.md.run import MDSettings, monitor_from_statistics, run_md
+from test_md import acac_atoms, stableff_cli
+from test_physics import hfo2_like_cell, make_model
+
+
+def thermo(folder):
+    return np.genfromtxt(folder / "thermo.csv", delimiter=",", names=True)
+
+
+def test_forces_equal_the_calculators_for_the_same_positions_and_lists_follow_the_atoms():
+    model = make_model("nequip", type_numbers=(1, 6, 8, 72))
+    molecule, crystal = acac_atoms(0), hfo2_like_cell()
+    rattled = acac_atoms(1)
+    systems = [molecule, crystal, rattled]
+    batch = ReplicaBatch(model, systems, skin_A=0.5)
+    calculator = StableFFCalculator(model)
+    rng = np.random.default_rng(0)
+
+    def compare(positions):
+        energy, forces = batch.energy_forces(torch.as_tensor(np.concatenate(positions)))
+        start = 0
+        for k, (atoms, x) in enumerate(zip(systems, positions)):
+            copy = atoms.copy()
+            copy.positions = x
+            copy.calc = calculator
+            assert energy[k].item() == pytest.approx(copy.get_potential_energy(), abs=1e-10)
+            np.testing.assert_allclose(forces[start:start + len(copy)].numpy(), copy.get_forces(), atol=1e-10)
+            start += len(copy)
+
+    positions = [a.positions.copy() for a in systems]
+    compare(positions)
+    assert batch.rebuilds == 3
+    # moves below half the skin keep the lists (the cutoff is applied per step) ...
+    for _ in range(3):
+        positions = [x + rng.uniform(-0.04, 0.04, x.shape) for x in positions]
+        compare(positions)
+    assert batch.rebuilds == 3
+    # ... one atom moved further rebuilds that structure's list only
+    positions[1][0] += 0.3
+    compare(positions)
+    assert batch.rebuilds == 4
+
+
+def test_nve_follows_the_ase_engine_and_conserves_energy_in_float64(tmp_path):
+    model = make_model("nequip")
+    settings = MDSettings(ensemble="nve", temperature_K=200, timestep_fs=0.25, steps=200, log_interval=10, progress=False, seed=4)
+    run_md(acac_atoms(), StableFFCalculator(model), settings, tmp_path / "ase")
+    (summary,) = run_batched(model, [BatchedReplica(acac_atoms(), settings, str(tmp_path / "batched"))], progress=False)
+    ase_rows, batched_rows = thermo(tmp_path / "ase"), thermo(tmp_path / "batched")
+    assert summary["steps"] == 200 and summary["engine"] == "batched" and len(batched_rows) == len(ase_rows) == 21
+    for column in ("temperature_K", "epot_eV", "etot_eV", "max_force_eV_per_A", "min_distance_A"):
+        np.testing.assert_allclose(batched_rows[column], ase_rows[column], rtol=1e-6, atol=1e-6, err_msg=column)
+    drift = 1000 * np.max(np.abs(batched_rows["etot_eV"] - batched_rows["etot_eV"][0])) / 15
+    assert drift < 0.5  # meV/atom
+    assert np.std(batched_rows["ekin_eV"]) > 0.005  # energy really moves between kinetic and potential
+    # same frames in the trajectory
+    import ase.io
+
+    frames = ase.io.read(tmp_path / "batched" / "trajectory.extxyz", index=":")
+    assert len(frames) == 11 and np.allclose(frames[-1].get_forces(), ase.io.read(tmp_path / "ase" / "trajectory.extxyz", index=-1).get_forces(), atol=1e-6)
+
+
+class MorseCopper(ForceField):
+    """Girifalco-Weizer Morse copper with a smooth cutoff: a well-behaved crystal for thermostat tests."""
+
+    def __init__(self, type_numbers=(29,), r_max: float = 5.0, avg_num_neighbors: float = 1.0, energy_scale=1.0, energy_shift=0.0):
+        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift, trainable_scale_shift=False)
+
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
+        depth, stiffness, r0 = 0.3429, 1.3588, 2.866
+        x = edge_lengths / self.r_max
+        envelope = torch.where(x < 1, (1 - x**2) ** 3, torch.zeros_like(x))
+        pair = depth * (torch.exp(-2 * stiffness * (edge_lengths - r0)) - 2 * torch.exp(-stiffness * (edge_lengths - r0))) * envelope
+        energies = torch.zeros(batch[keys.POSITIONS].shape[0], dtype=pair.dtype).index_add_(0, batch[keys.EDGE_INDEX][0], 0.5 * pair)
+        return energies, None
+
+
+@pytest.mark.parametrize("ensemble", ["langevin", "bussi", "nose-hoover"])
+def test_thermostats_bring_replicas_from_60_to_600_K(ensemble, tmp_path, monkeypatch):
+    from ase.build import bulk
+
+    from stableff.md import batched as engine
+
+    original = engine.initialise_velocities
+    monkeypatch.setattr(engine, "initialise_velocities", lambda atoms, temperature_K, seed: original(atoms, 60.0, seed))
+    model = MorseCopper().double()
+    crystal = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
+    settings = MDSettings(ensemble=ensemble, temperature_K=600, timestep_fs=2.0, steps=500, friction_per_fs=0.05, damping_fs=25.0, log_interval=10, progress=False)
+    replicas = [BatchedReplica(crystal, dataclasses.replace(settings, seed=r), str(tmp_path / f"r{r}")) for r in range(3)]
+    run_batched(model, replicas, progress=False)
+    rows = [thermo(tmp_path / f"r{r}") for r in range(3)]
+    assert all(t["temperature_K"][0] < 100 for t in rows)
+    late = np.concatenate([t["temperature_K"][len(t) // 2:] for t in rows])
+    assert np.mean(late) == pytest.approx(600, rel=0.06)
+    # the replicas are different runs (own seeds), not copies
+    assert not np.allclose(rows[0]["temperature_K"], rows[1]["temperature_K"])
+
+
+def test_a_failed_replica_leaves_the_batch_and_the_others_go_on(trained_model, tmp_path):
+    from stableff.models.saved import model_from_checkpoint
+
+    model, statistics = model_from_checkpoint(trained_model)
+    settings = MDSettings(ensemble="langevin", temperature_K=300, timestep_fs=0.5, steps=60, log_interval=10, progress=False)
+    broken = acac_atoms(0)
+    broken.positions[1] = broken.positions[0] + [0.3, 0.0, 0.0]  # two atoms 0.3 A apart: a close contact from the start
+    replicas = [
+        BatchedReplica(atoms, dataclasses.replace(settings, seed=r), str(tmp_path / name), monitor_from_statistics(statistics, "langevin", 300.0), name)
+        for r, (name, atoms) in enumerate([("healthy_a", acac_atoms(0)), ("broken", broken), ("healthy_b", acac_atoms(2))])
+    ]
+    summaries = run_batched(model, replicas, progress=False)
+    assert [s["failed"] for s in summaries] == [False, True, False]
+    assert summaries[1]["reason"] in ("close_contact", "force_blowup") and summaries[1]["steps"] == 0
+    assert summaries[0]["steps"] == summaries[2]["steps"] == 60
+    assert len(np.atleast_1d(thermo(tmp_path / "broken"))) == 1
+    assert len(thermo(tmp_path / "healthy_b")) == 7
+    for name in ("healthy_a", "broken", "healthy_b"):
+        stored = json.loads((tmp_path / name / "summary.json").read_text())
+        assert stored["label"] == name and (tmp_path / name / "trajectory.extxyz").stat().st_size > 0
+
+
+def test_same_stability_statistics_as_the_ase_engine_on_a_model_that_fails(trained_model, tmp_path):
+    """A briefly trained model at 600 K fails within tens of fs, at times that vary between replicas:
+    both engines with the same 12 replica seeds must not differ by a log-rank test."""
+    from stableff.analysis.survival import logrank_stratified
+
+    reports = {}
+    for engine in ("ase", "batched"):
+        result = stableff_cli("stability", trained_model, "acac:test_MD_300K", "--replicas", "12", "--temperature", "600",
+                              "--time", "0.15", "--engine", engine, "--out", tmp_path / engine, "--json", tmp_path / f"{engine}.json")
+        assert result.returncode == 0, result.stderr
+        reports[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+    times = {e: np.array([r["time_to_failure_ps"] for r in reports[e]["replicas"]]) for e in reports}
+    events = {e: np.array([r["failed"] for r in reports[e]["replicas"]]) for e in reports}
+    assert events["ase"].sum() >= 6 and events["batched"].sum() >= 6
+    assert len(set(times["batched"])) > 2  # failure times vary: a statistic, not one deterministic event
+    stored = json.loads((tmp_path / "batched" / "test_MD_300K_0" / "replica_000" / "summary.json").read_text())
+    assert stored["engine"] == "batched" and stored["fingerprint"]["engine"] == "batched"
+    test = logrank_stratified(times["ase"], events["ase"], np.zeros(12), times["batched"], events["batched"], np.zeros(12))
+    assert test.pvalue > 0.05, (times, events)
+    assert 0.5 < np.median(times["batched"]) / np.median(times["ase"]) < 2.0
+    # the ase engine's replicas are not taken for the batched engine's (the engine is in the fingerprint)
+    moved = stableff_cli("stability", trained_model, "acac:test_MD_300K", "--replicas", "12", "--temperature", "600",
+                         "--time", "0.15", "--engine", "batched", "--out", tmp_path / "ase")
+    assert moved.returncode == 1 and "engine: ase -> batched" in moved.stderr
