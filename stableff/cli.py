@@ -59,7 +59,7 @@ def cmd_evaluate(args) -> int:
     from stableff.measures.accuracy import evaluate_files
 
     _check_outputs(args, [args.model, *args.data])
-    results = evaluate_files(args.model, args.data, batch_size=args.batch_size, device=args.device)
+    results = evaluate_files(args.model, args.data, batch_size=args.batch_size, device=args.device, compile=args.compile)
     _print_accuracy_table(results, [str(p) for p in args.data])
     if args.plot:
         from stableff.report.plots import parity_plot
@@ -175,7 +175,7 @@ def cmd_md(args) -> int:
     settings = _md_settings(args)
     _check_outputs(args, [args.model, args.start])
     atoms = _read_start(args.start, args.index)
-    calculator = StableFFCalculator(args.model, device=args.device)
+    calculator = StableFFCalculator(args.model, device=args.device, compile=args.compile)
     monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms, _structure_check(args, [atoms]))
     print(f"MD: {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
@@ -202,7 +202,7 @@ def cmd_stability(args) -> int:
     load_checkpoint(args.model)  # a bad model file stops here, not in every worker
     atoms = [_read_start(spec, args.index) for spec in args.start]
     starts = list(zip(unique_start_labels(args.start, args.index), atoms))
-    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine)
+    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine, args.compile)
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.length_ps:g} ps each, {args.engine} engine, output in {args.out}/")
     replicas = run_replicas(tasks, workers=args.workers, fresh=args.fresh)
@@ -306,6 +306,11 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def _add_compile_argument(p) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="evaluate the model through torch.compile (compiles once, then reused; falls back to eager with a warning where it fails)")
+
+
 def _add_md_arguments(p) -> None:
     p.add_argument("--index", type=int, default=0, help="frame of START to begin from (default 0)")
     md, monitor = MDSettings(), MonitorSettings()
@@ -321,6 +326,7 @@ def _add_md_arguments(p) -> None:
     p.add_argument("--traj-interval", type=int, default=md.traj_interval, help="steps between trajectory frames")
     p.add_argument("--keep-going", action="store_true", help="record failures but run to the end")
     p.add_argument("--device", default="cpu")
+    _add_compile_argument(p)
     g = p.add_argument_group("failure thresholds (relative to the training data stored in the model)")
     g.add_argument("--temperature-window", type=float, default=monitor.temperature_window_fs, help="fs window of the NVT temperature check")
     g.add_argument("--close-contact-factor", type=float, default=monitor.close_contact_factor)
@@ -398,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write parity plots (PNG) into this folder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    _add_compile_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("correlation", help="per-layer edge-feature correlation of a model over a dataset")

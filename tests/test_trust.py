@@ -193,7 +193,7 @@ def test_killed_stability_leaves_no_worker_running(trained_model, tmp_path):
     import os
     import signal
 
-    args = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "4", "--workers", "2",
+    args = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "4", "--workers", "2", "--engine", "ase",
             "--time", "5", "--out", str(tmp_path / "s")]
     parent = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

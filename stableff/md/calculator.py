@@ -21,16 +21,19 @@ class StableFFCalculator(Calculator):
 
     Implements energy, free_energy, energies (per atom), forces and, for fully periodic cells, stress
     (eV, eV/A, eV/A^3). ``model_path`` may also be an already built model (then ``statistics`` is None).
+    ``compile``: evaluate through torch.compile (falls back to eager with a warning where it fails).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model_path, device: str = "cpu", **kwargs):
+    def __init__(self, model_path, device: str = "cpu", compile: bool = False, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model_path, torch.nn.Module):
             self.model, self.statistics = model_path.eval(), None
+            if compile:
+                self.model.compile_inference()
         else:
-            self.model, self.statistics = model_from_checkpoint(model_path, device=device)
+            self.model, self.statistics = model_from_checkpoint(model_path, device=device, compile=compile)
         self.device = torch.device(device)
         self.model.to(self.device)
         self.dtype = self.model.dtype

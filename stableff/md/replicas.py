@@ -38,6 +38,7 @@ class ReplicaTask:
     threads: int = 1
     structure_check: object = None  # optional reference-based check (see FailureMonitor)
     engine: str = DEFAULT_ENGINE
+    compile: bool = False  # the model evaluated through torch.compile
 
 
 def replica_seed(seed: int, replica: int) -> int:
@@ -71,7 +72,7 @@ def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
     return labels
 
 
-def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE) -> list[ReplicaTask]:
+def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False) -> list[ReplicaTask]:
     """One task per (start, replica): ``starts`` is a list of (label, ase.Atoms); replica r of every
     start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``."""
     if replicas < 1:
@@ -82,7 +83,7 @@ def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int,
     for label, atoms in starts:
         for r in range(replicas):
             replica_settings = dataclasses.replace(settings, seed=replica_seed(settings.seed, r))
-            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine))
+            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile))
     return tasks
 
 
@@ -100,6 +101,7 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
         "start": atoms_hash(task.atoms),
         "md": md,
         "engine": task.engine,  # the engines draw different random numbers: same statistics, not the same runs
+        "compiled": task.compile,  # compiled code rounds differently: the same physics, not the same trajectory
         "monitor": dataclasses.asdict(task.monitor_settings),
         "structure_check": check.fingerprint() if check is not None else None,
     }
@@ -111,7 +113,7 @@ def run_replica(task: ReplicaTask, fingerprint: dict | None = None) -> dict:
     from stableff.md.run import monitor_from_statistics, run_md
 
     torch.set_num_threads(task.threads)
-    calculator = StableFFCalculator(task.model_path, device=task.device)
+    calculator = StableFFCalculator(task.model_path, device=task.device, compile=task.compile)
     monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     identity = replica_identity(task, fingerprint)
     return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}", metadata={**identity, "engine": "ase"})
@@ -132,11 +134,11 @@ def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], pro
 
     groups: dict[tuple, list[int]] = {}
     for k, task in enumerate(tasks):
-        key = (task.model_path, task.device, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings))
+        key = (task.model_path, task.device, task.compile, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings))
         groups.setdefault(key, []).append(k)
     results: dict[int, dict] = {}
-    for (model_path, device, _, _), members in groups.items():
-        model, statistics = model_from_checkpoint(model_path, device=device)
+    for (model_path, device, compile, _, _), members in groups.items():
+        model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
         replicas = []
         for k in members:
             task = tasks[k]

@@ -82,14 +82,16 @@ def error_metrics(prediction: dict) -> dict:
     return metrics
 
 
-def evaluate_files(model_or_path, paths, batch_size: int = 8, device: str = "cpu", progress: bool = True) -> list[dict]:
+def evaluate_files(model_or_path, paths, batch_size: int = 8, device: str = "cpu", progress: bool = True, compile: bool = False) -> list[dict]:
     """For each file: its metrics (keys of :func:`error_metrics`, plus ``path``) and raw predictions
-    (under ``"prediction"``). Frames must carry energies and forces."""
+    (under ``"prediction"``). Frames must carry energies and forces. ``compile``: through torch.compile."""
     from stableff.data.graph import frame_to_graph
     from stableff.data.io import read_frames, resolve_path
     from stableff.models.saved import model_from_checkpoint
 
     model = model_from_checkpoint(model_or_path, device=device)[0] if not isinstance(model_or_path, torch.nn.Module) else model_or_path
+    if compile:
+        model.compile_inference()
     results = []
     for path in paths:
         frames = read_frames(path, require=("energy", "forces"))

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
+import time
+import warnings
 
 import torch
 from torch import nn
@@ -91,6 +94,32 @@ class ForceField(nn.Module):
         self.zbl: ZBLRepulsion | None = None
         #: per layer, how many leading columns of edge_features[l] are l = 0 scalars (rest: norms)
         self.edge_feature_scalar_counts: list[int] = []
+        self._compiled = None  # see compile_inference
+        self._compile_state = "off"  # off | pending | ready | failed
+
+    def compile_inference(self, enabled: bool = True) -> "ForceField":
+        """Evaluate energies and forces outside training through ``torch.compile`` (dynamic shapes:
+        one compilation serves every structure size and neighbour count). The network part
+        (``atomic_energies``) is compiled, with its backward; the float64 sums, the priors and the
+        autograd of forces stay eager. The first call compiles and reports its time on stderr; if
+        compilation or the compiled code fails on this platform, one warning is given and the model
+        runs eager from then on. Training (forces differentiated again for the force loss, which
+        compiled graphs do not support) and edge-feature evaluation always run eager."""
+        if enabled and self._compile_state == "off":
+            import torch._dynamo
+
+            # Python floats of the model (cutoffs, exponents) as constants: as symbols they hit
+            # inductor lowering errors (torch 2.13, KeyError 'unbacked_bindings')
+            self._compiled = torch._dynamo.config.patch(specialize_float=True)(torch.compile(self.atomic_energies, dynamic=True))
+            self._compile_state = "pending"
+        elif not enabled:
+            self._compiled, self._compile_state = None, "off"
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        """True while inference runs (or is about to run) through the compiled path."""
+        return self._compile_state in ("pending", "ready")
 
     @property
     def num_interaction_layers(self) -> int:
@@ -123,6 +152,23 @@ class ForceField(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training
+        if self._compile_state in ("pending", "ready") and not (self.training or create_graph or edge_features):
+            if self._compile_state == "ready":
+                return self._forward(batch, compute_forces, compute_stress, create_graph, False, self._compiled)
+            start = time.perf_counter()
+            try:
+                out = self._forward(batch, compute_forces, compute_stress, create_graph, False, self._compiled)
+            except Exception as exc:  # any failure of the compiler or of the compiled code: eager from now on
+                self._compile_state, self._compiled = "failed", None
+                first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+                warnings.warn(f"torch.compile failed for {self.model_name} on this platform ({type(exc).__name__}: {first_line}); running eager", RuntimeWarning, stacklevel=2)
+            else:
+                self._compile_state = "ready"
+                print(f"compiled {self.model_name} (torch.compile, dynamic shapes) in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+                return out
+        return self._forward(batch, compute_forces, compute_stress, create_graph, edge_features, self.atomic_energies)
+
+    def _forward(self, batch, compute_forces, compute_stress, create_graph, edge_features, atomic_energies) -> dict:
         atom_batch = batch[keys.BATCH]
         cell = batch[keys.CELL]
         num_structures = cell.shape[0]
@@ -145,7 +191,7 @@ class ForceField(nn.Module):
             edge_vectors = positions[neighbour] - positions[centre] + torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], edge_cell)
             edge_lengths = torch.linalg.norm(edge_vectors, dim=-1)
 
-            raw, states = self.atomic_energies(batch, edge_vectors, edge_lengths, edge_features)
+            raw, states = atomic_energies(batch, edge_vectors, edge_lengths, edge_features)
             species = batch[keys.SPECIES]
             # per-atom residual in the model's dtype, the large species shift and the sum in float64
             atomic = (raw * self.per_species_scale[species]).double() + self.per_species_shift[species].double()

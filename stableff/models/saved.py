@@ -50,8 +50,9 @@ def load_weights(model: torch.nn.Module, state: dict) -> None:
         raise StableFFError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def model_from_checkpoint(path_or_checkpoint, device="cpu"):
-    """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics)."""
+def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = False):
+    """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics);
+    ``compile``: energies and forces through torch.compile (:meth:`ForceField.compile_inference`)."""
     from stableff.models import build_model
 
     checkpoint = path_or_checkpoint if isinstance(path_or_checkpoint, dict) else load_checkpoint(path_or_checkpoint)
@@ -60,4 +61,6 @@ def model_from_checkpoint(path_or_checkpoint, device="cpu"):
     model = model.to(dtype)
     load_weights(model, checkpoint["model_state"])
     model.to(device).eval()
+    if compile:
+        model.compile_inference()
     return model, DatasetStatistics.from_dict(checkpoint["statistics"])

@@ -46,6 +46,7 @@ class StabilityPlan(_Strict):
     out_of_distribution: list[StartStructures] = []
     workers: int | None = Field(None, ge=1)  # processes of the ase engine
     engine: str = DEFAULT_ENGINE  # batched | ase
+    compile: bool = False  # MD through torch.compile (slower on CPU today: benchmarks/compile_speed.py)
 
     @field_validator("engine")
     @classmethod

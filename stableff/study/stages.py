@@ -135,7 +135,7 @@ def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print) ->
     stability = {}
     for temperature in plan.temperatures_K:
         tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
-                                    plan.replicas, MonitorSettings(), run_dir / "stability" / f"{temperature:g}K", engine=plan.engine)
+                                    plan.replicas, MonitorSettings(), run_dir / "stability" / f"{temperature:g}K", engine=plan.engine, compile=plan.compile)
         if not tasks:
             continue
         log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")

@@ -1,0 +1,61 @@
+"""The compiled inference path (torch.compile) against the eager one, and its fallback."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from stableff.data import keys
+from stableff.data.graph import collate, frame_to_graph
+from stableff.data.io import frame_from_atoms
+from test_physics import hfo2_like_cell, make_model
+
+
+def evaluate(model, structures, stress=False):
+    frames = [s if not hasattr(s, "get_positions") else frame_from_atoms(s) for s in structures]
+    batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, model.dtype) for f in frames])
+    out = model(batch, compute_forces=True, compute_stress=stress)
+    return {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+def test_compiled_energies_forces_and_stress_equal_the_eager_ones(acac_frames, capfd):
+    model = make_model("nequip", type_numbers=(1, 6, 8, 72))
+    crystal = hfo2_like_cell()
+    eager_molecules = evaluate(model, acac_frames[:3])
+    eager_crystal = evaluate(model, [crystal], stress=True)
+    model.compile_inference()
+    assert model.compiled
+    # several sizes and edge counts through one compilation (dynamic shapes)
+    for structures, eager, stress in ((acac_frames[:3], eager_molecules, False), ([crystal], eager_crystal, True), (acac_frames[:3], eager_molecules, False)):
+        compiled = evaluate(model, structures, stress)
+        for key in (keys.TOTAL_ENERGY, keys.FORCES) + ((keys.STRESS,) if stress else ()):
+            np.testing.assert_allclose(compiled[key].numpy(), eager[key].numpy(), rtol=1e-9, atol=1e-9, err_msg=key)
+    assert model._compile_state == "ready"
+    assert capfd.readouterr().err.count("compiled nequip") == 1  # compile time reported once
+    # training differentiates forces again: always eager, and it still learns through the same weights
+    model.train()
+    out = model(collate([frame_to_graph(acac_frames[0], model.type_numbers, model.r_max, model.dtype)]))
+    out[keys.FORCES].pow(2).sum().backward()
+    assert model.per_species_scale.grad is not None
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(acac_frames, monkeypatch):
+    model = make_model("nequip")
+    eager = evaluate(model, acac_frames[:2])
+
+    def broken_compile(function, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("no C++ compiler on this platform")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model.compile_inference()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed for nequip.*no C\\+\\+ compiler.*running eager"):
+        first = evaluate(model, acac_frames[:2])
+    assert not model.compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = evaluate(model, acac_frames[:2])
+    for out in (first, second):
+        np.testing.assert_allclose(out[keys.FORCES].numpy(), eager[keys.FORCES].numpy(), rtol=0, atol=0)
