@@ -157,3 +157,31 @@ def test_same_stability_statistics_as_the_ase_engine_on_a_model_that_fails(train
     moved = stableff_cli("stability", trained_model, "acac:test_MD_300K", "--replicas", "12", "--temperature", "600",
                          "--time", "0.15", "--engine", "batched", "--out", tmp_path / "ase")
     assert moved.returncode == 1 and "engine: ase -> batched" in moved.stderr
+
+
+def test_a_killed_batched_run_continues_from_its_saved_state_to_the_same_result(trained_model, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import kill_when
+
+    def args(out):
+        return [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "3", "--temperature", "300",
+                "--time", "0.4", "--keep-going", "--engine", "batched", "--out", str(out), "--json", str(out) + ".json"]
+
+    folders = [tmp_path / "killed" / "test_MD_300K_0" / f"replica_{r:03d}" for r in range(3)]
+    kill_when(args(tmp_path / "killed"), lambda: all((f / "state.pt").exists() for f in folders))
+    assert not any((f / "summary.json").exists() for f in folders)
+    resumed = subprocess.run(args(tmp_path / "killed"), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 interrupted replicas continue from their saved state" in resumed.stdout
+    whole = subprocess.run(args(tmp_path / "whole"), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    for r, folder in enumerate(folders):
+        assert not (folder / "state.pt").exists()
+        rows = thermo(folder)
+        assert len(rows) == 81 and np.all(np.diff(rows["time_ps"]) > 0)  # no row lost, none twice
+        reference = thermo(tmp_path / "whole" / "test_MD_300K_0" / f"replica_{r:03d}")
+        np.testing.assert_allclose(rows["etot_eV"], reference["etot_eV"], atol=1e-5)
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["steps"] == 800

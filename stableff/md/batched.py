@@ -100,6 +100,11 @@ class ReplicaBatch:
         self._static()
         return atom_mask
 
+    def restore_list(self, b: int, reference: torch.Tensor) -> None:
+        """Rebuild structure ``b``'s list from the positions of its last build (a resumed run gets
+        the same list as the interrupted one)."""
+        self._rebuild(b, reference.to(self.device))
+
     def _rebuild(self, b: int, positions: torch.Tensor) -> None:
         i, j, shifts = neighbor_list(positions.detach().cpu().numpy(), self.cells[b], self.pbc[b], self.cutoff + self.skin)
         self.lists[b] = (torch.as_tensor(np.stack([i, j]), device=self.device), torch.as_tensor(shifts, dtype=torch.float64, device=self.device))
@@ -177,6 +182,30 @@ class BatchedReplica:
     monitor: object = None  # FailureMonitor or None
     label: str = ""
     metadata: dict | None = None
+    resume: dict | None = None  # the state of an interrupted run (read_state), to continue from
+
+
+#: a replica's state file in its folder while it runs (removed when its summary is written)
+STATE_FILE = "state.pt"
+#: thermo rows (failure checks) between state files: every 100 steps at the default log interval
+CHECKPOINT_RECORDS = 10
+
+
+def read_state(out_dir, fingerprint: dict | None = None) -> dict | None:
+    """The saved state of an interrupted replica in ``out_dir``, if there is one made from the same
+    inputs (``fingerprint``; None accepts any)."""
+    from stableff.fingerprint import differences
+
+    path = Path(out_dir) / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a state file cut short can only come from a crash while writing: start over
+        return None
+    if fingerprint is not None and differences((state.get("metadata") or {}).get("fingerprint"), fingerprint):
+        return None
+    return state
 
 
 class _Steps:
@@ -189,13 +218,16 @@ class BatchedIntegrator:
     """One ensemble's update of positions ``q`` and momenta ``p`` ([N, 3], float64, ASE units) for
     every replica of a :class:`ReplicaBatch` at once."""
 
-    def __init__(self, batch: ReplicaBatch, settings: MDSettings, q, p, masses, seeds: list[int]):
+    def __init__(self, batch: ReplicaBatch, settings: MDSettings, q, p, masses, seeds: list[int], chain_momenta: list | None = None, rng_states: list | None = None):
         self.batch, self.settings = batch, settings
         self.q, self.p, self.masses = q, p, masses  # masses [N, 1]
         self.dt = settings.timestep_fs * units.fs
         self.kT = units.kB * settings.temperature_K
         # the ASE engine's thermostat stream of each replica: default_rng(seed + 1_000_003)
         self.rngs = [np.random.default_rng(seed + 1_000_003) for seed in seeds]
+        for rng, state in zip(self.rngs, rng_states or []):
+            if state is not None:
+                rng.bit_generator.state = state
         self.energy, self.forces = batch.energy_forces(q)
         self.evaluations = 1
         if settings.ensemble == "nose-hoover":
@@ -204,6 +236,9 @@ class BatchedIntegrator:
             self.chain_Q = torch.full((len(n), _CHAIN_LENGTH), self.kT * tau**2, dtype=torch.float64, device=q.device)
             self.chain_Q[:, 0] = 3 * n * self.kT * tau**2
             self.chain_p = torch.zeros_like(self.chain_Q)
+            for b, momenta in enumerate(chain_momenta or []):
+                if momenta is not None:
+                    self.chain_p[b] = torch.as_tensor(momenta, dtype=torch.float64)
 
     def keep(self, keep: list[bool]) -> None:
         atoms = self.batch.keep(keep)
@@ -314,9 +349,27 @@ def _same_run(settings: list[MDSettings]) -> MDSettings:
     return settings[0]
 
 
+def _open_files(out_dir: Path, resume: dict | None):
+    """The run's thermo and trajectory files: new, or cut back to what the saved state had written."""
+    if resume is None:
+        return open_run_files(out_dir)
+    handles = []
+    for name, offset in (("thermo.csv", resume["thermo_bytes"]), ("trajectory.extxyz", resume["trajectory_bytes"])):
+        handle = open(out_dir / name, "r+")
+        handle.truncate(offset)
+        handle.seek(offset)
+        handles.append(handle)
+    return tuple(handles)
+
+
 def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, progress: bool = True, device: str = "cpu") -> list[dict]:
     """Run every replica to its end or its failure in one batch; returns their summaries (in order)
-    and writes each replica's trajectory.extxyz, thermo.csv and summary.json."""
+    and writes each replica's trajectory.extxyz, thermo.csv and summary.json.
+
+    Every ``CHECKPOINT_RECORDS`` failure checks each running replica saves its state (positions,
+    momenta, random-stream and thermostat state, monitor, file lengths) to ``state.pt`` in its folder;
+    a replica given that state as ``resume`` continues from it, so an interrupted batch loses at most
+    the steps since its last state. Replicas of one batch resume from the same step."""
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixCom
 
@@ -324,36 +377,56 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
         return []
     settings = _same_run([r.settings for r in replicas])
     settings.validate()
+    first_step = {r.resume["step"] if r.resume else 0 for r in replicas}
+    if len(first_step) != 1:
+        raise StableFFError("replicas of one batch must resume from the same step")
+    first_step = first_step.pop()
     model = model.to(device).eval()
-    systems, momenta, masses, recorders, files = [], [], [], [], []
+    systems, momenta, masses, recorders, files, monitors = [], [], [], [], [], []
     counter = _Steps()
+    counter.nsteps = first_step
     for r in replicas:
         atoms = r.atoms.copy()
         atoms.calc = None
-        initialise_velocities(atoms, settings.temperature_K, r.settings.seed)
+        if r.resume is None:
+            initialise_velocities(atoms, settings.temperature_K, r.settings.seed)
+        else:
+            atoms.positions = r.resume["positions"]
+            atoms.set_momenta(r.resume["momenta"], apply_constraint=False)
         if settings.ensemble == "langevin":
             atoms.set_constraint(FixCom())  # as the ASE engine: temperature over 3N - 3 degrees of freedom
         systems.append(atoms)
         momenta.append(atoms.get_momenta())
         masses.append(atoms.get_masses())
-        thermo, trajectory = open_run_files(Path(r.out_dir))
+        thermo, trajectory = _open_files(Path(r.out_dir), r.resume)
         files.append((thermo, trajectory))
-        recorders.append(FrameRecorder(counter, atoms, settings, r.monitor, thermo, trajectory, None))
+        monitor = r.resume["monitor"] if r.resume else r.monitor
+        monitors.append(monitor)
+        recorder = FrameRecorder(counter, atoms, settings, monitor, thermo, trajectory, None)
+        if r.resume:
+            recorder.records, recorder.last_step = r.resume["records"], r.resume["step"]
+            recorder.failure, recorder.failure_step = r.resume["failure"], r.resume["failure_step"]
+        recorders.append(recorder)
     dev = torch.device(device)
     q = torch.as_tensor(np.concatenate([a.positions for a in systems]), dtype=torch.float64, device=dev)
     p = torch.as_tensor(np.concatenate(momenta), dtype=torch.float64, device=dev)
     m = torch.as_tensor(np.concatenate(masses), dtype=torch.float64, device=dev)[:, None]
     t_start = time.perf_counter()
     batch = ReplicaBatch(model, systems, skin_A, dev)
+    for b, r in enumerate(replicas):
+        if r.resume is not None and r.resume.get("list_reference") is not None:
+            batch.restore_list(b, torch.as_tensor(r.resume["list_reference"], dtype=torch.float64))
     with np.errstate(all="ignore"):
-        integrator = BatchedIntegrator(batch, settings, q, p, m, [r.settings.seed for r in replicas])
+        integrator = BatchedIntegrator(batch, settings, q, p, m, [r.settings.seed for r in replicas],
+                                       chain_momenta=[r.resume.get("chain_momenta") if r.resume else None for r in replicas],
+                                       rng_states=[r.resume["rng"] if r.resume else None for r in replicas])
     active = list(range(len(replicas)))  # replica index of each batch row
     summaries: list[dict | None] = [None] * len(replicas)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=settings.steps, desc=f"{len(replicas)} replicas (batched)", unit="step", file=sys.stderr, mininterval=0.5, leave=False)
+        bar = tqdm(total=settings.steps, initial=first_step, desc=f"{len(replicas)} replicas (batched)", unit="step", file=sys.stderr, mininterval=0.5, leave=False)
 
     def finish(k: int, step: int) -> None:
         thermo, trajectory = files[k]
@@ -361,10 +434,31 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
         trajectory.close()
         r = replicas[k]
         elapsed = time.perf_counter() - t_start
-        meta = {**(r.metadata or {}), "engine": "batched", "replicas_in_batch": len(replicas), "batch_ms_per_step": 1000 * elapsed / max(step, 1)}
-        summary = md_summary(r.settings, len(r.atoms), recorders[k], step, elapsed / len(replicas), r.label, meta)
+        done = max(step - first_step, 1)
+        meta = {**(r.metadata or {}), "engine": "batched", "replicas_in_batch": len(replicas), "batch_ms_per_step": 1000 * elapsed / done}
+        summary = md_summary(r.settings, len(r.atoms), recorders[k], step, elapsed / len(replicas) * step / done, r.label, meta)
         write_json_atomic(summary, Path(r.out_dir) / "summary.json")
+        (Path(r.out_dir) / STATE_FILE).unlink(missing_ok=True)
         summaries[k] = summary
+
+    def save_states(step: int) -> None:
+        from stableff.io import save_torch_atomic
+
+        q_all, p_all = integrator.q.cpu().numpy(), integrator.p.cpu().numpy()
+        reference = batch.reference.cpu().numpy()
+        for row, k in enumerate(active):
+            start, n = batch.offsets[row], batch.counts[row]
+            thermo, trajectory = files[k]
+            state = {
+                "step": step, "records": recorders[k].records, "failure": recorders[k].failure, "failure_step": recorders[k].failure_step,
+                "positions": q_all[start:start + n].copy(), "momenta": p_all[start:start + n].copy(),
+                "list_reference": reference[start:start + n].copy(),
+                "rng": integrator.rngs[row].bit_generator.state,
+                "chain_momenta": integrator.chain_p[row].cpu().numpy() if hasattr(integrator, "chain_p") else None,
+                "monitor": monitors[k], "thermo_bytes": thermo.tell(), "trajectory_bytes": trajectory.tell(),
+                "metadata": replicas[k].metadata,
+            }
+            save_torch_atomic(state, Path(replicas[k].out_dir) / STATE_FILE)
 
     def record(step: int) -> None:
         counter.nsteps = step
@@ -389,18 +483,21 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
 
     try:
         with np.errstate(all="ignore"):
-            record(0)
-            step = 0
+            step = first_step
+            if first_step == 0:
+                record(0)
             while active and step < settings.steps:
                 integrator.step()
                 step += 1
                 if step % settings.log_interval == 0 or step == settings.steps:
                     record(step)
+                    if active and step < settings.steps and (step // settings.log_interval) % CHECKPOINT_RECORDS == 0:
+                        save_states(step)
                 if bar is not None:
                     bar.update(1)
                     if step % settings.log_interval == 0:
                         failed = sum(1 for rec in recorders if rec.failure is not None)
-                        bar.set_postfix_str(f"active {len(active)}/{len(replicas)}, failed {failed}, {1000 * (time.perf_counter() - t_start) / step:.1f} ms/step", refresh=False)
+                        bar.set_postfix_str(f"active {len(active)}/{len(replicas)}, failed {failed}, {1000 * (time.perf_counter() - t_start) / max(step - first_step, 1):.1f} ms/step", refresh=False)
             for k in active:
                 finish(k, step)
     finally:

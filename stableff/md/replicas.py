@@ -125,26 +125,29 @@ def replica_identity(task: ReplicaTask, fingerprint: dict | None = None) -> dict
     return {"start": task.start_label, "replica": task.replica, "path": str(folder), "fingerprint": fingerprint or replica_fingerprint(task)}
 
 
-def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], progress: bool = True) -> list[dict]:
+def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], progress: bool = True, states: list | None = None) -> list[dict]:
     """Run tasks with the batched engine: one batch per model, device and MD settings (all but the
-    seed), in this process; results in the order of ``tasks``."""
+    seed) and step to resume from (``states``: saved states of interrupted replicas, or None), in
+    this process; results in the order of ``tasks``."""
     from stableff.md.batched import BatchedReplica, run_batched
     from stableff.md.run import monitor_from_statistics
     from stableff.models.saved import model_from_checkpoint
 
+    states = states or [None] * len(tasks)
     groups: dict[tuple, list[int]] = {}
     for k, task in enumerate(tasks):
-        key = (task.model_path, task.device, task.compile, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings))
+        step = states[k]["step"] if states[k] is not None else 0
+        key = (task.model_path, task.device, task.compile, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings), step)
         groups.setdefault(key, []).append(k)
     results: dict[int, dict] = {}
-    for (model_path, device, compile, _, _), members in groups.items():
+    for (model_path, device, compile, _, _, _), members in groups.items():
         model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
         replicas = []
         for k in members:
             task = tasks[k]
             monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
             identity = replica_identity(task, fingerprints[k])
-            replicas.append(BatchedReplica(task.atoms, task.settings, identity["path"], monitor, f"{task.start_label} #{task.replica}", identity))
+            replicas.append(BatchedReplica(task.atoms, task.settings, identity["path"], monitor, f"{task.start_label} #{task.replica}", identity, states[k]))
         for k, summary in zip(members, run_batched(model, replicas, progress=progress, device=device)):
             results[k] = summary
     return [results[k] for k in range(len(tasks))]
@@ -209,18 +212,27 @@ def plan_replicas(tasks: list[ReplicaTask], fresh: bool = False, on_mismatch: st
 def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress: bool = True, fresh: bool = False, on_mismatch: str = "error") -> list[dict]:
     """Run every task whose result is not stored with a matching fingerprint; matching ones are read
     back. Order of results = tasks. See :func:`plan_replicas` for ``fresh`` and ``on_mismatch``."""
+    from stableff.md.batched import read_state
+
     results, pending, fingerprints = plan_replicas(tasks, fresh, on_mismatch)
+    resume: dict[int, dict] = {}
     for k in pending:  # an old result must never be mistaken for this run's, even if it is killed
         folder = replica_dir(tasks[k].out_dir, tasks[k].start_label, tasks[k].replica)
-        if folder.exists():
+        state = read_state(folder, fingerprints[k]) if tasks[k].engine == "batched" and not fresh else None
+        if state is not None:  # an interrupted batched replica with the same inputs: continue it
+            resume[k] = state
+        elif folder.exists():
             shutil.rmtree(folder)
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(pending) or 1, cores))
     if progress and len(tasks) - len(pending):
         print(f"{len(tasks) - len(pending)} of {len(tasks)} replicas already finished with the same inputs; running {len(pending)}", flush=True)
+    if progress and resume:
+        steps = sorted({state["step"] for state in resume.values()})
+        print(f"{len(resume)} interrupted replicas continue from their saved state (step {', '.join(map(str, steps))})", flush=True)
     batched = [k for k in pending if tasks[k].engine == "batched"]
     if batched:
-        for k, summary in zip(batched, run_replicas_batched([tasks[k] for k in batched], [fingerprints[k] for k in batched], progress)):
+        for k, summary in zip(batched, run_replicas_batched([tasks[k] for k in batched], [fingerprints[k] for k in batched], progress, [resume.get(k) for k in batched])):
             results[k] = summary
         pending = [k for k in pending if k not in set(batched)]
     bar = None
