@@ -43,6 +43,11 @@ from stableff.errors import StableFFError
 from stableff.io import write_json_atomic
 from stableff.md.run import ENSEMBLES, FrameRecorder, MDSettings, initialise_velocities, md_summary, open_run_files
 
+#: atoms per model call on CPU: one thread per process is fastest with small calls (96-atom HfO2:
+#: 17.0, 15.5, 14.1, 13.0 replica-steps/s with 1, 2, 4, 8 replicas per call), while molecules of a
+#: few atoms gain from sharing a call (benchmarks/replica_throughput.py); on a GPU: every replica
+CPU_BATCH_ATOMS = 160
+
 #: neighbour-list skin (A): lists hold pairs within r_max + skin and are rebuilt after a move of skin / 2
 SKIN_A = 0.5
 

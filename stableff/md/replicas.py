@@ -125,11 +125,32 @@ def replica_identity(task: ReplicaTask, fingerprint: dict | None = None) -> dict
     return {"start": task.start_label, "replica": task.replica, "path": str(folder), "fingerprint": fingerprint or replica_fingerprint(task)}
 
 
+def _chunks(members: list[int], sizes: list[int], max_atoms: int | None) -> list[list[int]]:
+    """Consecutive runs of ``members`` with at most ``max_atoms`` atoms (at least one member each)."""
+    if max_atoms is None:
+        return [members]
+    chunks, current, atoms = [], [], 0
+    for k in members:
+        if current and atoms + sizes[k] > max_atoms:
+            chunks.append(current)
+            current, atoms = [], 0
+        current.append(k)
+        atoms += sizes[k]
+    return chunks + ([current] if current else [])
+
+
+def _run_batched_shard(packed) -> list[dict]:
+    tasks, fingerprints, progress, states, threads = packed
+    torch.set_num_threads(threads)
+    return run_replicas_batched(tasks, fingerprints, progress, states)
+
+
 def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], progress: bool = True, states: list | None = None) -> list[dict]:
-    """Run tasks with the batched engine: one batch per model, device and MD settings (all but the
-    seed) and step to resume from (``states``: saved states of interrupted replicas, or None), in
-    this process; results in the order of ``tasks``."""
-    from stableff.md.batched import BatchedReplica, run_batched
+    """Run tasks with the batched engine in this process: one batch per model, device, MD settings
+    (all but the seed) and step to resume from (``states``: saved states of interrupted replicas,
+    or None); on CPU, batches of at most ``CPU_BATCH_ATOMS`` atoms one after the other. Results in
+    the order of ``tasks``."""
+    from stableff.md.batched import CPU_BATCH_ATOMS, BatchedReplica, run_batched
     from stableff.md.run import monitor_from_statistics
     from stableff.models.saved import model_from_checkpoint
 
@@ -140,16 +161,18 @@ def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], pro
         key = (task.model_path, task.device, task.compile, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings), step)
         groups.setdefault(key, []).append(k)
     results: dict[int, dict] = {}
+    sizes = [len(task.atoms) for task in tasks]
     for (model_path, device, compile, _, _, _), members in groups.items():
         model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
-        replicas = []
-        for k in members:
-            task = tasks[k]
-            monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
-            identity = replica_identity(task, fingerprints[k])
-            replicas.append(BatchedReplica(task.atoms, task.settings, identity["path"], monitor, f"{task.start_label} #{task.replica}", identity, states[k]))
-        for k, summary in zip(members, run_batched(model, replicas, progress=progress, device=device)):
-            results[k] = summary
+        for chunk in _chunks(members, sizes, CPU_BATCH_ATOMS if torch.device(device).type == "cpu" else None):
+            replicas = []
+            for k in chunk:
+                task = tasks[k]
+                monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
+                identity = replica_identity(task, fingerprints[k])
+                replicas.append(BatchedReplica(task.atoms, task.settings, identity["path"], monitor, f"{task.start_label} #{task.replica}", identity, states[k]))
+            for k, summary in zip(chunk, run_batched(model, replicas, progress=progress, device=device)):
+                results[k] = summary
     return [results[k] for k in range(len(tasks))]
 
 
@@ -232,8 +255,30 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         print(f"{len(resume)} interrupted replicas continue from their saved state (step {', '.join(map(str, steps))})", flush=True)
     batched = [k for k in pending if tasks[k].engine == "batched"]
     if batched:
-        for k, summary in zip(batched, run_replicas_batched([tasks[k] for k in batched], [fingerprints[k] for k in batched], progress, [resume.get(k) for k in batched])):
-            results[k] = summary
+        on_cpu = all(torch.device(tasks[k].device).type == "cpu" for k in batched)
+        # on CPU one process per core (one thread each), every process batching its share; on a
+        # GPU one process batching everything
+        shards = [batched[i::workers] for i in range(workers)] if on_cpu and workers > 1 else [batched]
+        shards = [shard for shard in shards if shard]
+        packed = [([tasks[k] for k in shard], [fingerprints[k] for k in shard], progress and i == 0, [resume.get(k) for k in shard], max(1, cores // len(shards)))
+                  for i, shard in enumerate(shards)]
+        if len(shards) == 1:
+            outputs = [run_replicas_batched(*packed[0][:4])]
+        else:
+            import multiprocessing
+
+            pool = multiprocessing.get_context("spawn").Pool(len(shards), initializer=_die_with_parent, initargs=(os.getpid(),))
+            try:
+                outputs = pool.map(_run_batched_shard, packed)
+                pool.close()
+            except BaseException:
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
+        for shard, output in zip(shards, outputs):
+            for k, summary in zip(shard, output):
+                results[k] = summary
         pending = [k for k in pending if k not in set(batched)]
     bar = None
     if progress and pending:
