@@ -95,6 +95,7 @@ class ReplicaBatch:
         self.cell_all = torch.as_tensor(np.stack(self.cells) if self.cells else np.zeros((0, 3, 3)), dtype=torch.float64, device=d)
         self.pbc_all = torch.as_tensor(np.stack(self.pbc) if self.pbc else np.zeros((0, 3), bool), device=d)
         self._edges = None
+        self._edges_finite: list[bool] | None = None  # which structures the cached edges cover
 
     def keep(self, keep: list[bool]) -> torch.Tensor:
         """Drop the replicas whose entry is False; returns the atom mask of those kept."""
@@ -147,7 +148,7 @@ class ReplicaBatch:
         atom_finite = torch.isfinite(positions).all(dim=1)
         finite = _segment_sum((~atom_finite).long(), self.atom_replica, self.num_structures) == 0
         finite_list = finite.cpu().tolist()
-        if self._edges is not None and getattr(self, "_edges_finite", None) != finite_list:
+        if self._edges is not None and self._edges_finite != finite_list:
             self._edges = None
         self._update_lists(positions, finite)
         self._edges_finite = finite_list

@@ -44,22 +44,16 @@ class StabilityPlan(_Strict):
     seed: int = 0  # velocity seed of replica 0 (replica r: seed + r), the same for every model and variant
     in_distribution: list[StartStructures] = []
     out_of_distribution: list[StartStructures] = []
-    workers: int | None = Field(None, ge=1)  # processes of the ase engine
+    workers: int | None = Field(None, ge=1)  # processes (default: one per core)
     engine: str = DEFAULT_ENGINE  # batched | ase
     compile: bool = False  # MD through torch.compile (slower on CPU today: benchmarks/compile_speed.py)
 
-    @field_validator("engine")
+    @field_validator("engine", "ensemble")
     @classmethod
-    def _known_engine(cls, value):
-        if value not in ENGINES:
-            raise ValueError(f"unknown MD engine '{value}' (choose from {', '.join(ENGINES)})")
-        return value
-
-    @field_validator("ensemble")
-    @classmethod
-    def _known_ensemble(cls, value):
-        if value not in ENSEMBLES:
-            raise ValueError(f"unknown ensemble '{value}' (choose from {', '.join(ENSEMBLES)})")
+    def _known_choice(cls, value, info):
+        choices = {"engine": ENGINES, "ensemble": ENSEMBLES}[info.field_name]
+        if value not in choices:
+            raise ValueError(f"unknown {info.field_name} '{value}' (choose from {', '.join(choices)})")
         return value
 
     def md_settings(self, temperature_K: float):
