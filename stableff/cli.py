@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="stability", help="output folder (finished replicas with the same inputs are reused)")
     p.add_argument("--fresh", action="store_true", help="run every replica again, even where the folder holds results from other inputs")
     p.add_argument("--replicas", type=int, default=4)
-    p.add_argument("--workers", type=int, help="parallel processes of the ase engine (default: number of cores)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: number of cores; on CPU the batched engine shares its replicas among them)")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help=f"batched: every replica advanced together in one model call per step; ase: one replica per process (default: {DEFAULT_ENGINE})")
     p.add_argument("--json", help="write the report to this JSON file")
