@@ -10,6 +10,7 @@ runs the replica again.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -202,6 +203,23 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+@contextlib.contextmanager
+def _worker_pool(processes: int):
+    """A spawn pool whose workers die with this process: closed and joined after the work (so the
+    workers release their semaphores), terminated on any error or interruption."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 def plan_replicas(tasks: list[ReplicaTask], fresh: bool = False, on_mismatch: str = "error") -> tuple[dict[int, dict], list[int], list[dict]]:
     """Decide, before any work, which replicas are reused: (finished results by task index, indices
     to run, fingerprints). A stored replica from other inputs raises StableFFError naming the folder
@@ -265,17 +283,8 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         if len(shards) == 1:
             outputs = [run_replicas_batched(*packed[0][:4])]
         else:
-            import multiprocessing
-
-            pool = multiprocessing.get_context("spawn").Pool(len(shards), initializer=_die_with_parent, initargs=(os.getpid(),))
-            try:
+            with _worker_pool(len(shards)) as pool:
                 outputs = pool.map(_run_batched_shard, packed)
-                pool.close()
-            except BaseException:
-                pool.terminate()
-                raise
-            finally:
-                pool.join()
         for shard, output in zip(shards, outputs):
             for k, summary in zip(shard, output):
                 results[k] = summary
@@ -285,33 +294,22 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(pending), desc="replicas", unit="run", leave=False)
-    if not pending:
-        pass
-    elif workers == 1:
+    if workers == 1:
         for k in pending:
             tasks[k].settings.progress = progress
             results[k] = run_replica(tasks[k], fingerprints[k])
             if bar is not None:
                 bar.update(1)
-    else:
-        import multiprocessing
-
+    elif pending:
         for k in pending:
             tasks[k].threads = max(1, cores // workers)
             tasks[k].settings.progress = False
-        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_die_with_parent, initargs=(os.getpid(),))
-        try:
+        with _worker_pool(workers) as pool:
             for k, summary in zip(pending, pool.imap(_run_packed, [(tasks[k], fingerprints[k]) for k in pending])):
                 results[k] = summary
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"last: {summary['start']} #{summary['replica']} {'failed (' + summary['reason'] + ')' if summary['failed'] else 'stable'}", refresh=False)
-            pool.close()  # close + join (not terminate) so the workers release their semaphores
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
     if bar is not None:
         bar.close()
     return [results[k] for k in range(len(tasks))]
