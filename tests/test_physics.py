@@ -151,3 +151,4 @@ def test_float32_energy_is_summed_in_float64(acac_frames):
     assert out[keys.TOTAL_ENERGY].dtype == torch.float64 and out[keys.TOTAL_ENERGY].item() < -5000
     # a float32 total of -9400 eV has a 1e-3 eV step: differences of it at h = 0.01 A would be off by ~0.05-0.2 eV/A
     testing.assert_forces_are_minus_gradient(model, acac_frames[0], atol=1e-2)
+

@@ -22,15 +22,13 @@ from torch import nn
 from stableff.data import keys
 from stableff.models.base import ForceField
 from stableff.models.blocks import RadialEmbedding, mlp, scatter_sum
+from stableff.models.tensor_products import ChannelLinear, ChannelwiseTensorProduct
 
 
-def weighted_spherical_harmonics(weights: torch.Tensor, sh: torch.Tensor, sh_irreps: o3.Irreps, num_channels: int) -> torch.Tensor:
-    """V[e, u, (l, m)] = weights[e, u, l] * Y_lm[e], laid out as e3nn irreps num_channels x (each l)."""
-    weights = weights.view(weights.shape[0], num_channels, len(sh_irreps))
-    blocks = []
-    for index, ((_, ir), sl) in enumerate(zip(sh_irreps, sh_irreps.slices())):
-        blocks.append((weights[:, :, index, None] * sh[:, None, sl]).reshape(sh.shape[0], num_channels * ir.dim))
-    return torch.cat(blocks, dim=-1)
+def weighted_spherical_harmonics(weights: torch.Tensor, sh: torch.Tensor, l_of_component: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """V[e, u, (l, m)] = weights[e, u, l] * Y_lm[e] in the channel layout [E, U, d]."""
+    weights = weights.view(weights.shape[0], num_channels, -1).index_select(2, l_of_component)
+    return weights * sh.unsqueeze(1)
 
 
 class AllegroLayer(nn.Module):
@@ -48,23 +46,31 @@ class AllegroLayer(nn.Module):
                         instructions.append((i1, i2, len(mid), "uuu", False))
                         mid.append((num_tensor, ir))
         mid = o3.Irreps(mid)
+        # e3nn's modules define the maps (and hold the Linear's weights); the channel-layout
+        # versions compute them
         self.tp = o3.TensorProduct(irreps_in, self.env_irreps, mid, instructions, internal_weights=False, shared_weights=False)
+        self.channel_tp = ChannelwiseTensorProduct(self.tp)
         self.mid_irreps = mid
         self.num_tp_scalars = sum(mul for mul, ir in mid if ir == o3.Irrep("0e"))
-        self.scalar_index = torch.cat([torch.arange(sl.start, sl.stop) for (mul, ir), sl in zip(mid, mid.slices()) if ir == o3.Irrep("0e")])
+        offsets = [sum(ir.dim for _, ir in mid[:k]) for k in range(len(mid))]
+        # the scalar component of each 0e block, read as e3nn orders them (block, then channel)
+        self.register_buffer("scalar_components", torch.tensor([offsets[k] for k, (_, ir) in enumerate(mid) if ir == o3.Irrep("0e")], dtype=torch.long), persistent=False)
         out = o3.Irreps([(num_tensor, ir) for _, ir in mid.sort().irreps.simplify() if ir in irreps_out_allowed]).simplify()
         self.linear = o3.Linear(mid, out)
+        self.channel_linear = ChannelLinear(self.linear)
         self.irreps_out = out
         self.latent_mlp = mlp([num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar])
 
-    def forward(self, latents, tensors, sh, envelope, centre, num_atoms, inv_sqrt_neighbors):
+    def forward(self, latents, tensors, sh, l_of_component, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True):
+        """tensors [E, U, d] in the channel layout of ``tensor_products``; returns the new latents and
+        (if ``need_tensors``) the new tensors."""
         weights = self.env_weights(latents) * envelope.unsqueeze(-1)
-        environment = scatter_sum(weighted_spherical_harmonics(weights, sh, self.sh_irreps, self.num_tensor), centre, num_atoms) * inv_sqrt_neighbors
-        products = self.tp(tensors, environment[centre])
-        scalars = products.index_select(-1, self.scalar_index.to(products.device))
+        environment = scatter_sum(weighted_spherical_harmonics(weights, sh, l_of_component, self.num_tensor), centre, num_atoms) * inv_sqrt_neighbors
+        products = self.channel_tp(tensors, environment.index_select(0, centre))  # [E, U, D]
+        scalars = products.index_select(2, self.scalar_components).transpose(1, 2).reshape(products.shape[0], -1)
         update = self.latent_mlp(torch.cat([latents, scalars], dim=-1))
         latents = (latents + update) * (envelope.unsqueeze(-1) / math.sqrt(2.0))
-        return latents, self.linear(products)
+        return latents, (self.channel_linear(products, self.linear.weight) if need_tensors else None)
 
 
 class Allegro(ForceField):
@@ -99,6 +105,7 @@ class Allegro(ForceField):
         self.two_body = mlp([2 * n + num_bessels, two_body_mlp_width, num_scalar_features], final_activation=True)
         self.initial_weights = nn.Linear(num_scalar_features, num_tensor_features * len(self.sh_irreps))
         self.num_tensor = num_tensor_features
+        self.register_buffer("l_of_component", torch.tensor([l for l, (_, ir) in enumerate(self.sh_irreps) for _ in range(ir.dim)], dtype=torch.long), persistent=False)
         allowed = [o3.Irrep(l, p) for l in range(l_max + 1) for p in ((1, -1) if parity else ((-1) ** l,))]
         irreps = o3.Irreps([(num_tensor_features, ir) for _, ir in self.sh_irreps])
         layers = []
@@ -119,11 +126,12 @@ class Allegro(ForceField):
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
         radial, envelope = self.radial(edge_lengths)
         sh = self.spherical_harmonics(edge_vectors)
-        latents = self.two_body(torch.cat([onehot[centre], onehot[neighbour], radial], dim=-1)) * envelope.unsqueeze(-1)
-        tensors = weighted_spherical_harmonics(self.initial_weights(latents), sh, self.sh_irreps, self.num_tensor)
+        latents = self.two_body(torch.cat([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial], dim=-1)) * envelope.unsqueeze(-1)
+        tensors = weighted_spherical_harmonics(self.initial_weights(latents), sh, self.l_of_component, self.num_tensor)
         states = []
-        for layer in self.layers:
-            latents, tensors = layer(latents, tensors, sh, envelope, centre, num_atoms, self.inv_sqrt_neighbors)
+        for index, layer in enumerate(self.layers):
+            latents, tensors = layer(latents, tensors, sh, self.l_of_component, envelope, centre, num_atoms, self.inv_sqrt_neighbors,
+                                     need_tensors=index < len(self.layers) - 1)
             states.append(latents)
         edge_energy = self.readout(latents).squeeze(-1) * envelope
         return scatter_sum(edge_energy, centre, num_atoms) * self.inv_sqrt_neighbors, (states if edge_states else None)

@@ -184,17 +184,17 @@ class ForceField(nn.Module):
                 # homogeneous strain of positions and cell: dE/d(strain) = V * stress
                 strain = torch.zeros((num_structures, 3, 3), dtype=positions.dtype, device=positions.device, requires_grad=True)
                 symmetric = 0.5 * (strain + strain.transpose(1, 2))
-                positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[atom_batch])
+                positions = positions + torch.einsum("ni,nij->nj", positions, symmetric.index_select(0, atom_batch))
                 cell = cell + torch.bmm(cell, symmetric)
             centre, neighbour = batch[keys.EDGE_INDEX]
-            edge_cell = cell[atom_batch[centre]]
-            edge_vectors = positions[neighbour] - positions[centre] + torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], edge_cell)
+            edge_cell = cell.index_select(0, atom_batch[centre])
+            edge_vectors = positions.index_select(0, neighbour) - positions.index_select(0, centre) + torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], edge_cell)
             edge_lengths = torch.linalg.norm(edge_vectors, dim=-1)
 
             raw, states = atomic_energies(batch, edge_vectors, edge_lengths, edge_features)
             species = batch[keys.SPECIES]
             # per-atom residual in the model's dtype, the large species shift and the sum in float64
-            atomic = (raw * self.per_species_scale[species]).double() + self.per_species_shift[species].double()
+            atomic = (raw * self.per_species_scale.index_select(0, species)).double() + self.per_species_shift.index_select(0, species).double()
             if self.zbl is not None:  # the learned part fits the residual to the short-range repulsion
                 atomic = atomic + self.zbl(species, batch[keys.EDGE_INDEX], edge_lengths)
             energy = scatter_sum(atomic, atom_batch, num_structures)

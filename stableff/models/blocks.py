@@ -87,7 +87,9 @@ class InvariantChannels(nn.Module):
     on) costs two dense passes instead of a zero-filled gradient per irrep block.
     """
 
-    def __init__(self, irreps):
+    def __init__(self, irreps, columns: list[int] | None = None):
+        """``columns[i]``: the column of the input that holds e3nn component i of ``irreps`` (default:
+        the input is in e3nn's layout)."""
         super().__init__()
         scalar_dims, channel_of_component, num_vector_channels = [], [], 0
         for (mul, ir), sl in zip(irreps, irreps.slices()):
@@ -99,13 +101,15 @@ class InvariantChannels(nn.Module):
                 num_vector_channels += mul
         self.num_scalars = len(scalar_dims)
         self.num_vector_channels = num_vector_channels
-        self.scalars_first = scalar_dims == list(range(self.num_scalars))
         order = scalar_dims + [d for d in range(irreps.dim) if d not in set(scalar_dims)]
+        if columns is not None:
+            order = [columns[d] for d in order]
+        self.in_order = order == list(range(irreps.dim))  # scalars first, the rest as e3nn has them
         self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
         self.register_buffer("channel_of_component", torch.tensor(channel_of_component, dtype=torch.long), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if not self.scalars_first:
+        if not self.in_order:
             features = features.index_select(-1, self.order)
         scalars, rest = torch.split(features, [self.num_scalars, features.shape[-1] - self.num_scalars], dim=-1)
         if self.num_vector_channels == 0:

@@ -64,14 +64,14 @@ class InteractionBlock(nn.Module):
         x = self.pre(m)
         # triplets: messages k -> j feed j -> i
         x_kj = self.down(x) * self.radial_to_triplet(rbf)
-        triplet = x_kj[e_in] * self.angle_to_triplet(cbf)
+        triplet = x_kj.index_select(0, e_in) * self.angle_to_triplet(cbf)
         aggregated = scatter_sum(triplet, e_out, m.shape[0]) * inv_sqrt_neighbors
         m = (skip + self.up(aggregated)) * INV_SQRT2
         m = self.after_triplet(m)
         # atom self-interaction and the edge update from both ends
         atom_messages = scatter_sum(m * self.radial_to_atom(rbf), centre, h.shape[0]) * inv_sqrt_neighbors
         h = (h + self.atom_update(self.edge_to_atom(atom_messages))) * INV_SQRT2
-        m = (m + self.concat(torch.cat([h[centre], h[neighbour], m], dim=-1))) * INV_SQRT2
+        m = (m + self.concat(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), m], dim=-1))) * INV_SQRT2
         return h, self.post(m)
 
 
@@ -125,11 +125,11 @@ class DimeNetPPLike(ForceField):
         rbf, envelope = self.radial(edge_lengths)
         envelope = envelope.unsqueeze(-1)
         # angle at j between j -> i (= -vector of edge i <- j) and j -> k (= vector of edge j <- k)
-        v_out, v_in = -edge_vectors[e_out], edge_vectors[e_in]
-        cos_theta = (v_out * v_in).sum(-1) / (edge_lengths[e_out] * edge_lengths[e_in])
+        v_out, v_in = -edge_vectors.index_select(0, e_out), edge_vectors.index_select(0, e_in)
+        cos_theta = (v_out * v_in).sum(-1) / (edge_lengths.index_select(0, e_out) * edge_lengths.index_select(0, e_in))
         cbf = (rbf[e_in, : self.num_sph_radial, None] * legendre(cos_theta.clamp(-1.0, 1.0), self.num_spherical)[:, None, :]).flatten(1)
         h = self.atom_embedding(batch[keys.SPECIES])
-        m = self.edge_embedding(torch.cat([h[centre], h[neighbour], rbf], dim=-1)) * envelope
+        m = self.edge_embedding(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), rbf], dim=-1)) * envelope
         energies = self.outputs[0](m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)
         states = []
         for block, output in zip(self.blocks, self.outputs[1:]):

@@ -176,14 +176,14 @@ class TripletInteraction(nn.Module):
         num_edges = m.shape[0]
         # sum over k first: S[e, l, f] = sum_{t: e_out = e} Y_l(theta_t) x[e_in(t), f]
         padded_x = x.new_zeros((num_edges, kmax, x.shape[1]))
-        padded_x[e_out, ragged] = x[e_in]
+        padded_x[e_out, ragged] = x.index_select(0, e_in)
         padded_sph = sph.new_zeros((num_edges, sph.shape[1], kmax))
         padded_sph[e_out, :, ragged] = sph
         summed = torch.bmm(padded_sph, padded_x) * inv_sqrt_triplets  # [E, L, F]
         radial = torch.einsum("eln,lnc->elc", cbf_radial, self.cbf_weight)  # [E, L, C]
         mixed = torch.einsum("elc,elf->efc", radial, summed)  # [E, F, C]
         y = torch.einsum("efc,fco->eo", mixed, self.bilinear)
-        return (self.up_ji(y) + self.up_ij(y)[reverse]) * INV_SQRT2
+        return (self.up_ji(y) + self.up_ij(y).index_select(0, reverse)) * INV_SQRT2
 
 
 class InteractionBlock(nn.Module):
@@ -207,7 +207,7 @@ class InteractionBlock(nn.Module):
         m = self.after_skip((m + x) * INV_SQRT2)
         atom_messages = scatter_sum(m * self.atom_rbf(rbf), centre, h.shape[0]) * inv_sqrt_neighbors
         h = (h + self.atom_residual(self.atom_dense(atom_messages))) * INV_SQRT2
-        m2 = self.concat_residual(self.concat(torch.cat([h[centre], h[neighbour], m], dim=-1)))
+        m2 = self.concat_residual(self.concat(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), m], dim=-1)))
         return h, (m + m2) * INV_SQRT2
 
 
@@ -280,11 +280,11 @@ class GemNetT(ForceField):
         rbf, envelope = self.radial(edge_lengths)
         cbf_radial = self.spherical.radial(edge_lengths, envelope)
         # angle at j between j -> i (= -vector of edge i <- j) and j -> k (= vector of edge j <- k)
-        cos_theta = (-(edge_vectors[e_out]) * edge_vectors[e_in]).sum(-1) / (edge_lengths[e_out] * edge_lengths[e_in])
+        cos_theta = (-edge_vectors.index_select(0, e_out) * edge_vectors.index_select(0, e_in)).sum(-1) / (edge_lengths.index_select(0, e_out) * edge_lengths.index_select(0, e_in))
         sph = self.spherical.angular(cos_theta.clamp(-1.0, 1.0))
         graph = (centre, neighbour, e_in, e_out, ragged, max(kmax, 1), reverse, self.inv_sqrt_neighbors, self.inv_sqrt_triplets)
         h = self.atom_embedding(batch[keys.SPECIES])
-        m = self.edge_embedding(torch.cat([h[centre], h[neighbour], self.edge_rbf(rbf)], dim=-1))
+        m = self.edge_embedding(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), self.edge_rbf(rbf)], dim=-1))
         energies = self.outputs[0](m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)
         states = []
         for block, output in zip(self.blocks, self.outputs[1:]):

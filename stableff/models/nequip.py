@@ -20,6 +20,26 @@ from torch import nn
 from stableff.data import keys
 from stableff.models.base import ForceField
 from stableff.models.blocks import InvariantChannels, RadialEmbedding, scatter_sum
+from stableff.models.tensor_products import EdgeMatrixTensorProduct
+
+
+class RadialMLP(FullyConnectedNet):
+    """e3nn's ``FullyConnectedNet`` (same parameters, same values to float rounding) with its
+    constant factors (weight normalisation, the activation's second-moment constant) applied to the
+    small weight matrices instead of the [E, width] activations: two fewer passes over the edges
+    per hidden layer, forward and backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        carry = 1.0  # factor owed by x, paid by the next weight matrix
+        for layer in self:
+            if layer.act is not None:
+                x = x @ (layer.weight * (carry / (layer.h_in * layer.var_in) ** 0.5))
+                x = layer.act.f(x)
+                carry = (1.0 if layer.act._is_id else layer.act.cst) * layer.var_out**0.5
+            else:
+                x = x @ (layer.weight * (carry / (layer.h_in * layer.var_in / layer.var_out) ** 0.5))
+                carry = 1.0
+        return x if carry == 1.0 else x * carry
 
 
 def _path_exists(irreps_in, irreps_edge, ir_out) -> bool:
@@ -63,21 +83,23 @@ class InteractionLayer(nn.Module):
         irreps_mid, permutation, _ = irreps_mid.sort()
         instructions = [(a, b, permutation[c], mode, train) for a, b, c, mode, train in instructions]
         self.tp = o3.TensorProduct(irreps_in, irreps_edge, irreps_mid, instructions, shared_weights=False, internal_weights=False)
-        self.radial = FullyConnectedNet([num_basis] + list(radial_hidden) + [self.tp.weight_numel], torch.nn.functional.silu)
+        self.channel_tp = EdgeMatrixTensorProduct(self.tp)
+        self.radial = RadialMLP([num_basis] + list(radial_hidden) + [self.tp.weight_numel], torch.nn.functional.silu)
         self.linear_2 = o3.Linear(irreps_mid.simplify(), irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_species}x0e"), irreps_out)
         self.irreps_mid = irreps_mid
-        self.invariant_view = InvariantChannels(irreps_mid)
+        self.invariant_view = InvariantChannels(irreps_mid, columns=self.channel_tp.irreps_columns)
         self.irreps_out = self.gate.irreps_out
         self.resnet = resnet and irreps_in == self.irreps_out
 
     def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float):
-        """New node features, and the messages [E, irreps_mid] (the layer's edge states)."""
+        """New node features, and the messages [E, irreps_mid] in the per-channel layout of
+        ``ChannelTensorProduct`` (the layer's edge states)."""
         centre, neighbour = edge_index
         weights = self.radial(edge_radial)
         mixed = self.linear_1(node_features)
-        messages = self.tp(mixed[neighbour], edge_sh, weights)
-        aggregated = scatter_sum(messages, centre, node_features.shape[0]) * inv_sqrt_neighbors
+        messages = self.channel_tp(mixed, neighbour, edge_sh, weights)
+        aggregated = self.channel_tp.to_irreps(scatter_sum(messages, centre, node_features.shape[0])) * inv_sqrt_neighbors
         updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
         updated = self.gate(updated)
         if self.resnet:

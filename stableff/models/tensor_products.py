@@ -1,0 +1,179 @@
+"""Equivariant products written as a few dense kernels, with e3nn's own modules as the reference.
+
+e3nn's ``TensorProduct`` and ``Linear`` generate one small kernel (and its backward) per path and
+per irrep block; on the edge tensors of NequIP and Allegro (thousands of edges, a handful of
+channels, l <= 2) that is most of the time of an evaluation. The modules here compute the same
+maps (same weights, same values to float rounding, tested against e3nn in float64) as one or two
+matrix products each. Their constants are read off the e3nn module they replace by evaluating it on
+unit inputs, so the normalisation is e3nn's by construction.
+
+Layouts: e3nn's layout is blocks of ``mul x (2l+1)`` (channel-major within a block). The
+*channel layout* used here is ``[..., U, d]``: for each channel u the components of all blocks side
+by side (every block has the same multiplicity U).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from e3nn import o3
+from torch import nn
+
+
+def to_channels(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
+    """[n, irreps.dim] in e3nn's layout -> [n, U, d] (every block of multiplicity U)."""
+    mul = irreps[0].mul
+    blocks = torch.split(x, [m * ir.dim for m, ir in irreps], dim=-1)
+    return torch.cat([b.reshape(x.shape[0], mul, ir.dim) for b, (_, ir) in zip(blocks, irreps)], dim=-1)
+
+
+def from_channels(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
+    """[n, U, d] channel layout -> [n, irreps.dim] in e3nn's layout."""
+    blocks = torch.split(x, [ir.dim for _, ir in irreps], dim=-1)
+    return torch.cat([b.reshape(x.shape[0], -1) for b in blocks], dim=-1)
+
+
+def _one_multiplicity(*irreps_list) -> int:
+    muls = {mul for irreps in irreps_list for mul, _ in irreps}
+    if len(muls) != 1:
+        raise ValueError(f"needs one multiplicity for every block (got {' ; '.join(str(i) for i in irreps_list)})")
+    return muls.pop()
+
+
+def _probe(tp: o3.TensorProduct) -> torch.Tensor:
+    """G[i, j, q] (float64): component q of channel 0 of the output when channel 0 of the first
+    input is the unit vector i and channel 0 of the second the unit vector j (weights 1)."""
+    def channel0(irreps):
+        return [sl.start + m for sl, (_, ir) in zip(irreps.slices(), irreps) for m in range(ir.dim)]
+
+    in1, in2, out = channel0(tp.irreps_in1), channel0(tp.irreps_in2), channel0(tp.irreps_out)
+    probe = copy.deepcopy(tp).to(torch.float64)
+    n = len(in1) * len(in2)
+    x1 = torch.zeros(n, tp.irreps_in1.dim, dtype=torch.float64)
+    x2 = torch.zeros(n, tp.irreps_in2.dim, dtype=torch.float64)
+    pairs = torch.cartesian_prod(torch.arange(len(in1)), torch.arange(len(in2)))
+    x1[torch.arange(n), torch.tensor(in1)[pairs[:, 0]]] = 1.0
+    x2[torch.arange(n), torch.tensor(in2)[pairs[:, 1]]] = 1.0
+    args = (x1, x2) if tp.weight_numel == 0 or tp.internal_weights else (x1, x2, torch.ones(n, tp.weight_numel, dtype=torch.float64))
+    return probe(*args)[:, out].reshape(len(in1), len(in2), len(out))
+
+
+class _ExactConstants(nn.Module):
+    """Keeps a float64 copy of its ``constants`` buffer so that a model built in float32 and cast to
+    float64 gets them to float64 precision."""
+
+    def _set_constants(self, constants: torch.Tensor) -> None:
+        self._exact_constants = constants
+        self.register_buffer("constants", constants.to(torch.get_default_dtype()), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.constants = self._exact_constants.to(device=self.constants.device, dtype=self.constants.dtype)
+        return self
+
+
+class EdgeMatrixTensorProduct(_ExactConstants):
+    """NequIP's "uvu" tensor product of neighbour features with the edge's spherical harmonics Y
+    (multiplicity 1), weighted per edge, channel and path, as one small matrix per edge.
+
+    ``m[e, q, u] = w[e, path(q), u] * sum_i A_e[q, i] x[e, i, u]`` with ``A_e = sum_j Y_ej G_j``:
+    x holds the neighbour's components of all blocks stacked (d_in rows of U channels), q runs over
+    the components of the output blocks (one block per path). One matrix product for A, one
+    batched matrix product and one multiplication with the weights. Messages come out as
+    [E, D * U] (component-major); ``to_irreps`` turns (summed) rows into e3nn's layout and
+    ``irreps_columns`` says where each e3nn component sits.
+    """
+
+    def __init__(self, tp: o3.TensorProduct):
+        super().__init__()
+        irreps_in, irreps_edge, irreps_out = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
+        self.mul = _one_multiplicity(irreps_in, irreps_out)
+        if any(mul != 1 for mul, _ in irreps_edge) or any(ins.connection_mode != "uvu" for ins in tp.instructions):
+            raise ValueError("EdgeMatrixTensorProduct needs Y of multiplicity 1 and uvu paths")
+        if sorted(ins.i_out for ins in tp.instructions) != list(range(len(irreps_out))):
+            raise ValueError("EdgeMatrixTensorProduct needs one path per output block")
+        self.in_dims = [ir.dim for _, ir in irreps_in]
+        self.out_dims = [ir.dim for _, ir in irreps_out]
+        self.num_paths = len(tp.instructions)
+        path_of_block = {ins.i_out: p for p, ins in enumerate(tp.instructions)}
+        self.register_buffer("path_of_component", torch.tensor(
+            [path_of_block[k] for k, dim in enumerate(self.out_dims) for _ in range(dim)], dtype=torch.long), persistent=False)
+        # G[j, q, i], flattened so that Y @ constants is A [E, D * d_in]
+        self._set_constants(_probe(tp).permute(1, 2, 0).reshape(irreps_edge.dim, -1))
+        # where e3nn's component (block k, channel u, m) sits in the layout [q, u]
+        offsets = [sum(self.out_dims[:k]) for k in range(len(self.out_dims))]
+        self.irreps_columns = [(offsets[k] + m) * self.mul + u for k, dim in enumerate(self.out_dims) for u in range(self.mul) for m in range(dim)]
+
+    def forward(self, node_features: torch.Tensor, neighbour: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """node_features [N, irreps_in] (e3nn layout), neighbour [E], edge_sh [E, d_edge], weights
+        [E, weight_numel] -> messages [E, D * U] (component-major)."""
+        num_nodes, num_edges, u = node_features.shape[0], edge_sh.shape[0], self.mul
+        blocks = torch.split(node_features, [u * dim for dim in self.in_dims], dim=-1)
+        x = torch.cat([b.reshape(num_nodes, u, dim).transpose(1, 2) for b, dim in zip(blocks, self.in_dims)], dim=1)
+        x = x.index_select(0, neighbour)  # [E, d_in, U]
+        a = (edge_sh @ self.constants).view(num_edges, -1, x.shape[1])  # [E, D, d_in]
+        w = weights.view(num_edges, self.num_paths, u).index_select(1, self.path_of_component)  # [E, D, U]
+        return (torch.bmm(a, x) * w).reshape(num_edges, -1)
+
+    def to_irreps(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n, D * U] component-major rows -> [n, irreps_out] in e3nn's layout."""
+        rows = rows.view(rows.shape[0], -1, self.mul)
+        blocks = torch.split(rows, self.out_dims, dim=1)
+        return torch.cat([b.transpose(1, 2).reshape(rows.shape[0], -1) for b in blocks], dim=-1)
+
+
+class ChannelwiseTensorProduct(_ExactConstants):
+    """Allegro's "uuu" tensor product (channel u of one input with channel u of the other, no
+    weights) in the channel layout: ``out[e, u, q] = sum_ij x[e, u, i] y[e, u, j] G[i, j, q]``, one
+    outer product and one matrix product. Inputs [E, U, d1], [E, U, d2] -> [E, U, D] with the
+    output blocks of ``tp.irreps_out`` side by side."""
+
+    def __init__(self, tp: o3.TensorProduct):
+        super().__init__()
+        self.mul = _one_multiplicity(tp.irreps_in1, tp.irreps_in2, tp.irreps_out)
+        if any(ins.connection_mode != "uuu" or ins.has_weight for ins in tp.instructions):
+            raise ValueError("ChannelwiseTensorProduct needs uuu paths without weights")
+        probe = _probe(tp)
+        # only the component pairs (i, j) that reach an output (e.g. 4 of 28 when only scalars are
+        # asked for)
+        pairs = probe.abs().sum(-1).nonzero()
+        self.register_buffer("first", pairs[:, 0].contiguous(), persistent=False)
+        self.register_buffer("second", pairs[:, 1].contiguous(), persistent=False)
+        self.full = len(pairs) == probe.shape[0] * probe.shape[1]
+        self._set_constants(probe[pairs[:, 0], pairs[:, 1]])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.full:
+            products = (x.unsqueeze(-1) * y.unsqueeze(-2)).reshape(x.shape[0], x.shape[1], -1)
+        else:
+            products = x.index_select(-1, self.first) * y.index_select(-1, self.second)
+        return products @ self.constants
+
+
+class ChannelLinear(_ExactConstants):
+    """e3nn's ``Linear`` (its weights, its path normalisation: each output block the normalised sum
+    over input blocks of the same irrep of ``x_block @ W``) on the channel layout, as one matrix
+    product with a [U * d_in, U * d_out] matrix assembled from the weights on each call. The weights
+    stay the Linear's parameter (passed to ``forward``), so checkpoints keep their keys."""
+
+    def __init__(self, linear: o3.Linear):
+        super().__init__()
+        self.mul = _one_multiplicity(linear.irreps_in, linear.irreps_out)
+        if linear.bias_numel:
+            raise ValueError("ChannelLinear needs a Linear without bias")
+        in_offsets = [sum(ir.dim for _, ir in linear.irreps_in[:k]) for k in range(len(linear.irreps_in))]
+        out_offsets = [sum(ir.dim for _, ir in linear.irreps_out[:k]) for k in range(len(linear.irreps_out))]
+        d_in, d_out = sum(ir.dim for _, ir in linear.irreps_in), sum(ir.dim for _, ir in linear.irreps_out)
+        selection = torch.zeros(len(linear.instructions), d_in, d_out, dtype=torch.float64)
+        for k, ins in enumerate(linear.instructions):
+            for m in range(linear.irreps_in[ins.i_in].ir.dim):
+                selection[k, in_offsets[ins.i_in] + m, out_offsets[ins.i_out] + m] = ins.path_weight
+        self._set_constants(selection)
+        self.shape = (self.mul * d_in, self.mul * d_out)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """[E, U, d_in] -> [E, U, d_out], with the e3nn Linear's (flat) ``weight``."""
+        weights = weight.view(-1, self.mul, self.mul)  # [paths, u, w]
+        matrix = torch.einsum("kuw,kio->uiwo", weights, self.constants).reshape(self.shape)
+        return (x.reshape(x.shape[0], -1) @ matrix).view(x.shape[0], self.mul, -1)

@@ -1,0 +1,81 @@
+"""The dense equivariant kernels of stableff.models.tensor_products (and NequIP's radial MLP) give
+e3nn's values, first and second derivatives (the force loss differentiates forces) in float64: they
+replace e3nn's modules in the models, with e3nn's modules as the reference."""
+
+import pytest
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet
+
+from stableff.models import build_model
+from stableff.models.blocks import InvariantChannels
+from stableff.models.tensor_products import from_channels, to_channels
+
+
+def assert_same_derivatives(reference, ours, inputs, weights):
+    """Gradients of sum(out^2) wrt the inputs, and of their squared norm wrt the weights, agree."""
+    derivatives = []
+    for out in (reference, ours):
+        first = torch.autograd.grad((out**2).sum(), inputs, create_graph=True)
+        derivatives.append(first + torch.autograd.grad(sum((g**2).sum() for g in first), weights))
+    for a, b in zip(*derivatives):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("l_max,parity", [(1, True), (2, False), (2, True)])
+def test_nequip_fast_kernels_equal_e3nn(l_max, parity):
+    """NequIP's per-edge-matrix tensor product, its radial MLP and the edge-feature view of its
+    component-major messages give e3nn's values, gradients and second derivatives (training takes
+    the gradient of forces)."""
+    torch.manual_seed(1)
+    model = build_model("nequip", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=l_max, parity=parity, num_features=5,
+                        num_bessels=4, radial_mlp_depth=2, radial_mlp_width=7).double()
+    for layer in model.layers:
+        tp, fast = layer.tp, layer.channel_tp
+        nodes, edges = 6, 30
+        x = torch.randn(nodes, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+        sh = torch.randn(edges, tp.irreps_in2.dim, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(edges, tp.weight_numel, dtype=torch.float64, requires_grad=True)
+        neighbour = torch.randint(0, nodes, (edges,))
+        reference, ours = tp(x[neighbour], sh, w), fast(x, neighbour, sh, w)
+        torch.testing.assert_close(fast.to_irreps(ours), reference, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours[:, fast.irreps_columns], reference, rtol=1e-12, atol=1e-12)
+        assert_same_derivatives(reference, fast.to_irreps(ours), (x, sh), (w,))
+        # the edge features read the messages where they are
+        torch.testing.assert_close(layer.invariant_view(ours), InvariantChannels(layer.irreps_mid)(reference), rtol=1e-12, atol=1e-12)
+        e3nn_mlp = FullyConnectedNet(layer.radial.hs, torch.nn.functional.silu).double()
+        e3nn_mlp.load_state_dict(layer.radial.state_dict())
+        basis = torch.randn(edges, 4, dtype=torch.float64)
+        torch.testing.assert_close(layer.radial(basis), e3nn_mlp(basis), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("l_max,parity,num_layers", [(1, True, 2), (2, False, 3), (2, True, 2)])
+def test_allegro_fast_kernels_equal_e3nn(l_max, parity, num_layers):
+    """Allegro's channel-wise tensor product and channel-layout Linear against e3nn's."""
+    torch.manual_seed(2)
+    model = build_model("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=num_layers, l_max=l_max, parity=parity,
+                        num_scalar_features=6, num_tensor_features=3, num_bessels=4).double()
+    for layer in model.layers:
+        tp, edges = layer.tp, 20
+        x = torch.randn(edges, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+        y = torch.randn(edges, tp.irreps_in2.dim, dtype=torch.float64, requires_grad=True)
+        reference = tp(x, y)
+        ours = from_channels(layer.channel_tp(to_channels(x, tp.irreps_in1), to_channels(y, tp.irreps_in2)), tp.irreps_out)
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+        assert_same_derivatives(reference, ours, (x, y), (x,))
+        linear = layer.linear
+        z = torch.randn(edges, linear.irreps_in.dim, dtype=torch.float64, requires_grad=True)
+        reference = linear(z)
+        ours = from_channels(layer.channel_linear(to_channels(z, linear.irreps_in), linear.weight), linear.irreps_out)
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+        assert_same_derivatives(reference, ours, (z,), (linear.weight,))
+
+
+def test_channel_layout_round_trip():
+    irreps = o3.Irreps("4x0e+4x1o+4x2e")
+    x = torch.randn(5, irreps.dim)
+    channels = to_channels(x, irreps)
+    assert channels.shape == (5, 4, 9)
+    # channel 1's l = 1 block sits after its scalar
+    torch.testing.assert_close(channels[:, 1, 1:4], x[:, 4 + 3 : 4 + 6])
+    torch.testing.assert_close(from_channels(channels, irreps), x)
