@@ -1,6 +1,7 @@
-"""MD speed: ms per NVT Langevin step of bench-S NequIP on a 96-atom HfO2 cell and its 2x2x2
-supercell (768 atoms), with stableff's ASE calculator and, with --peer nequip, upstream nequip's
-ASE calculator for a model with the same hyper-parameters, in the same run, with the ratio.
+"""MD speed: ms per NVT Langevin step of bench-S NequIP and Allegro on a 96-atom HfO2 cell and its
+2x2x2 supercell (768 atoms), with stableff's ASE calculator and, with --peer nequip, upstream
+nequip's ASE calculator (NequIPCalculator, for nequip and nequip-allegro models) for a model with
+the same hyper-parameters, in the same run, with the ratios.
 
     python benchmarks/md_throughput.py [--peer nequip] [--steps 20]
 
@@ -24,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from throughput import BENCH_S, DEFAULT_DATA, ensure_peer_venv  # noqa: E402
+from throughput import BENCH, BENCH_S, DEFAULT_DATA, ensure_peer_venv, peer_environment  # noqa: E402
 
 
 def langevin_ms_per_step(atoms, calculator, steps):
@@ -46,7 +47,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--peer", choices=["nequip"])
+    parser.add_argument("--peer", choices=["nequip"], help="also time upstream nequip / nequip-allegro, as shipped and with stableff's allocator settings")
+    parser.add_argument("--models", default="nequip,allegro", help="comma-separated: nequip, allegro")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,40 +58,45 @@ def main():
     from stableff.data.stats import compute_statistics
     from stableff.md.run import MDSettings, run_md
     from stableff.models import build_model
+    from stableff.runtime import tune_allocator
 
+    tuned = tune_allocator()
     frame = read_frames(args.data, index=0)[0]
     atoms = frame.to_atoms()
     atoms.calc = None
     stats = compute_statistics([frame], BENCH_S["r_max"])
-    torch.manual_seed(0)
-    model = build_model("nequip", type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **BENCH_S)
-    calculator = StableFFCalculator(model.eval())
-    ours = {}
-    for repeat in (1, 2):
-        system = atoms.repeat((repeat, repeat, repeat))
-        ours[len(system)] = langevin_ms_per_step(system, calculator, args.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = run_md(atoms, calculator, MDSettings(steps=args.steps, progress=False), tmp)
-    rows = [("stableff (ASE Langevin)", ours)]
-    peer = None
-    if args.peer:
-        python = ensure_peer_venv()
-        hp = dict(BENCH_S, avg_num_neighbors=stats.mean_num_neighbors)
-        result = subprocess.run([str(python), str(ROOT / "benchmarks" / "peer_nequip_md.py"), "--data", args.data, "--steps", str(args.steps),
-                                 "--hyper", json.dumps(hp), "--threads", str(args.threads)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"upstream nequip MD run failed:\n{result.stderr[-3000:]}")
-        peer = json.loads(result.stdout.strip().splitlines()[-1])
-        rows.append((f"nequip {peer['version']} (NequIPCalculator)", {int(k): v for k, v in peer["ms_per_step"].items()}))
-    sizes = sorted(ours)
-    print(f"bench-S NequIP, NVT Langevin 0.5 fs, HfO2 from {args.data}, {args.threads} threads, {args.steps} steps per size")
-    print(f"\n{'code':<36}" + "".join(f"{f'{n} atoms (ms/step)':>22}" for n in sizes))
-    for name, values in rows:
-        print(f"{name:<36}" + "".join(f"{values[n]:>22.1f}" for n in sizes))
-    print(f"{'stableff run_md (monitors + files)':<36}{summary['ms_per_step']:>22.1f}{'':>22}")
-    if peer:
-        theirs = rows[1][1]
-        print("\nratio nequip / stableff time per step (higher = stableff faster): " + ", ".join(f"{n} atoms {theirs[n] / ours[n]:.2f}x" for n in sizes))
+    print(f"NVT Langevin 0.5 fs, HfO2 from {args.data}, {args.threads} threads, {args.steps} steps per size; "
+          f"stableff with its command line's allocator settings ({'applied' if tuned else 'not available here'})")
+    for name in args.models.split(","):
+        hyper = BENCH[name]
+        torch.manual_seed(0)
+        model = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **hyper)
+        calculator = StableFFCalculator(model.eval())
+        ours = {}
+        for repeat in (1, 2):
+            system = atoms.repeat((repeat, repeat, repeat))
+            ours[len(system)] = langevin_ms_per_step(system, calculator, args.steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = run_md(atoms, calculator, MDSettings(steps=args.steps, progress=False), tmp)
+        rows = [(f"stableff {name} (ASE Langevin)", ours)]
+        if args.peer:
+            python = ensure_peer_venv(with_allegro=name == "allegro")
+            hp = dict(hyper, avg_num_neighbors=stats.mean_num_neighbors)
+            for same_allocator, label in ((False, "as shipped"), (True, "stableff's malloc")):
+                result = subprocess.run([str(python), str(ROOT / "benchmarks" / "peer_nequip_md.py"), "--data", args.data, "--steps", str(args.steps),
+                                         "--hyper", json.dumps(hp), "--threads", str(args.threads), "--model", name],
+                                        capture_output=True, text=True, env=peer_environment(same_allocator))
+                if result.returncode != 0:
+                    raise SystemExit(f"upstream {name} MD run failed:\n{result.stderr[-3000:]}")
+                peer = json.loads(result.stdout.strip().splitlines()[-1])
+                rows.append((f"upstream {name} {peer['version']} ({label})", {int(k): v for k, v in peer["ms_per_step"].items()}))
+        sizes = sorted(ours)
+        print(f"\n{'code':<48}" + "".join(f"{f'{n} atoms (ms/step)':>22}" for n in sizes))
+        for row, values in rows:
+            print(f"{row:<48}" + "".join(f"{values[n]:>22.1f}" for n in sizes))
+        print(f"{'stableff run_md (monitors + files)':<48}{summary['ms_per_step']:>22.1f}{'':>22}")
+        for row, theirs in rows[1:]:
+            print(f"ratio {row} / stableff time per step (higher = stableff faster): " + ", ".join(f"{n} atoms {theirs[n] / ours[n]:.2f}x" for n in sizes))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,30 @@ import ase.io
 import torch
 
 
+def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: float = 1.0):
+    """Upstream NequIP or Allegro (float32) with stableff's hyper-parameter names mapped to upstream's."""
+    if name == "nequip":
+        from nequip.model import NequIPGNNModel
+
+        return NequIPGNNModel(
+            seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
+            l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
+            polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
+            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=0.0,
+        )
+    from allegro.model import AllegroModel
+
+    return AllegroModel(
+        seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], l_max=hp["l_max"], parity=hp["parity"],
+        radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": hp["num_bessels"], "bessel_trainable": False, "polynomial_cutoff_p": int(hp["polynomial_p"])},
+        radial_chemical_embed_dim=hp["num_scalar_features"], num_layers=hp["num_layers"],
+        num_scalar_features=hp["num_scalar_features"], num_tensor_features=hp["num_tensor_features"],
+        allegro_mlp_hidden_layers_depth=hp["latent_mlp_depth"], allegro_mlp_hidden_layers_width=hp["latent_mlp_width"],
+        readout_mlp_hidden_layers_depth=1, readout_mlp_hidden_layers_width=hp["readout_mlp_width"],
+        avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=0.0,
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
@@ -31,7 +55,6 @@ def main():
 
     from nequip.data import AtomicDataDict, from_ase, compute_neighborlist_
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
-    from nequip.model import NequIPGNNModel
     from nequip.utils.global_state import set_global_state
 
     set_global_state()  # upstream requires this before building a model
@@ -43,25 +66,7 @@ def main():
     for atoms in frames:
         d = compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"])
         data.append(d)
-    if args.model == "nequip":
-        model = NequIPGNNModel(
-            seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
-            l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
-            polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
-            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
-        )
-    else:
-        from allegro.model import AllegroModel
-
-        model = AllegroModel(
-            seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], l_max=hp["l_max"], parity=hp["parity"],
-            radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": hp["num_bessels"], "bessel_trainable": False, "polynomial_cutoff_p": int(hp["polynomial_p"])},
-            radial_chemical_embed_dim=hp["num_scalar_features"], num_layers=hp["num_layers"],
-            num_scalar_features=hp["num_scalar_features"], num_tensor_features=hp["num_tensor_features"],
-            allegro_mlp_hidden_layers_depth=hp["latent_mlp_depth"], allegro_mlp_hidden_layers_width=hp["latent_mlp_width"],
-            readout_mlp_hidden_layers_depth=1, readout_mlp_hidden_layers_width=hp["readout_mlp_width"],
-            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=1.0, per_type_energy_shifts=0.0,
-        )
+    model = build_peer_model(args.model, hp, type_names)
     batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY

@@ -1,7 +1,7 @@
 """Runs inside the upstream-nequip virtual environment (made by md_throughput.py --peer nequip).
 
 ms per NVT Langevin step with upstream nequip's ASE calculator (NequIPCalculator, with its own
-type mapping and neighbour-list transforms) for a NequIP model with the given hyper-parameters.
+type mapping and neighbour-list transforms) for a NequIP (or, with --model allegro, Allegro) model with the given hyper-parameters.
 Prints one JSON line: {"ms_per_step": {"<n_atoms>": ms}, "version": ...}.
 """
 
@@ -13,6 +13,7 @@ import ase.io
 import numpy as np
 import torch
 from ase import units
+from peer_nequip import build_peer_model
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
@@ -24,24 +25,19 @@ def main():
     parser.add_argument("--hyper", required=True)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--supercell", type=int, default=2)
+    parser.add_argument("--model", choices=["nequip", "allegro"], default="nequip")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = json.loads(args.hyper)
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.integrations.ase import NequIPCalculator
-    from nequip.model import NequIPGNNModel
     from nequip.utils.global_state import set_global_state
 
     set_global_state()
     atoms = ase.io.read(args.data, 0)
     type_names = sorted(set(atoms.get_chemical_symbols()), key=lambda s: ase.data.atomic_numbers[s])
-    model = NequIPGNNModel(
-        seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"], l_max=hp["l_max"],
-        parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"], polynomial_cutoff_p=hp["polynomial_p"],
-        radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"], avg_num_neighbors=hp["avg_num_neighbors"],
-        per_type_energy_scales=0.05, per_type_energy_shifts=0.0,
-    ).eval()
+    model = build_peer_model(args.model, hp, type_names, energy_scale=0.05).eval()
     calculator = NequIPCalculator(model, device="cpu", transforms=[ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names), NeighborListTransform(r_max=hp["r_max"])])
     timings = {}
     for repeat in (1, args.supercell):
@@ -53,7 +49,7 @@ def main():
         t0 = time.perf_counter()
         dynamics.run(args.steps)
         timings[str(len(system))] = 1000 * (time.perf_counter() - t0) / args.steps
-    print(json.dumps({"ms_per_step": timings, "version": __import__("nequip").__version__}))
+    print(json.dumps({"ms_per_step": timings, "version": __import__("nequip").__version__ if args.model == "nequip" else __import__("importlib.metadata", fromlist=["version"]).version("nequip-allegro")}))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,16 @@ bench-S: NequIP, r_max 5.0, 3 layers, l_max 1, 32 features, 8 Bessel functions, 
 2 x 64, float32, batch 4, on ../shared/data/hfo2/train_Hf32O64.extxyz. Prints training frames per
 second (forward + energy/force loss + backward + Adam step) and milliseconds per energy+forces
 evaluation of one cell. The peer runs in its own virtual environment (.venv-peer-nequip, created
-on first use with `pip install torch==2.13.0 nequip`).
+on first use with `pip install torch==2.13.0 nequip`). stableff runs with the allocator settings its
+command line applies (stableff.runtime); the peer runs twice per round, as shipped and with the
+same settings (environment variables), so both ratios are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -92,13 +95,20 @@ def ensure_peer_venv(with_allegro: bool = False) -> Path:
     return python
 
 
-def measure_peer(data, hyper, avg_num_neighbors, batch_size, frames, train_steps, eval_repeats, threads, model="nequip"):
+def peer_environment(same_allocator: bool) -> dict:
+    """The environment for a peer process: as the user's, or with stableff's allocator settings."""
+    from stableff.runtime import ALLOCATOR_ENV
+
+    return dict(os.environ, **ALLOCATOR_ENV) if same_allocator else {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+
+
+def measure_peer(data, hyper, avg_num_neighbors, batch_size, frames, train_steps, eval_repeats, threads, model="nequip", same_allocator=False):
     python = ensure_peer_venv(with_allegro=model == "allegro")
     hp = dict(hyper, avg_num_neighbors=avg_num_neighbors)
     result = subprocess.run(
         [str(python), str(ROOT / "benchmarks" / "peer_nequip.py"), "--data", str(data), "--frames", str(frames), "--batch-size", str(batch_size),
          "--train-steps", str(train_steps), "--eval-repeats", str(eval_repeats), "--hyper", json.dumps(hp), "--threads", str(threads), "--model", model],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=peer_environment(same_allocator),
     )
     if result.returncode != 0:
         raise SystemExit(f"upstream nequip run failed:\n{result.stderr[-3000:]}")
@@ -120,28 +130,36 @@ def main():
     torch.set_num_threads(args.threads)
 
     from stableff.data.io import read_frames
+    from stableff.runtime import tune_allocator
 
     frames = read_frames(args.data, index=f":{args.frames}", require=("energy", "forces"))
     models = args.models.split(",")
-    print(f"{len(frames)} frames of {len(frames[0])} atoms from {args.data}; batch {args.batch_size}, float32, {args.threads} threads")
+    tuned = tune_allocator()
+    print(f"{len(frames)} frames of {len(frames[0])} atoms from {args.data}; batch {args.batch_size}, float32, {args.threads} threads; "
+          f"stableff with its command line's allocator settings ({'applied' if tuned else 'not available here'})")
     best = lambda runs: {"train_frames_per_s": max(r["train_frames_per_s"] for r in runs), "ms_per_eval": min(r["ms_per_eval"] for r in runs), "num_parameters": runs[0]["num_parameters"]}
     rows, ratios = [], []
     for name in models:
-        ours, peer = [], []
+        ours, shipped, same = [], [], []
         has_peer = args.peer and name in ("nequip", "allegro")
         for round_ in range(args.rounds):
             ours.append(measure_stableff(frames, BENCH[name], args.batch_size, args.train_steps, args.eval_repeats, name))
             if has_peer:
-                peer.append(measure_peer(args.data, BENCH[name], ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps, args.eval_repeats, args.threads, name))
+                for runs, same_allocator in ((shipped, False), (same, True)):
+                    runs.append(measure_peer(args.data, BENCH[name], ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps,
+                                             args.eval_repeats, args.threads, name, same_allocator))
         rows.append((f"stableff {name}", best(ours)))
-        if peer:
+        if has_peer:
             upstream = "nequip" if name == "nequip" else "nequip-allegro"
-            rows.append((f"{upstream} {peer[0]['version']}", best(peer)))
-            a, b = rows[-2][1], rows[-1][1]
-            ratios.append(f"{name}: stableff / {upstream}: training {a['train_frames_per_s'] / b['train_frames_per_s']:.2f}x, evaluation {b['ms_per_eval'] / a['ms_per_eval']:.2f}x (higher is faster)")
-    print(f"\n{'code':<24} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
+            a = rows[-1][1]
+            for runs, label in ((shipped, "as shipped"), (same, "stableff's malloc")):
+                b = best(runs)
+                rows.append((f"{upstream} {runs[0]['version']} ({label})", b))
+                ratios.append(f"{name}: stableff / {upstream} ({label}): training {a['train_frames_per_s'] / b['train_frames_per_s']:.2f}x, "
+                              f"evaluation {b['ms_per_eval'] / a['ms_per_eval']:.2f}x (higher is faster)")
+    print(f"\n{'code':<44} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
     for name, r in rows:
-        print(f"{name:<24} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")
+        print(f"{name:<44} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")
     if ratios:
         print()
         print("\n".join(ratios))

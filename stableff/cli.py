@@ -479,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from stableff.errors import StableFFError
+    from stableff.runtime import tune_allocator
 
+    tune_allocator()  # glibc keeps freed tensor memory instead of faulting it in again each step
     # progress bars share a thread lock: tqdm's default multiprocessing lock leaks a semaphore
     # once replica processes are spawned
     tqdm.set_lock(threading.RLock())

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stableff"
 
 # layer of each top-level module or package of stableff (data flows from low to high numbers)
 LAYERS = {
-    "errors": 0, "io": 0.5, "fingerprint": 0.5,
+    "errors": 0, "runtime": 0, "io": 0.5, "fingerprint": 0.5,
     "data": 1, "datasets": 1, "configs": 1,
     "models": 2,
     "measures": 3, "testing": 3,

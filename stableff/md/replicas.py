@@ -183,7 +183,11 @@ def _run_packed(packed):
 
 def _die_with_parent(parent_pid: int) -> None:
     """Worker initialiser: end this process when the parent dies (a killed ``stability`` leaves no
-    orphans running MD): PR_SET_PDEATHSIG on Linux, and a watchdog thread everywhere."""
+    orphans running MD): PR_SET_PDEATHSIG on Linux, and a watchdog thread everywhere. Also applies
+    the command line's allocator settings (``stableff.runtime``)."""
+    from stableff.runtime import tune_allocator
+
+    tune_allocator()
     try:
         import ctypes
         import signal

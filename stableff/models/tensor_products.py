@@ -144,8 +144,9 @@ class ChannelwiseTensorProduct(_ExactConstants):
         self._set_constants(probe[pairs[:, 0], pairs[:, 1]])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.full:
-            products = (x.unsqueeze(-1) * y.unsqueeze(-2)).reshape(x.shape[0], x.shape[1], -1)
+        if self.full:  # the outer product as a batched matrix product (its backward is one too)
+            rows = x.shape[0] * x.shape[1]
+            products = torch.bmm(x.reshape(rows, -1, 1), y.reshape(rows, 1, -1)).view(x.shape[0], x.shape[1], -1)
         else:
             products = x.index_select(-1, self.first) * y.index_select(-1, self.second)
         return products @ self.constants
