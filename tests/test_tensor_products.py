@@ -79,3 +79,38 @@ def test_channel_layout_round_trip():
     # channel 1's l = 1 block sits after its scalar
     torch.testing.assert_close(channels[:, 1, 1:4], x[:, 4 + 3 : 4 + 6])
     torch.testing.assert_close(from_channels(channels, irreps), x)
+
+
+def test_allegro_layer_equals_its_e3nn_composition():
+    """The Allegro layer's folded products (scalars and Linear read off the component pairs) equal
+    e3nn's TensorProduct -> scalars / Linear on e3nn's layout, with derivatives."""
+    from stableff.models.allegro import weighted_spherical_harmonics
+    from stableff.models.blocks import scatter_sum
+
+    torch.manual_seed(3)
+    model = build_model("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=2, parity=True,
+                        num_scalar_features=6, num_tensor_features=3, num_bessels=4).double()
+    nodes, edges = 5, 24
+    centre = torch.randint(0, nodes, (edges,))
+    sh = model.spherical_harmonics(torch.randn(edges, 3, dtype=torch.float64))
+    envelope = torch.rand(edges, dtype=torch.float64)
+    for index, layer in enumerate(model.layers):
+        latents = torch.randn(edges, 6, dtype=torch.float64, requires_grad=True)
+        tensors = torch.randn(edges, layer.tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+        need = index < len(model.layers) - 1
+        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh, model.l_of_component, envelope, centre, nodes, 0.5, need_tensors=need)
+        # reference: e3nn's modules on e3nn's layout
+        weights = layer.env_weights(latents) * envelope.unsqueeze(-1)
+        environment = from_channels(scatter_sum(weighted_spherical_harmonics(weights, sh, model.l_of_component, layer.num_tensor), centre, nodes), layer.env_irreps) * 0.5
+        products = layer.tp(tensors, environment[centre])
+        scalars = torch.cat([products[:, sl] for (_, ir), sl in zip(layer.mid_irreps, layer.mid_irreps.slices()) if ir == o3.Irrep("0e")], dim=-1)
+        reference_latents = (latents + layer.latent_mlp(torch.cat([latents, scalars], dim=-1))) * (envelope.unsqueeze(-1) / 2**0.5)
+        torch.testing.assert_close(ours[0], reference_latents, rtol=1e-12, atol=1e-12)
+        outputs = [(ours[0], reference_latents)]
+        if need:
+            reference_tensors = layer.linear(products)
+            torch.testing.assert_close(from_channels(ours[1], layer.irreps_out), reference_tensors, rtol=1e-12, atol=1e-12)
+            outputs.append((from_channels(ours[1], layer.irreps_out), reference_tensors))
+        ours_sum = sum((a**2).sum() for a, _ in outputs)
+        reference_sum = sum((b**2).sum() for _, b in outputs)
+        assert_same_derivatives(reference_sum, ours_sum, (latents, tensors), (layer.linear.weight if need else layer.env_weights.weight,))

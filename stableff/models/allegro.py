@@ -66,11 +66,22 @@ class AllegroLayer(nn.Module):
         (if ``need_tensors``) the new tensors."""
         weights = self.env_weights(latents) * envelope.unsqueeze(-1)
         environment = scatter_sum(weighted_spherical_harmonics(weights, sh, l_of_component, self.num_tensor), centre, num_atoms) * inv_sqrt_neighbors
-        products = self.channel_tp(tensors, environment.index_select(0, centre))  # [E, U, D]
-        scalars = products.index_select(2, self.scalar_components).transpose(1, 2).reshape(products.shape[0], -1)
-        update = self.latent_mlp(torch.cat([latents, scalars], dim=-1))
+        # the product is pairs @ G (G: [P, D]); its scalars and its Linear (matrix L) are read off
+        # the pairs by one matrix product with G folded into small matrices (G restricted to the
+        # scalars, per channel; and G L), so the [E, U, D] product is never formed
+        pairs = self.channel_tp.pairs(tensors, environment.index_select(0, centre))  # [E, U, P]
+        num_edges, mul, num_pairs = pairs.shape
+        constants = self.channel_tp.constants
+        eye = torch.eye(mul, dtype=constants.dtype, device=constants.device)
+        matrices = [torch.einsum("pk,uw->upkw", constants.index_select(1, self.scalar_components), eye).reshape(mul * num_pairs, -1)]
+        if need_tensors:
+            linear = self.channel_linear.matrix(self.linear.weight).view(mul, constants.shape[1], -1)
+            matrices.append(torch.einsum("pq,uqx->upx", constants, linear).reshape(mul * num_pairs, -1))
+        out = pairs.reshape(num_edges, -1) @ torch.cat(matrices, dim=1)
+        num_scalars = matrices[0].shape[1]  # columns in e3nn's order: 0e block, then channel
+        update = self.latent_mlp(torch.cat([latents, out[:, :num_scalars]], dim=-1))
         latents = (latents + update) * (envelope.unsqueeze(-1) / math.sqrt(2.0))
-        return latents, (self.channel_linear(products, self.linear.weight) if need_tensors else None)
+        return latents, (out[:, num_scalars:].reshape(num_edges, mul, -1) if need_tensors else None)
 
 
 class Allegro(ForceField):

@@ -143,13 +143,16 @@ class ChannelwiseTensorProduct(_ExactConstants):
         self.full = len(pairs) == probe.shape[0] * probe.shape[1]
         self._set_constants(probe[pairs[:, 0], pairs[:, 1]])
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def pairs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[E, U, P]: x_i y_j for the P component pairs that reach an output (``forward`` is this
+        times ``constants``; a caller may contract the pairs with a product of constants instead)."""
         if self.full:  # the outer product as a batched matrix product (its backward is one too)
             rows = x.shape[0] * x.shape[1]
-            products = torch.bmm(x.reshape(rows, -1, 1), y.reshape(rows, 1, -1)).view(x.shape[0], x.shape[1], -1)
-        else:
-            products = x.index_select(-1, self.first) * y.index_select(-1, self.second)
-        return products @ self.constants
+            return torch.bmm(x.reshape(rows, -1, 1), y.reshape(rows, 1, -1)).view(x.shape[0], x.shape[1], -1)
+        return x.index_select(-1, self.first) * y.index_select(-1, self.second)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.pairs(x, y) @ self.constants
 
 
 class ChannelLinear(_ExactConstants):
@@ -173,8 +176,11 @@ class ChannelLinear(_ExactConstants):
         self._set_constants(selection)
         self.shape = (self.mul * d_in, self.mul * d_out)
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """[E, U, d_in] -> [E, U, d_out], with the e3nn Linear's (flat) ``weight``."""
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The map as a [U * d_in, U * d_out] matrix, from the e3nn Linear's (flat) ``weight``."""
         weights = weight.view(-1, self.mul, self.mul)  # [paths, u, w]
-        matrix = torch.einsum("kuw,kio->uiwo", weights, self.constants).reshape(self.shape)
-        return (x.reshape(x.shape[0], -1) @ matrix).view(x.shape[0], self.mul, -1)
+        return torch.einsum("kuw,kio->uiwo", weights, self.constants).reshape(self.shape)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """[E, U, d_in] -> [E, U, d_out]."""
+        return (x.reshape(x.shape[0], -1) @ self.matrix(weight)).view(x.shape[0], self.mul, -1)
