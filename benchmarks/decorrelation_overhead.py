@@ -31,6 +31,9 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from stableff.runtime import tune_allocator
+
+    tune_allocator()  # as the command line does
 
     from stableff.data.graph import frame_to_graph
     from stableff.data.io import read_frames
