@@ -93,8 +93,8 @@ class InteractionLayer(nn.Module):
         self.resnet = resnet and irreps_in == self.irreps_out
 
     def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float):
-        """New node features, and the messages [E, irreps_mid] in the per-channel layout of
-        ``ChannelTensorProduct`` (the layer's edge states)."""
+        """New node features, and the messages [E, irreps_mid] in the component-major layout of
+        ``EdgeMatrixTensorProduct`` (the layer's edge states)."""
         centre, neighbour = edge_index
         weights = self.radial(edge_radial)
         mixed = self.linear_1(node_features)
