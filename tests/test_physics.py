@@ -139,6 +139,18 @@ def test_subsampled_edge_features_equal_the_full_ones_on_the_same_edges(name, ac
     for f, s in zip(full, sampled):
         assert s.shape[0] == 25
         torch.testing.assert_close(s, f[sample], rtol=1e-10, atol=1e-12)
+    # and the gradient of a training loss (forces differentiated again, a loss on the sampled edge
+    # features) equals the one through a gather of the full features
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    gradients = []
+    for inputs, rows in (({**batch, keys.EDGE_FEATURE_SAMPLE: sample}, slice(None)), (batch, sample)):
+        out = model(inputs, create_graph=True, edge_features=True)
+        loss = out[keys.FORCES].pow(2).sum() + out[keys.TOTAL_ENERGY].sum() + sum(f[rows].pow(2).mean() for f in out[keys.EDGE_FEATURES])
+        gradients.append(torch.autograd.grad(loss, parameters, allow_unused=True))
+    for a, b in zip(*gradients):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_float32_energy_is_summed_in_float64(acac_frames):

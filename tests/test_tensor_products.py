@@ -114,3 +114,41 @@ def test_allegro_layer_equals_its_e3nn_composition():
         ours_sum = sum((a**2).sum() for a, _ in outputs)
         reference_sum = sum((b**2).sum() for _, b in outputs)
         assert_same_derivatives(reference_sum, ours_sum, (latents, tensors), (layer.linear.weight if need else layer.env_weights.weight,))
+
+
+@pytest.mark.parametrize("component_major", [False, True])
+def test_invariant_view_equals_per_channel_norms_with_its_gradient(component_major):
+    """Scalars as they are, then the norm of every l > 0 channel, for both layouts (neighbouring
+    blocks of the same l read as one); first derivatives by gradcheck (float64)."""
+    irreps = o3.Irreps("3x0e+3x0o+3x1o+3x1e+3x2e+3x0e")
+    view = InvariantChannels(irreps, component_major=component_major)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(11, irreps.dim, dtype=torch.float64, generator=generator, requires_grad=True)
+    scalars, norms, start = [], [], 0
+    for mul, ir in irreps:
+        block = x[:, start : start + mul * ir.dim]
+        block = block.reshape(-1, ir.dim, mul).transpose(1, 2) if component_major else block.reshape(-1, mul, ir.dim)
+        (scalars if ir.l == 0 else norms).append(block[..., 0] if ir.l == 0 else block.norm(dim=-1))
+        start += mul * ir.dim
+    torch.testing.assert_close(view(x), torch.cat(scalars + norms, dim=1), rtol=1e-10, atol=1e-10)  # eps 1e-12 under the sqrt
+    assert view.num_scalars == 9 and view(x).shape[1] == 18
+    assert torch.autograd.gradcheck(view, (x,))
+
+
+def test_scatter_sum_and_rows_equals_a_sum_and_a_gather_to_second_order():
+    """The fused sum-and-sampled-rows NequIP uses for its edge states: same values, first and second
+    derivatives as scatter_sum plus index_select (the force loss differentiates forces again)."""
+    from stableff.models.blocks import scatter_sum, scatter_sum_and_rows
+
+    generator = torch.Generator().manual_seed(4)
+    src = torch.randn(12, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    index = torch.randint(0, 4, (12,), generator=generator)
+    rows = torch.tensor([7, 2, 9])
+    summed, sampled = scatter_sum_and_rows(src, index, 4, rows)
+    torch.testing.assert_close(summed, scatter_sum(src, index, 4))
+    torch.testing.assert_close(sampled, src[rows])
+    def both(x):
+        return scatter_sum_and_rows(x.pow(2), index, 4, rows)
+    assert torch.autograd.gradcheck(both, (src,))
+    assert torch.autograd.gradgradcheck(both, (src,))
+    assert torch.autograd.gradgradcheck(lambda x: scatter_sum_and_rows(x.pow(2), index, 4, rows)[0], (src,))

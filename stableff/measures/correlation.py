@@ -13,10 +13,29 @@ training loss, ``stableff correlation`` and the study all use it.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from stableff.data import keys
 
 EPS = 1e-8
+
+
+class _Covariance(torch.autograd.Function):
+    """C = X_c^T X_c / n with X_c = X - mean(X), and the backward dX = X_c (dC + dC^T) / n: one
+    matrix product (autograd would take two, and a pass for the centring, whose backward vanishes
+    here because the columns of X_c sum to zero)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        centred = x - x.mean(dim=0, keepdim=True)
+        ctx.save_for_backward(centred)
+        return centred.transpose(0, 1) @ centred / x.shape[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (centred,) = ctx.saved_tensors
+        return centred @ ((grad + grad.transpose(0, 1)) / centred.shape[0])
 
 
 def correlation_matrix(features: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -26,10 +45,12 @@ def correlation_matrix(features: torch.Tensor, eps: float = EPS) -> torch.Tensor
     >>> round(float(correlation_matrix(x)[0, 1]), 6)
     1.0
     """
-    centred = features - features.mean(dim=0, keepdim=True)
-    std = torch.sqrt(centred.pow(2).mean(dim=0, keepdim=True) + eps)
-    z = centred / std
-    return z.transpose(0, 1) @ z / features.shape[0]
+    # = C / (s s^T) with C = X_c^T X_c / E and s = sqrt(diag C + eps): one pass over the edges for
+    # the centring and one matrix product; the standardisation acts on the [d, d] matrix only.
+    # Differentiable once (the training loss).
+    covariance = _Covariance.apply(features)
+    inv_std = torch.rsqrt(torch.diagonal(covariance) + eps)
+    return covariance * inv_std.unsqueeze(0) * inv_std.unsqueeze(1)
 
 
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:

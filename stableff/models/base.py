@@ -46,6 +46,9 @@ class ForceField(nn.Module):
     """
 
     model_name = "base"
+    #: True where atomic_energies returns the edge states already restricted to the rows
+    #: batch[keys.EDGE_FEATURE_SAMPLE] (it can take them more cheaply than a gather afterwards)
+    samples_edge_states = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -136,7 +139,8 @@ class ForceField(nn.Module):
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Raw per-atom energies [N] (before scale/shift) and, if ``edge_states``, one [E, ...] tensor
-        per interaction layer over all edges (None otherwise)."""
+        per interaction layer over all edges, or over the sampled edges where
+        ``samples_edge_states`` (None otherwise)."""
         raise NotImplementedError
 
     def edge_feature_view(self, layer: int, states: torch.Tensor) -> torch.Tensor:
@@ -200,7 +204,7 @@ class ForceField(nn.Module):
             energy = scatter_sum(atomic, atom_batch, num_structures)
         out = {keys.TOTAL_ENERGY: energy, keys.ATOMIC_ENERGIES: atomic}
         if edge_features:
-            sample = batch.get(keys.EDGE_FEATURE_SAMPLE)
+            sample = None if self.samples_edge_states else batch.get(keys.EDGE_FEATURE_SAMPLE)
             out[keys.EDGE_FEATURES] = [
                 self.edge_feature_view(layer, s if sample is None else s.index_select(0, sample)) for layer, s in enumerate(states)
             ]

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 class BesselBasis(nn.Module):
@@ -79,44 +80,119 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return out.index_add_(0, index, src)
 
 
+class _ScatterSumAndRows(torch.autograd.Function):
+    """(scatter_sum(src, index), src[rows]) with one gradient pass for both outputs: the gradient of
+    the sampled rows is added in place into the gradient the sum hands back (a fresh gather),
+    instead of autograd's zero-filled [E, d] tensor per gather plus one more [E, d] sum."""
+
+    @staticmethod
+    def forward(ctx, src, index, dim_size, rows):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(index, rows)
+        ctx.src_shape = src.shape
+        out = src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+        return out, src.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_rows):
+        # written with differentiable operations: the force pass (create_graph) records them
+        index, rows = ctx.saved_tensors
+        if grad_out is None and grad_rows is None:
+            return None, None, None, None
+        if grad_out is not None:
+            grad_src = grad_out.index_select(0, index)
+        else:
+            grad_src = grad_rows.new_zeros(ctx.src_shape)
+        if grad_rows is not None:
+            grad_src = grad_src.index_add(0, rows, grad_rows) if torch.is_grad_enabled() else grad_src.index_add_(0, rows, grad_rows)
+        return grad_src, None, None, None
+
+
+def scatter_sum_and_rows(src: torch.Tensor, index: torch.Tensor, dim_size: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scatter_sum(src, index, dim_size), src[rows])`` (``src`` itself for ``rows=None``); the
+    rows cost no dense gradient pass of their own (an edge model's sampled edge states)."""
+    if rows is None:
+        return scatter_sum(src, index, dim_size), src
+    return _ScatterSumAndRows.apply(src, index, dim_size, rows)
+
+
+class _InvariantView(torch.autograd.Function):
+    """Forward and backward of :class:`InvariantChannels` as one write per run of blocks each way
+    (autograd of split / square / sum / sqrt / cat takes about three times the passes)."""
+
+    @staticmethod
+    def forward(ctx, features, view):
+        out = features.new_empty(features.shape[0], view.num_scalars + view.num_vector_channels)
+        for start, size, shape, column, width in view.runs:
+            run = features[:, start : start + size]
+            if shape is None:
+                out[:, column : column + width] = run
+            else:
+                torch.sum(run.reshape(-1, *shape).square(), dim=-2, out=out[:, column : column + width].view(-1, *shape[:-2], shape[-1]))
+        out[:, view.num_scalars :].add_(1e-12).sqrt_()  # eps keeps the gradient finite where a channel vanishes
+        ctx.save_for_backward(features, out)
+        ctx.view = view
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        features, out = ctx.saved_tensors
+        grad_features = torch.empty_like(features)
+        num_scalars = ctx.view.num_scalars
+        grad_over_norm = grad[:, num_scalars:] / out[:, num_scalars:]
+        for start, size, shape, column, width in ctx.view.runs:
+            target = grad_features[:, start : start + size]
+            if shape is None:
+                target.copy_(grad[:, column : column + width])
+            else:
+                column -= num_scalars
+                factor = grad_over_norm[:, column : column + width].reshape(-1, *shape[:-2], 1, shape[-1])
+                torch.mul(features[:, start : start + size].reshape(-1, *shape), factor, out=target.view(-1, *shape))
+        return grad_features, None
+
+
 class InvariantChannels(nn.Module):
     """Invariant view [E, d] of equivariant features: scalars as they are, each l > 0 channel by its norm.
 
-    This is the per-layer ``edge_features`` tensor the decorrelation loss reads. Written with one
-    ``split`` and one ``index_add`` so that its backward (only taken when the decorrelation loss is
-    on) costs two dense passes instead of a zero-filled gradient per irrep block.
+    This is the per-layer ``edge_features`` tensor the decorrelation loss reads: the scalars of all
+    blocks in order, then the norms of all l > 0 channels in order. Every irrep block is a
+    contiguous run of columns, ``mul x (2l+1)`` in e3nn's layout or ``(2l+1) x mul`` in the
+    component-major layout of ``EdgeMatrixTensorProduct``; either way a channel's norm is a sum over
+    one axis of the block's view, and neighbouring blocks of the same l are one view (no gathers, a
+    few passes over the features). Differentiable once (the training loss).
     """
 
-    def __init__(self, irreps, columns: list[int] | None = None):
-        """``columns[i]``: the column of the input that holds e3nn component i of ``irreps`` (default:
-        the input is in e3nn's layout)."""
+    def __init__(self, irreps, component_major: bool = False):
         super().__init__()
-        scalar_dims, channel_of_component, num_vector_channels = [], [], 0
-        for (mul, ir), sl in zip(irreps, irreps.slices()):
+        self.num_scalars = sum(mul for mul, ir in irreps if ir.l == 0)
+        self.num_vector_channels = sum(mul for mul, ir in irreps if ir.l > 0)
+        #: (first input column, columns, view shape of the run (components on axis -2; None for
+        #: scalars), first output column, output columns) of every run of same-l blocks
+        self.runs: list[tuple] = []
+        start, scalar_at, norm_at = 0, 0, self.num_scalars
+        for mul, ir in irreps:
+            size = mul * ir.dim
+            previous = self.runs[-1] if self.runs else None
             if ir.l == 0:
-                scalar_dims.extend(range(sl.start, sl.stop))
+                if previous is not None and previous[2] is None and previous[0] + previous[1] == start:
+                    self.runs[-1] = (previous[0], previous[1] + size, None, previous[3], previous[4] + mul)
+                else:
+                    self.runs.append((start, size, None, scalar_at, mul))
+                scalar_at += mul
             else:
-                for u in range(mul):
-                    channel_of_component.extend([num_vector_channels + u] * ir.dim)
-                num_vector_channels += mul
-        self.num_scalars = len(scalar_dims)
-        self.num_vector_channels = num_vector_channels
-        order = scalar_dims + [d for d in range(irreps.dim) if d not in set(scalar_dims)]
-        if columns is not None:
-            order = [columns[d] for d in order]
-        self.in_order = order == list(range(irreps.dim))  # scalars first, the rest as e3nn has them
-        self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
-        self.register_buffer("channel_of_component", torch.tensor(channel_of_component, dtype=torch.long), persistent=False)
+                shape = (1, ir.dim, mul) if component_major else (mul, ir.dim, 1)
+                if previous is not None and previous[2] is not None and previous[2][1:] == shape[1:]:
+                    # component-major: one more [dim, mul] block; e3nn's layout: mul more rows of dim
+                    merged = (previous[2][0] + shape[0],) + shape[1:]
+                    self.runs[-1] = (previous[0], previous[1] + size, merged, previous[3], previous[4] + mul)
+                else:
+                    self.runs.append((start, size, shape, norm_at, mul))
+                norm_at += mul
+            start += size
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if not self.in_order:
-            features = features.index_select(-1, self.order)
-        scalars, rest = torch.split(features, [self.num_scalars, features.shape[-1] - self.num_scalars], dim=-1)
-        if self.num_vector_channels == 0:
-            return scalars
-        squared = rest.new_zeros(rest.shape[:-1] + (self.num_vector_channels,)).index_add_(-1, self.channel_of_component, rest * rest)
-        # eps keeps the gradient finite where a channel vanishes
-        return torch.cat([scalars, torch.sqrt(squared + 1e-12)], dim=-1)
+        return _InvariantView.apply(features.contiguous(), self)
 
 
 def build_triplets(edge_index: torch.Tensor, shifts: torch.Tensor, num_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:

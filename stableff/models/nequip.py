@@ -19,7 +19,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import InvariantChannels, RadialEmbedding, scatter_sum
+from stableff.models.blocks import InvariantChannels, RadialEmbedding, scatter_sum_and_rows
 from stableff.models.tensor_products import EdgeMatrixTensorProduct
 
 
@@ -88,18 +88,19 @@ class InteractionLayer(nn.Module):
         self.linear_2 = o3.Linear(irreps_mid.simplify(), irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_species}x0e"), irreps_out)
         self.irreps_mid = irreps_mid
-        self.invariant_view = InvariantChannels(irreps_mid, columns=self.channel_tp.irreps_columns)
+        self.invariant_view = InvariantChannels(irreps_mid, component_major=True)
         self.irreps_out = self.gate.irreps_out
         self.resnet = resnet and irreps_in == self.irreps_out
 
-    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float):
+    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float, sample=None):
         """New node features, and the messages [E, irreps_mid] in the component-major layout of
-        ``EdgeMatrixTensorProduct`` (the layer's edge states)."""
+        ``EdgeMatrixTensorProduct`` (the layer's edge states; only the rows ``sample`` if given)."""
         centre, neighbour = edge_index
         weights = self.radial(edge_radial)
         mixed = self.linear_1(node_features)
         messages = self.channel_tp(mixed, neighbour, edge_sh, weights)
-        aggregated = self.channel_tp.to_irreps(scatter_sum(messages, centre, node_features.shape[0])) * inv_sqrt_neighbors
+        summed, messages = scatter_sum_and_rows(messages, centre, node_features.shape[0], sample)
+        aggregated = self.channel_tp.to_irreps(summed) * inv_sqrt_neighbors
         updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
         updated = self.gate(updated)
         if self.resnet:
@@ -111,6 +112,7 @@ class NequIP(ForceField):
     """NequIP energy model. Hyper-parameters follow the upstream names (r_max in Angstrom)."""
 
     model_name = "nequip"
+    samples_edge_states = True
 
     def __init__(
         self,
@@ -158,9 +160,10 @@ class NequIP(ForceField):
         edge_sh = self.spherical_harmonics(edge_vectors)
         edge_radial, _ = self.radial(edge_lengths)
         features = self.embedding(onehot)
+        sample = batch.get(keys.EDGE_FEATURE_SAMPLE) if edge_states else None
         states = []
         for layer in self.layers:
-            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors)
+            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors, sample)
             states.append(messages)
         energies = self.readout(features).squeeze(-1)
         return energies, (states if edge_states else None)

@@ -17,10 +17,11 @@ from stableff.measures.correlation import correlation_terms, select_channels
 
 
 def sample_edges(num_edges: int, max_edges: int | None, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor | None:
-    """Indices of at most ``max_edges`` edges drawn without replacement (None = use all edges)."""
+    """Indices of at most ``max_edges`` edges drawn without replacement, ascending (R does not
+    depend on the order; gathers in memory order are cheaper). None = use all edges."""
     if max_edges is None or num_edges <= max_edges:
         return None
-    return torch.randperm(num_edges, generator=generator)[:max_edges].to(device)
+    return torch.randperm(num_edges, generator=generator)[:max_edges].sort().values.to(device)
 
 
 def correlation_loss(
