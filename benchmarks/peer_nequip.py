@@ -14,8 +14,13 @@ import ase.io
 import torch
 
 
-def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: float = 1.0):
-    """Upstream NequIP or Allegro (float32) with stableff's hyper-parameter names mapped to upstream's."""
+def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: float = 1.0, energy_shifts=0.0, options: dict | None = None):
+    """Upstream NequIP or Allegro (float32) with stableff's hyper-parameter names mapped to upstream's
+    (``energy_shifts``: one value, or one per type name, eV/atom; ``options``: further upstream
+    arguments, e.g. Allegro's ``tp_path_channel_coupling``)."""
+    options = dict(options or {})
+    if not isinstance(energy_shifts, (int, float)):
+        energy_shifts = dict(zip(type_names, (float(v) for v in energy_shifts)))
     if name == "nequip":
         from nequip.model import NequIPGNNModel
 
@@ -23,7 +28,7 @@ def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: f
             seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
             l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
             polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
-            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=0.0,
+            avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=energy_shifts, **options,
         )
     from allegro.model import AllegroModel
 
@@ -34,7 +39,8 @@ def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: f
         num_scalar_features=hp["num_scalar_features"], num_tensor_features=hp["num_tensor_features"],
         allegro_mlp_hidden_layers_depth=hp["latent_mlp_depth"], allegro_mlp_hidden_layers_width=hp["latent_mlp_width"],
         readout_mlp_hidden_layers_depth=1, readout_mlp_hidden_layers_width=hp["readout_mlp_width"],
-        avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=0.0,
+        scalar_embed_mlp_hidden_layers_depth=1, scalar_embed_mlp_hidden_layers_width=hp["two_body_mlp_width"],
+        avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=energy_shifts, **options,
     )
 
 

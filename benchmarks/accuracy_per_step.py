@@ -1,0 +1,191 @@
+"""Accuracy per training step: stableff and upstream (nequip / nequip-allegro) trained on equal terms.
+
+    python benchmarks/accuracy_per_step.py --model allegro [--steps 3000] [--train 800] [--test 200]
+
+Both codes get the same training frames of ../shared/data/hfo2/train_Hf32O64.extxyz in the same
+batch order (batch 4), the same hyper-parameters (bench-S sizes of throughput.py), the same
+per-species energy scale (force RMS) and shifts (stableff's E0 + mean residual), the same loss
+(per-atom energy MSE + force MSE, weights 1 and 1), Adam at a fixed learning rate, float32, and
+the same number of steps. The held-out frames (disjoint from training) are evaluated at four
+checkpoints. Prints energy MAE (meV/atom) and force MAE (meV/A) per checkpoint for both codes and
+writes benchmarks/results/accuracy_per_step/<model>.json and a plot of the force MAE curves.
+Upstream runs in .venv-peer-nequip (made on first use by throughput.py's helper).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from throughput import BENCH, DEFAULT_DATA, ensure_peer_venv, peer_environment  # noqa: E402
+
+
+def make_plan(args, order, statistics) -> dict:
+    """Training/held-out split from ``order`` and the batch sequence both codes follow."""
+    rng = np.random.default_rng(args.seed + 1)
+    train, test = order[: args.train].tolist(), order[args.train : args.train + args.test].tolist()
+    batches = []
+    while len(batches) < args.steps:  # epochs of the training frames, each shuffled
+        epoch = rng.permutation(train).tolist()
+        batches.extend(epoch[k : k + args.batch_size] for k in range(0, len(epoch) - args.batch_size + 1, args.batch_size))
+    checkpoints = sorted({max(1, args.steps * q // 4) for q in (1, 2, 3, 4)})
+    shifts = (np.asarray(statistics.reference_energies) + statistics.energy_per_atom_residual_mean).tolist()
+    return {
+        "data": str(Path(args.data).resolve()), "model": args.model, "hyper": BENCH[args.model], "seed": args.seed, "lr": args.lr,
+        "type_numbers": statistics.type_numbers, "avg_num_neighbors": statistics.mean_num_neighbors,
+        "energy_scale": statistics.force_rms, "energy_shifts": shifts,
+        "test": test, "batches": batches[: args.steps], "checkpoints": checkpoints,
+    }
+
+
+def train_stableff(plan: dict, frames) -> dict:
+    from stableff.data import keys
+    from stableff.data.graph import collate, frame_to_graph
+    from stableff.models import build_model
+
+    hyper = plan["hyper"]
+    graphs = {i: frame_to_graph(frames[i], plan["type_numbers"], hyper["r_max"]) for i in sorted({i for b in plan["batches"] for i in b})}
+    test = [frame_to_graph(frames[i], plan["type_numbers"], hyper["r_max"]) for i in plan["test"]]
+    torch.manual_seed(plan["seed"])
+    model = build_model(plan["model"], type_numbers=plan["type_numbers"], avg_num_neighbors=plan["avg_num_neighbors"],
+                        energy_scale=plan["energy_scale"], energy_shift=torch.as_tensor(plan["energy_shifts"]), **hyper)
+    optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"])
+
+    def evaluate():
+        model.eval()
+        energy_errors, force_errors = [], []
+        for k in range(0, len(test), 8):
+            batch = collate(test[k : k + 8])
+            out = model(batch, compute_stress=False)
+            n = batch[keys.NUM_ATOMS].to(torch.float64)
+            energy_errors.append(((out[keys.TOTAL_ENERGY].detach().double() - batch[keys.TOTAL_ENERGY].double()) / n).abs())
+            force_errors.append((out[keys.FORCES].detach().double() - batch[keys.FORCES].double()).abs().reshape(-1))
+        model.train()
+        return 1000 * float(torch.cat(energy_errors).mean()), 1000 * float(torch.cat(force_errors).mean())
+
+    curve = []
+    model.train()
+    start = time.perf_counter()
+    for step, indices in enumerate(plan["batches"], start=1):
+        batch = collate([graphs[i] for i in indices])
+        out = model(batch, compute_forces=True, compute_stress=False, create_graph=True)
+        n = batch[keys.NUM_ATOMS].to(out[keys.TOTAL_ENERGY].dtype)
+        loss = (((out[keys.TOTAL_ENERGY] - batch[keys.TOTAL_ENERGY]) / n) ** 2).mean() + ((out[keys.FORCES] - batch[keys.FORCES]) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in plan["checkpoints"]:
+            train_seconds = time.perf_counter() - start
+            emae, fmae = evaluate()
+            curve.append({"step": step, "energy_mae_meV_per_atom": emae, "force_mae_meV_per_A": fmae, "train_s": train_seconds})
+            print(f"  stableff step {step}: EMAE {emae:.2f} meV/atom, FMAE {fmae:.1f} meV/A ({train_seconds:.0f} s training)", flush=True)
+            start = time.perf_counter() - train_seconds
+    return {"curve": curve, "num_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def train_peer(plan: dict, threads: int) -> dict:
+    python = ensure_peer_venv(with_allegro=plan["model"] == "allegro")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "plan.json"
+        path.write_text(json.dumps(plan))
+        import subprocess
+
+        result = subprocess.run([str(python), str(ROOT / "benchmarks" / "peer_accuracy.py"), "--plan", str(path), "--threads", str(threads)],
+                                capture_output=True, text=True, env=peer_environment(same_allocator=True))
+    if result.returncode != 0:
+        raise SystemExit(f"upstream training failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--peer-option {text!r}: expected NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def plot(results: dict, path: Path, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, result in results.items():
+        steps = [c["step"] for c in result["curve"]]
+        ax.plot(steps, [c["force_mae_meV_per_A"] for c in result["curve"]], marker="o", label=name)
+    ax.set_xlabel("training step (batch 4)")
+    ax.set_ylabel("held-out force MAE (meV/Å)")
+    ax.set_title(f"{model}: accuracy per step, HfO2")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["nequip", "allegro"], default="allegro")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--train", type=int, default=800, help="training frames")
+    parser.add_argument("--test", type=int, default=200, help="held-out frames")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--peer-option", action="append", default=[], metavar="NAME=JSON",
+                        help="a further upstream model argument, e.g. tp_path_channel_coupling=false (repeatable)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy_per_step"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from stableff.data.io import read_frames
+    from stableff.data.stats import compute_statistics
+    from stableff.runtime import tune_allocator
+
+    tune_allocator()
+    frames = read_frames(args.data, require=("energy", "forces"))
+    if args.train + args.test > len(frames):
+        raise SystemExit(f"{args.data}: {len(frames)} frames, fewer than --train {args.train} + --test {args.test}")
+    order = np.random.default_rng(args.seed).permutation(len(frames))
+    statistics = compute_statistics([frames[i] for i in order[: args.train]], BENCH[args.model]["r_max"])
+    plan = make_plan(args, order, statistics)
+    plan["peer_options"] = dict(parse_option(text) for text in args.peer_option)
+    print(f"{args.model} (bench-S), {args.train} training / {args.test} held-out HfO2 frames, batch {args.batch_size}, "
+          f"Adam lr {args.lr:g}, {args.steps} steps, float32, {args.threads} threads", flush=True)
+    results = {"stableff": train_stableff(plan, frames)}
+    print("  upstream training ...", flush=True)
+    peer = train_peer(plan, args.threads)
+    options = "".join(f", {k}={v}" for k, v in plan["peer_options"].items())
+    results[f"upstream ({peer['version']}{options})"] = peer
+    names = list(results)
+    print(f"\n{'step':>6}  " + "  ".join(f"{n + ' EMAE':>26} {n + ' FMAE':>26}" for n in names))
+    for rows in zip(*(results[n]["curve"] for n in names)):
+        print(f"{rows[0]['step']:>6}  " + "  ".join(f"{r['energy_mae_meV_per_atom']:>20.2f} meV/atom {r['force_mae_meV_per_A']:>21.1f} meV/A" for r in rows))
+    last = [results[n]["curve"][-1] for n in names]
+    print(f"\nafter {args.steps} steps: force MAE stableff / upstream = {last[0]['force_mae_meV_per_A'] / last[1]['force_mae_meV_per_A']:.3f} "
+          f"(< 1: stableff more accurate per step); parameters {results['stableff']['num_parameters']} vs {peer['num_parameters']}; "
+          f"training time {last[0]['train_s']:.0f} s vs {last[1]['train_s']:.0f} s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"model": args.model, "settings": {k: v for k, v in vars(args).items() if k != "out"}, "hyper": BENCH[args.model], "results": results}
+    stem = args.model + "".join(f"_{k}-{v}" for k, v in plan["peer_options"].items())
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+    plot(results, out / f"{stem}_force_mae.png", args.model)
+    print(f"wrote {out / (stem + '.json')} and {out / (stem + '_force_mae.png')}")
+
+
+if __name__ == "__main__":
+    main()
