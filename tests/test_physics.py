@@ -164,3 +164,62 @@ def test_float32_energy_is_summed_in_float64(acac_frames):
     # a float32 total of -9400 eV has a 1e-3 eV step: differences of it at h = 0.01 A would be off by ~0.05-0.2 eV/A
     testing.assert_forces_are_minus_gradient(model, acac_frames[0], atol=1e-2)
 
+
+
+def test_normalized_mlp_keeps_unit_second_moment_and_pytorch_default_does_not():
+    """Allegro's MLPs (``normalized``): unit-variance inputs stay at unit second moment through
+    three layers; PyTorch's default initialisation shrinks them (why stableff's Allegro learned
+    less per step than upstream's before)."""
+    from stableff.models.blocks import mlp
+
+    torch.manual_seed(0)
+    x = torch.randn(20_000, 64)
+    with torch.no_grad():
+        normalized = mlp([64, 64, 64, 64], final_activation=True, normalized=True)(x).pow(2).mean().item()
+        default = mlp([64, 64, 64, 64], final_activation=True)(x).pow(2).mean().item()
+    assert 0.7 < normalized < 1.4
+    assert default < 0.2
+
+
+def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_trained(acac_frames):
+    """A checkpoint written before Allegro had ``mlp_normalization`` rebuilds with PyTorch's MLPs
+    (the model it holds), not with the new default; the study retrains Allegro (model revision in
+    its training fingerprint) but not the other models."""
+    from stableff.data.stats import DatasetStatistics
+    from stableff.models.saved import FORMAT, model_from_checkpoint
+    from stableff.study.stages import training_fingerprint
+    from stableff.train.config import parse_config
+
+    old = make_model("allegro", mlp_normalization="none")
+    hyperparameters = {k: v for k, v in old.hyperparameters.items() if k != "mlp_normalization"}
+    statistics = DatasetStatistics(type_numbers=list(old.type_numbers), reference_energies=[0.0] * 3, energy_per_atom_residual_mean=0.0,
+                                   energy_per_atom_residual_std=1.0, force_rms=1.0, mean_num_neighbors=4.0, max_abs_force=1.0,
+                                   min_pair_distance={}, max_nearest_neighbor_distance={}, cutoff=old.r_max, n_frames=1)
+    checkpoint = {"format": FORMAT, "model_name": "allegro", "type_numbers": list(old.type_numbers), "hyperparameters": hyperparameters,
+                  "dtype": "float64", "model_state": old.state_dict(), "statistics": statistics.to_dict()}
+    loaded, _ = model_from_checkpoint(checkpoint)
+    assert loaded.hyperparameters["mlp_normalization"] == "none"
+    frames = [acac_frames[0]]
+    torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
+    fresh = make_model("allegro")
+    fresh.load_state_dict(old.state_dict())  # same weights, the new MLPs: another function
+    assert not torch.allclose(testing.evaluate(fresh, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
+    from pathlib import Path
+
+    base = {"data": {"train": str(Path(__file__).resolve().parents[1] / "stableff" / "datasets" / "acac" / "isolated_atoms.xyz")}}
+    assert training_fingerprint(parse_config({**base, "model": {"name": "allegro"}}))["model_revision"] == 2
+    assert "model_revision" not in training_fingerprint(parse_config({**base, "model": {"name": "nequip"}}))
+
+
+def test_normalized_mlp_folds_its_constants_without_changing_the_function():
+    """NormalizedMLP's forward (constants on the weights) equals running its modules one by one."""
+    from stableff.models.blocks import mlp
+
+    torch.manual_seed(1)
+    x = torch.randn(50, 6, dtype=torch.float64)
+    for final in (False, True):
+        net = mlp([6, 8, 8, 3], final_activation=final, normalized=True).double()
+        stepwise = x
+        for module in net:
+            stepwise = module(stepwise)
+        torch.testing.assert_close(net(x), stepwise, rtol=1e-12, atol=1e-12)

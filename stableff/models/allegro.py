@@ -9,6 +9,12 @@ Every quantity lives on an edge i -> j within r_max; the energy is a sum of per-
                      x_ij <- (x_ij + MLP([x_ij, scalars of TP])) / sqrt(2) * u(r_ij);
   * edge energy      E_ij = u(r_ij) MLP(x_ij^L);  atomic energy  E_i = sum_j E_ij / sqrt(<n>).
 ``edge_features`` are the scalar latents x_ij after each layer.
+
+The MLPs (``mlp_normalization="second_moment"``, the default) start with weights from
+N(0, 1/fan_in) and SiLU scaled to unit second moment, so that signals keep their scale through the
+layers (as e3nn's and upstream Allegro's); with PyTorch's default initialisation (``"none"``, what
+checkpoints written before this option hold) the model learned markedly less per training step
+(benchmarks/accuracy_per_step.py).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from e3nn import o3
 from torch import nn
 
 from stableff.data import keys
+from stableff.errors import ConfigError
 from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, mlp, scatter_sum
+from stableff.models.blocks import RadialEmbedding, mlp, normal_init, scatter_sum
 from stableff.models.tensor_products import ChannelLinear, ChannelwiseTensorProduct
 
 
@@ -32,12 +39,15 @@ def weighted_spherical_harmonics(weights: torch.Tensor, sh: torch.Tensor, l_of_c
 
 
 class AllegroLayer(nn.Module):
-    def __init__(self, irreps_in: o3.Irreps, sh_irreps: o3.Irreps, irreps_out_allowed, num_tensor: int, num_scalar: int, latent_hidden: list[int]):
+    def __init__(self, irreps_in: o3.Irreps, sh_irreps: o3.Irreps, irreps_out_allowed, num_tensor: int, num_scalar: int, latent_hidden: list[int],
+                 normalized: bool = True):
         super().__init__()
         self.num_tensor = num_tensor
         self.sh_irreps = sh_irreps
         self.env_irreps = o3.Irreps([(num_tensor, ir) for _, ir in sh_irreps])
         self.env_weights = nn.Linear(num_scalar, num_tensor * len(sh_irreps))
+        if normalized:
+            normal_init(self.env_weights)
         mid, instructions = [], []
         for i1, (_, ir1) in enumerate(irreps_in):
             for i2, (_, ir2) in enumerate(self.env_irreps):
@@ -59,7 +69,7 @@ class AllegroLayer(nn.Module):
         self.linear = o3.Linear(mid, out)
         self.channel_linear = ChannelLinear(self.linear)
         self.irreps_out = out
-        self.latent_mlp = mlp([num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar])
+        self.latent_mlp = mlp([num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar], normalized=normalized)
 
     def forward(self, latents, tensors, sh, l_of_component, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True):
         """tensors [E, U, d] in the channel layout of ``tensor_products``; returns the new latents and
@@ -88,6 +98,9 @@ class Allegro(ForceField):
     """Allegro energy model (r_max in Angstrom)."""
 
     model_name = "allegro"
+    #: 2: MLPs normalised (``mlp_normalization``); checkpoints written before it had PyTorch's MLPs
+    revision = 2
+    legacy_hyperparameters = {"mlp_normalization": "none"}
 
     def __init__(
         self,
@@ -104,17 +117,23 @@ class Allegro(ForceField):
         latent_mlp_width: int = 32,
         latent_mlp_depth: int = 1,
         readout_mlp_width: int = 16,
+        mlp_normalization: str = "second_moment",
         avg_num_neighbors: float = 1.0,
         energy_scale=1.0,
         energy_shift=0.0,
     ):
         super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
+        if mlp_normalization not in ("second_moment", "none"):
+            raise ConfigError(f"model.mlp_normalization must be 'second_moment' or 'none' (got {mlp_normalization!r})")
+        normalized = mlp_normalization == "second_moment"
         n = self.num_species
         self.sh_irreps = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.sh_irreps, normalize=True, normalization="component")
         self.radial = RadialEmbedding(r_max, num_bessels, polynomial_p)
-        self.two_body = mlp([2 * n + num_bessels, two_body_mlp_width, num_scalar_features], final_activation=True)
+        self.two_body = mlp([2 * n + num_bessels, two_body_mlp_width, num_scalar_features], final_activation=True, normalized=normalized)
         self.initial_weights = nn.Linear(num_scalar_features, num_tensor_features * len(self.sh_irreps))
+        if normalized:
+            normal_init(self.initial_weights)
         self.num_tensor = num_tensor_features
         self.register_buffer("l_of_component", torch.tensor([l for l, (_, ir) in enumerate(self.sh_irreps) for _ in range(ir.dim)], dtype=torch.long), persistent=False)
         allowed = [o3.Irrep(l, p) for l in range(l_max + 1) for p in ((1, -1) if parity else ((-1) ** l,))]
@@ -123,11 +142,12 @@ class Allegro(ForceField):
         for index in range(num_layers):
             # the last layer only needs the scalars that update the latents
             allowed_here = allowed if index < num_layers - 1 else [o3.Irrep("0e")]
-            layer = AllegroLayer(irreps, self.sh_irreps, allowed_here, num_tensor_features, num_scalar_features, [latent_mlp_width] * latent_mlp_depth)
+            layer = AllegroLayer(irreps, self.sh_irreps, allowed_here, num_tensor_features, num_scalar_features, [latent_mlp_width] * latent_mlp_depth,
+                                 normalized)
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
-        self.readout = mlp([num_scalar_features, readout_mlp_width, 1])
+        self.readout = mlp([num_scalar_features, readout_mlp_width, 1], normalized=normalized)
         self.edge_feature_scalar_counts = [num_scalar_features] * num_layers
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):

@@ -49,6 +49,12 @@ class ForceField(nn.Module):
     #: True where atomic_energies returns the edge states already restricted to the rows
     #: batch[keys.EDGE_FEATURE_SAMPLE] (it can take them more cheaply than a gather afterwards)
     samples_edge_states = False
+    #: bumped when the same hyper-parameters and weights start to mean another function or training
+    #: (part of the study's training fingerprint from revision 2 on)
+    revision = 1
+    #: hyper-parameters added after checkpoints of this model were first written, with the value
+    #: that reproduces those checkpoints (used where a checkpoint lacks them)
+    legacy_hyperparameters: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

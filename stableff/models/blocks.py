@@ -64,14 +64,59 @@ class RadialEmbedding(nn.Module):
         return self.bessel(r) * envelope.unsqueeze(-1), envelope
 
 
-def mlp(sizes: list[int], final_activation: bool = False, bias: bool = True) -> nn.Sequential:
-    """Linear layers of the given widths with SiLU between them (and after the last if asked)."""
+#: E[silu(z)^2]^(-1/2) for z ~ N(0, 1) (e3nn's normalize2mom constant for SiLU)
+SILU_SECOND_MOMENT_SCALE = 1.6791767923989418
+
+
+class ScaledSiLU(nn.Module):
+    """SiLU times a constant so that its output has unit second moment for standard-normal inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(x) * SILU_SECOND_MOMENT_SCALE
+
+
+class NormalizedMLP(nn.Sequential):
+    """Linear layers and :class:`ScaledSiLU`, computed with each activation's constant applied to the
+    next (small) weight matrix instead of the [n, width] activations: the same function and the
+    same gradients, one pass fewer per activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        carry = 1.0  # factor owed by x, paid by the next weight matrix
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                x = torch.nn.functional.linear(x, layer.weight if carry == 1.0 else layer.weight * carry, layer.bias)
+                carry = 1.0
+            else:
+                x = torch.nn.functional.silu(x)
+                carry = SILU_SECOND_MOMENT_SCALE
+        return x if carry == 1.0 else x * carry
+
+
+def mlp(sizes: list[int], final_activation: bool = False, bias: bool = True, normalized: bool = False) -> nn.Sequential:
+    """Linear layers of the given widths with SiLU between them (and after the last if asked).
+
+    ``normalized``: weights drawn from N(0, 1/fan_in), zero biases and second-moment-preserving
+    SiLU, so that unit-variance inputs give unit-variance activations in every layer (the
+    initialisation of e3nn's and upstream NequIP/Allegro's MLPs); otherwise PyTorch's defaults.
+    """
     layers: list[nn.Module] = []
     for k in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[k], sizes[k + 1], bias=bias))
+        linear = nn.Linear(sizes[k], sizes[k + 1], bias=bias)
+        if normalized:
+            normal_init(linear)
+        layers.append(linear)
         if k < len(sizes) - 2 or final_activation:
-            layers.append(nn.SiLU())
-    return nn.Sequential(*layers)
+            layers.append(ScaledSiLU() if normalized else nn.SiLU())
+    return NormalizedMLP(*layers) if normalized else nn.Sequential(*layers)
+
+
+def normal_init(linear: nn.Linear) -> nn.Linear:
+    """Weights from N(0, 1/fan_in), zero bias."""
+    with torch.no_grad():
+        linear.weight.normal_(0.0, linear.in_features**-0.5)
+        if linear.bias is not None:
+            linear.bias.zero_()
+    return linear
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:

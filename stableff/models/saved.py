@@ -50,6 +50,15 @@ def load_weights(model: torch.nn.Module, state: dict) -> None:
         raise StableFFError(f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def checkpoint_hyperparameters(checkpoint: dict) -> dict:
+    """The checkpoint's hyper-parameters, with those its model gained since (absent from older
+    checkpoints) set to the values that reproduce the checkpoint."""
+    from stableff.models import MODELS
+
+    legacy = getattr(MODELS.get(checkpoint["model_name"]), "legacy_hyperparameters", {})
+    return {**legacy, **checkpoint["hyperparameters"]}
+
+
 def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = False):
     """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics);
     ``compile``: energies and forces through torch.compile (:meth:`ForceField.compile_inference`)."""
@@ -57,7 +66,7 @@ def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = Fals
 
     checkpoint = path_or_checkpoint if isinstance(path_or_checkpoint, dict) else load_checkpoint(path_or_checkpoint)
     dtype = getattr(torch, checkpoint.get("dtype", "float32"))
-    model = build_model(checkpoint["model_name"], type_numbers=checkpoint["type_numbers"], **checkpoint["hyperparameters"])
+    model = build_model(checkpoint["model_name"], type_numbers=checkpoint["type_numbers"], **checkpoint_hyperparameters(checkpoint))
     model = model.to(dtype)
     load_weights(model, checkpoint["model_state"])
     model.to(device).eval()

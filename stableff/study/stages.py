@@ -30,9 +30,15 @@ def training_fingerprint(config) -> dict:
     from stableff.train.config import config_to_dict
     from stableff.train.data import data_hashes
 
+    from stableff.models import MODELS
+
     raw = config_to_dict(config)
     raw["training"].pop("num_threads", None)  # how fast, not what
-    return {"format": RESULT_FORMAT, "config": raw, "data": data_hashes(config.data)}
+    fingerprint = {"format": RESULT_FORMAT, "config": raw, "data": data_hashes(config.data)}
+    revision = MODELS[config.model.name].revision
+    if revision > 1:  # the same settings now train another model (older fingerprints lack the key)
+        fingerprint["model_revision"] = revision
+    return fingerprint
 
 
 def _reuse(path: Path, fingerprint: dict, what: str, log) -> dict | None:

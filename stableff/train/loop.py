@@ -28,7 +28,7 @@ from stableff.models import build_model
 from stableff.io import save_torch_atomic, write_text_atomic
 from stableff.measures.accuracy import error_metrics, predict
 from stableff.measures.correlation import dataset_correlation
-from stableff.models.saved import FORMAT, load_checkpoint, load_weights
+from stableff.models.saved import FORMAT, checkpoint_hyperparameters, load_checkpoint, load_weights
 from stableff.train.config import Config, config_to_dict
 from stableff.train.data import data_hashes, load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
@@ -203,6 +203,11 @@ class Trainer:
         self.train_seconds = 0.0
         self.step_seconds: list[float] = []
         if self.resume_from is not None:
+            from stableff.fingerprint import differences
+
+            changed = differences(checkpoint_hyperparameters(self.resume_from), self.model.hyperparameters, prefix="model ")
+            if changed:
+                raise StableFFError(f"{self.out_dir / 'last.ckpt'}: cannot resume: the model differs ({'; '.join(changed[:4])}); train into a new --out instead")
             state = self.resume_from["train_state"]
             load_weights(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
