@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from throughput import BENCH, DEFAULT_DATA, ensure_peer_venv, peer_environment  # noqa: E402
+from throughput import BENCH, DEFAULT_DATA, ensure_peer_venv, peer_environment, stableff_train_step  # noqa: E402
 
 
 def make_plan(args, order, statistics) -> dict:
@@ -76,13 +76,7 @@ def train_stableff(plan: dict, frames) -> dict:
     model.train()
     start = time.perf_counter()
     for step, indices in enumerate(plan["batches"], start=1):
-        batch = collate([graphs[i] for i in indices])
-        out = model(batch, compute_forces=True, compute_stress=False, create_graph=True)
-        n = batch[keys.NUM_ATOMS].to(out[keys.TOTAL_ENERGY].dtype)
-        loss = (((out[keys.TOTAL_ENERGY] - batch[keys.TOTAL_ENERGY]) / n) ** 2).mean() + ((out[keys.FORCES] - batch[keys.FORCES]) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        stableff_train_step(model, optimizer, collate([graphs[i] for i in indices]))
         if step in plan["checkpoints"]:
             train_seconds = time.perf_counter() - start
             emae, fmae = evaluate()

@@ -13,7 +13,7 @@ import ase.data
 import ase.io
 import torch
 
-from peer_nequip import build_peer_model
+from peer_nequip import build_peer_model, peer_train_step
 
 
 def main():
@@ -63,13 +63,7 @@ def main():
     model.train()
     start = time.perf_counter()
     for step, indices in enumerate(plan["batches"], start=1):
-        batch = AtomicDataDict.batched_from_list([train[i] for i in indices])
-        out = model(dict(batch))
-        n = batch[AtomicDataDict.NUM_NODES_KEY].to(out[energy_key].dtype)
-        loss = (((out[energy_key].view(-1) - batch[energy_key].view(-1)) / n) ** 2).mean() + ((out[force_key] - batch[force_key]) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        peer_train_step(model, optimizer, AtomicDataDict.batched_from_list([train[i] for i in indices]))
         if step in plan["checkpoints"]:
             train_seconds = time.perf_counter() - start
             emae, fmae = evaluate()

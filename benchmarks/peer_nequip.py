@@ -44,6 +44,20 @@ def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: f
     )
 
 
+def peer_train_step(model, optimizer, batch) -> None:
+    """One training step of an upstream model, as throughput.stableff_train_step: per-atom energy
+    MSE + force MSE, weights 1 and 1, backward, optimiser step."""
+    from nequip.data import AtomicDataDict
+
+    energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY
+    out = model(dict(batch))
+    n = batch[AtomicDataDict.NUM_NODES_KEY].to(out[energy_key].dtype)
+    loss = (((out[energy_key].view(-1) - batch[energy_key].view(-1)) / n) ** 2).mean() + ((out[force_key] - batch[force_key]) ** 2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
@@ -75,15 +89,10 @@ def main():
     model = build_peer_model(args.model, hp, type_names)
     batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY
+    force_key = AtomicDataDict.FORCE_KEY
 
     def train_step(batch):
-        out = model(dict(batch))
-        n = batch[AtomicDataDict.NUM_NODES_KEY].to(out[energy_key].dtype)
-        loss = (((out[energy_key].view(-1) - batch[energy_key].view(-1)) / n) ** 2).mean() + ((out[force_key] - batch[force_key]) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        peer_train_step(model, optimizer, batch)
 
     model.train()
     train_step(batches[0])  # warm-up

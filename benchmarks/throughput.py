@@ -40,6 +40,19 @@ BENCH_S_DIMENET_LIKE = dict(r_max=5.0, num_blocks=3, atom_features=32, edge_feat
 BENCH = {"nequip": BENCH_S, "allegro": BENCH_S_ALLEGRO, "gemnet_t": BENCH_S_GEMNET, "dimenet_pp_like": BENCH_S_DIMENET_LIKE}
 
 
+def stableff_train_step(model, optimizer, batch) -> None:
+    """One step of the benchmarks' training (the same as the peer scripts'): per-atom energy MSE +
+    force MSE, weights 1 and 1, backward, optimiser step."""
+    from stableff.data import keys
+
+    out = model(batch, compute_forces=True, compute_stress=False, create_graph=True)
+    n = batch[keys.NUM_ATOMS].to(out[keys.TOTAL_ENERGY].dtype)
+    loss = (((out[keys.TOTAL_ENERGY] - batch[keys.TOTAL_ENERGY]) / n) ** 2).mean() + ((out[keys.FORCES] - batch[keys.FORCES]) ** 2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name="nequip"):
     """Training frames/s and ms per energy+forces evaluation of one stableff model."""
     from stableff.data.graph import collate, frame_to_graph
@@ -55,12 +68,7 @@ def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name=
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def train_step(batch):
-        out = model(batch, compute_forces=True, compute_stress=False, create_graph=True)
-        n = batch[keys.NUM_ATOMS].to(out[keys.TOTAL_ENERGY].dtype)
-        loss = (((out[keys.TOTAL_ENERGY] - batch[keys.TOTAL_ENERGY]) / n) ** 2).mean() + ((out[keys.FORCES] - batch[keys.FORCES]) ** 2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        stableff_train_step(model, optimizer, batch)
 
     model.train()
     train_step(batches[0])
