@@ -69,10 +69,15 @@ SILU_SECOND_MOMENT_SCALE = 1.6791767923989418
 
 
 class ScaledSiLU(nn.Module):
-    """SiLU times a constant so that its output has unit second moment for standard-normal inputs."""
+    """SiLU times a constant: by default the one that gives unit second moment for standard-normal
+    inputs (GemNet uses its paper's 1/0.6)."""
+
+    def __init__(self, scale: float = SILU_SECOND_MOMENT_SCALE):
+        super().__init__()
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.silu(x) * SILU_SECOND_MOMENT_SCALE
+        return torch.nn.functional.silu(x) * self.scale
 
 
 class NormalizedMLP(nn.Sequential):
@@ -88,7 +93,7 @@ class NormalizedMLP(nn.Sequential):
                 carry = 1.0
             else:
                 x = torch.nn.functional.silu(x)
-                carry = SILU_SECOND_MOMENT_SCALE
+                carry = layer.scale
         return x if carry == 1.0 else x * carry
 
 

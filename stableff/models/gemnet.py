@@ -43,7 +43,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, build_triplets, legendre, reverse_edges, scatter_sum
+from stableff.models.blocks import RadialEmbedding, ScaledSiLU, build_triplets, legendre, reverse_edges, scatter_sum
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
@@ -131,16 +131,10 @@ class SphericalBasis(nn.Module):
         return (legendre(cos_theta.double(), self.num_spherical) * self.ylm_norm).to(cos_theta.dtype)
 
 
-class ScaledSiLU(nn.Module):
-    """x sigmoid(x) / 0.6: keeps unit-variance inputs near unit variance (GemNet)."""
-
-    def forward(self, x):
-        return torch.nn.functional.silu(x) * (1.0 / 0.6)
-
-
 def dense(n_in: int, n_out: int, activation: bool = True, bias: bool = False) -> nn.Module:
     layer = nn.Linear(n_in, n_out, bias=bias)
-    return nn.Sequential(layer, ScaledSiLU()) if activation else layer
+    # x sigmoid(x) / 0.6 keeps unit-variance inputs near unit variance (GemNet)
+    return nn.Sequential(layer, ScaledSiLU(1.0 / 0.6)) if activation else layer
 
 
 class ResidualLayer(nn.Module):
