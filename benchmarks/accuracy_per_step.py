@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from equal_terms import train_with_checkpoints  # noqa: E402
 from throughput import BENCH, DEFAULT_DATA, ensure_peer_venv, peer_environment, stableff_train_step  # noqa: E402
 
 
@@ -60,29 +60,14 @@ def train_stableff(plan: dict, frames) -> dict:
                         energy_scale=plan["energy_scale"], energy_shift=torch.as_tensor(plan["energy_shifts"]), **hyper)
     optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"])
 
-    def evaluate():
-        model.eval()
-        energy_errors, force_errors = [], []
+    def predictions():
         for k in range(0, len(test), 8):
             batch = collate(test[k : k + 8])
             out = model(batch, compute_stress=False)
-            n = batch[keys.NUM_ATOMS].to(torch.float64)
-            energy_errors.append(((out[keys.TOTAL_ENERGY].detach().double() - batch[keys.TOTAL_ENERGY].double()) / n).abs())
-            force_errors.append((out[keys.FORCES].detach().double() - batch[keys.FORCES].double()).abs().reshape(-1))
-        model.train()
-        return 1000 * float(torch.cat(energy_errors).mean()), 1000 * float(torch.cat(force_errors).mean())
+            yield out[keys.TOTAL_ENERGY], batch[keys.TOTAL_ENERGY], batch[keys.NUM_ATOMS], out[keys.FORCES], batch[keys.FORCES]
 
-    curve = []
-    model.train()
-    start = time.perf_counter()
-    for step, indices in enumerate(plan["batches"], start=1):
-        stableff_train_step(model, optimizer, collate([graphs[i] for i in indices]))
-        if step in plan["checkpoints"]:
-            train_seconds = time.perf_counter() - start
-            emae, fmae = evaluate()
-            curve.append({"step": step, "energy_mae_meV_per_atom": emae, "force_mae_meV_per_A": fmae, "train_s": train_seconds})
-            print(f"  stableff step {step}: EMAE {emae:.2f} meV/atom, FMAE {fmae:.1f} meV/A ({train_seconds:.0f} s training)", flush=True)
-            start = time.perf_counter() - train_seconds
+    curve = train_with_checkpoints(model, plan, lambda indices: stableff_train_step(model, optimizer, collate([graphs[i] for i in indices])),
+                                   predictions, log=lambda text: print(f"  stableff {text}", flush=True))
     return {"curve": curve, "num_parameters": sum(p.numel() for p in model.parameters())}
 
 

@@ -7,12 +7,12 @@ stableff's run) and evaluates the held-out frames at the plan's checkpoints. Pri
 
 import argparse
 import json
-import time
 
 import ase.data
 import ase.io
 import torch
 
+from equal_terms import train_with_checkpoints
 from peer_nequip import build_peer_model, peer_train_step
 
 
@@ -47,28 +47,14 @@ def main():
     optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"])
     energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY
 
-    def evaluate():
-        model.eval()
-        energy_errors, force_errors = [], []
+    def predictions():
         for k in range(0, len(test), 8):
             batch = AtomicDataDict.batched_from_list(test[k : k + 8])
             out = model(dict(batch))
-            n = batch[AtomicDataDict.NUM_NODES_KEY].to(torch.float64)
-            energy_errors.append(((out[energy_key].detach().double().view(-1) - batch[energy_key].double().view(-1)) / n).abs())
-            force_errors.append((out[force_key].detach().double() - batch[force_key].double()).abs().reshape(-1))
-        model.train()
-        return 1000 * float(torch.cat(energy_errors).mean()), 1000 * float(torch.cat(force_errors).mean())
+            yield out[energy_key], batch[energy_key], batch[AtomicDataDict.NUM_NODES_KEY], out[force_key], batch[force_key]
 
-    curve = []
-    model.train()
-    start = time.perf_counter()
-    for step, indices in enumerate(plan["batches"], start=1):
-        peer_train_step(model, optimizer, AtomicDataDict.batched_from_list([train[i] for i in indices]))
-        if step in plan["checkpoints"]:
-            train_seconds = time.perf_counter() - start
-            emae, fmae = evaluate()
-            curve.append({"step": step, "energy_mae_meV_per_atom": emae, "force_mae_meV_per_A": fmae, "train_s": train_seconds})
-            start = time.perf_counter() - train_seconds
+    curve = train_with_checkpoints(model, plan, lambda indices: peer_train_step(model, optimizer, AtomicDataDict.batched_from_list([train[i] for i in indices])),
+                                   predictions)
     version = __import__("nequip").__version__ if plan["model"] == "nequip" else __import__("importlib.metadata", fromlist=["version"]).version("nequip-allegro")
     print(json.dumps({"curve": curve, "num_parameters": sum(p.numel() for p in model.parameters()), "version": version}))
 
