@@ -62,6 +62,27 @@ def test_correlation_loss_value_and_gradient_on_features_with_known_correlation(
     small = torch.randn(40, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f: correlation_loss([f, 2 * f + 1], layer_weights=[1.0, 0.5], layers=[0, 1])[0], (small,))
 
+def test_fused_loss_equals_the_definition_written_with_autograd():
+    """The one-node loss (hand-written backward) against R built step by step from the definition
+    and differentiated by autograd: values, corr_l and gradients, with a constant channel too."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(500, 9, generator=generator, dtype=torch.float64)
+    x[:, 2] = 0.5 * x[:, 0] - 3.0 * x[:, 1] + 7.0
+    x[:, 5] = 1.25  # zero variance: eps keeps R finite
+    x[:, 8] = 40.0 * x[:, 8] + 100.0
+    x.requires_grad_(True)
+    z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8)
+    r = z.T @ z / x.shape[0]
+    mask = ~torch.eye(9, dtype=torch.bool)
+    reference = r[mask].pow(2).mean()
+    loss, measure = correlation_terms(x)
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    assert measure == pytest.approx(float(r[mask].detach().abs().mean()), rel=1e-10)
+    (expected,) = torch.autograd.grad(reference, x)
+    (got,) = torch.autograd.grad(loss, x)
+    torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
+
+
 def test_layer_selection_and_weights():
     same = torch.randn(1_000, 1).repeat(1, 4)
     free = torch.randn(1_000, 4)

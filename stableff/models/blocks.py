@@ -242,6 +242,8 @@ class InvariantChannels(nn.Module):
             start += size
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.num_vector_channels == 0 and features.shape[-1] == self.num_scalars:
+            return features  # scalars only: the view is the features themselves
         return _InvariantView.apply(features.contiguous(), self)
 
 
