@@ -4,9 +4,13 @@
 of edges) on every evaluation. glibc's malloc serves such blocks with fresh ``mmap`` calls, or
 returns the top of its heap to the system after they are freed, so each evaluation pays page faults
 for memory it just gave back: measured 10-15 % of a NequIP or Allegro evaluation of a 96-atom cell
-on CPU. Serving blocks up to 32 MiB from the heap and keeping up to 1 GiB of freed heap avoids
-that; the cost is that the process keeps its peak memory. The same effect as
-``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment.
+on CPU. Serving every block from the heap (no ``mmap`` per block: glibc caps the mmap threshold at
+32 MiB, and a training batch of eight 96-atom cells or MD of a 768-atom cell has per-edge tensors
+of ~50 MB, which otherwise cost ~70,000 page faults per step, ~10 % of a NequIP training step) and
+keeping up to 1 GiB of freed heap avoids that; the cost is that the process keeps its peak memory.
+(Transparent huge pages for these blocks were slower still: 2 MB pages to clear and compact.) The
+same effect as ``MALLOC_MMAP_MAX_=0 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``
+in the environment.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import ctypes
 import ctypes.util
 import sys
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit for this setting on 64-bit systems
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 #: the same settings for a process started with this environment (e.g. a peer code in a benchmark)
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 _tuned: bool | None = None
 
@@ -33,7 +37,10 @@ def tune_allocator() -> bool:
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                _tuned = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                _tuned = all(
+                    bool(libc.mallopt(option, value))
+                    for option, value in ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_MMAP_MAX, 0))
+                )
             except (OSError, AttributeError):  # not glibc (musl has no mallopt)
                 _tuned = False
     return _tuned
