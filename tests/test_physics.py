@@ -201,6 +201,9 @@ def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_traine
     assert loaded.hyperparameters["mlp_normalization"] == "none"
     frames = [acac_frames[0]]
     torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
+    # loaded for inference: no weight gradients are tracked, forces are the same
+    assert not any(p.requires_grad for p in loaded.parameters())
+    torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.FORCES], testing.evaluate(old, frames)[keys.FORCES])
     fresh = make_model("allegro")
     fresh.load_state_dict(old.state_dict())  # same weights, the new MLPs: another function
     assert not torch.allclose(testing.evaluate(fresh, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])

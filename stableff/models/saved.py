@@ -61,7 +61,11 @@ def checkpoint_hyperparameters(checkpoint: dict) -> dict:
 
 def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = False):
     """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics);
-    ``compile``: energies and forces through torch.compile (:meth:`ForceField.compile_inference`)."""
+    ``compile``: energies and forces through torch.compile (:meth:`ForceField.compile_inference`).
+
+    The model is for inference: its parameters do not require gradients, so forces (autograd with
+    respect to positions) record no graph for the weights (training resumes through the trainer's
+    own loading, not through this function)."""
     from stableff.models import build_model
 
     checkpoint = path_or_checkpoint if isinstance(path_or_checkpoint, dict) else load_checkpoint(path_or_checkpoint)
@@ -69,7 +73,7 @@ def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = Fals
     model = build_model(checkpoint["model_name"], type_numbers=checkpoint["type_numbers"], **checkpoint_hyperparameters(checkpoint))
     model = model.to(dtype)
     load_weights(model, checkpoint["model_state"])
-    model.to(device).eval()
+    model.to(device).eval().requires_grad_(False)
     if compile:
         model.compile_inference()
     return model, DatasetStatistics.from_dict(checkpoint["statistics"])
