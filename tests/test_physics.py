@@ -214,6 +214,26 @@ def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_traine
     assert "model_revision" not in training_fingerprint(parse_config({**base, "model": {"name": "nequip"}}))
 
 
+def test_allegro_inference_reuses_its_folded_matrices_only_while_the_weights_are_unchanged(acac_frames):
+    """With frozen weights Allegro keeps the matrices it folds from its Linear's weight between
+    calls; the same energies and forces as with trained weights, and new ones after a weight change."""
+    model = make_model("allegro")
+    frames = acac_frames[:2]
+    trained = testing.evaluate(model, frames)
+    model.requires_grad_(False)
+    first, second = testing.evaluate(model, frames), testing.evaluate(model, frames)
+    assert model.layers[0].__dict__.get("_folded") is not None
+    for key in (keys.TOTAL_ENERGY, keys.FORCES):
+        torch.testing.assert_close(first[key], trained[key])
+        torch.testing.assert_close(second[key], trained[key])
+    with torch.no_grad():
+        model.layers[0].linear.weight.mul_(1.5)
+    changed = testing.evaluate(model, frames)
+    model.requires_grad_(True)
+    torch.testing.assert_close(changed[keys.FORCES], testing.evaluate(model, frames)[keys.FORCES])
+    assert not torch.allclose(changed[keys.FORCES], trained[keys.FORCES])
+
+
 def test_normalized_mlp_folds_its_constants_without_changing_the_function():
     """NormalizedMLP's forward (constants on the weights) equals running its modules one by one."""
     from stableff.models.blocks import mlp

@@ -80,18 +80,36 @@ class AllegroLayer(nn.Module):
         # the pairs by one matrix product with G folded into small matrices (G restricted to the
         # scalars, per channel; and G L), so the [E, U, D] product is never formed
         pairs = self.channel_tp.pairs(tensors, environment.index_select(0, centre))  # [E, U, P]
-        num_edges, mul, num_pairs = pairs.shape
+        num_edges = pairs.shape[0]
+        folded, num_scalars = self.folded_matrix(need_tensors)
+        out = pairs.reshape(num_edges, -1) @ folded
+        update = self.latent_mlp(torch.cat([latents, out[:, :num_scalars]], dim=-1))
+        latents = (latents + update) * (envelope.unsqueeze(-1) / math.sqrt(2.0))
+        return latents, (out[:, num_scalars:].reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
+
+    def folded_matrix(self, need_tensors: bool) -> tuple[torch.Tensor, int]:
+        """[U * P, columns] matrix that maps the pairs to the product's scalars (the first columns,
+        their count returned too; e3nn's order: 0e block, then channel) and, if ``need_tensors``, to
+        its Linear's output. Built from the Linear's weight on every call while that weight is
+        trained; otherwise (inference: weights frozen or no autograd) kept until the weight or its
+        dtype or device changes."""
+        weight = self.linear.weight
+        reuse = not (weight.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
+        key = (need_tensors, weight.data_ptr(), weight._version, weight.dtype, weight.device) if reuse else None
+        cached = self.__dict__.get("_folded")
+        if reuse and cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         constants = self.channel_tp.constants
+        mul, num_pairs = self.num_tensor, constants.shape[0]
         eye = torch.eye(mul, dtype=constants.dtype, device=constants.device)
         matrices = [torch.einsum("pk,uw->upkw", constants.index_select(1, self.scalar_components), eye).reshape(mul * num_pairs, -1)]
         if need_tensors:
-            linear = self.channel_linear.matrix(self.linear.weight).view(mul, constants.shape[1], -1)
+            linear = self.channel_linear.matrix(weight).view(mul, constants.shape[1], -1)
             matrices.append(torch.einsum("pq,uqx->upx", constants, linear).reshape(mul * num_pairs, -1))
-        out = pairs.reshape(num_edges, -1) @ torch.cat(matrices, dim=1)
-        num_scalars = matrices[0].shape[1]  # columns in e3nn's order: 0e block, then channel
-        update = self.latent_mlp(torch.cat([latents, out[:, :num_scalars]], dim=-1))
-        latents = (latents + update) * (envelope.unsqueeze(-1) / math.sqrt(2.0))
-        return latents, (out[:, num_scalars:].reshape(num_edges, mul, -1) if need_tensors else None)
+        folded = torch.cat(matrices, dim=1)
+        if reuse:
+            self.__dict__["_folded"] = (key, folded, matrices[0].shape[1])
+        return folded, matrices[0].shape[1]
 
 
 class Allegro(ForceField):
