@@ -21,17 +21,29 @@ from e3nn import o3
 from torch import nn
 
 
-def to_channels(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
-    """[n, irreps.dim] in e3nn's layout -> [n, U, d] (every block of multiplicity U)."""
-    mul = irreps[0].mul
-    blocks = torch.split(x, [m * ir.dim for m, ir in irreps], dim=-1)
-    return torch.cat([b.reshape(x.shape[0], mul, ir.dim) for b, (_, ir) in zip(blocks, irreps)], dim=-1)
+def _blocks(irreps) -> list[tuple[int, int]]:
+    """(multiplicity, dimension) of every block; plain integers, which torch.compile can guard on."""
+    return [(mul, ir.dim) for mul, ir in irreps] if isinstance(irreps, o3.Irreps) else list(irreps)
 
 
-def from_channels(x: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
-    """[n, U, d] channel layout -> [n, irreps.dim] in e3nn's layout."""
-    blocks = torch.split(x, [ir.dim for _, ir in irreps], dim=-1)
-    return torch.cat([b.reshape(x.shape[0], -1) for b in blocks], dim=-1)
+def to_channels(x: torch.Tensor, irreps, component_major: bool = False) -> torch.Tensor:
+    """[n, irreps.dim] in e3nn's layout -> [n, U, d] (every block of multiplicity U), or with
+    ``component_major`` [n, d, U] (the components of all blocks stacked, one row of U channels each).
+    ``irreps``: e3nn Irreps or the (multiplicity, dimension) of each block."""
+    blocks = _blocks(irreps)
+    mul = blocks[0][0]
+    parts = torch.split(x, [m * dim for m, dim in blocks], dim=-1)
+    if component_major:
+        return torch.cat([p.reshape(x.shape[0], mul, dim).transpose(1, 2) for p, (_, dim) in zip(parts, blocks)], dim=1)
+    return torch.cat([p.reshape(x.shape[0], mul, dim) for p, (_, dim) in zip(parts, blocks)], dim=-1)
+
+
+def from_channels(x: torch.Tensor, irreps, component_major: bool = False) -> torch.Tensor:
+    """[n, U, d] channel layout (or [n, d, U] with ``component_major``) -> [n, irreps.dim] in e3nn's layout."""
+    dims = [dim for _, dim in _blocks(irreps)]
+    if component_major:
+        return torch.cat([p.transpose(1, 2).reshape(x.shape[0], -1) for p in torch.split(x, dims, dim=1)], dim=-1)
+    return torch.cat([p.reshape(x.shape[0], -1) for p in torch.split(x, dims, dim=-1)], dim=-1)
 
 
 def _one_multiplicity(*irreps_list) -> int:
@@ -93,7 +105,7 @@ class EdgeMatrixTensorProduct(_ExactConstants):
             raise ValueError("EdgeMatrixTensorProduct needs Y of multiplicity 1 and uvu paths")
         if sorted(ins.i_out for ins in tp.instructions) != list(range(len(irreps_out))):
             raise ValueError("EdgeMatrixTensorProduct needs one path per output block")
-        self.in_dims = [ir.dim for _, ir in irreps_in]
+        self.in_blocks, self.out_blocks = _blocks(irreps_in), _blocks(irreps_out)
         self.out_dims = [ir.dim for _, ir in irreps_out]
         self.num_paths = len(tp.instructions)
         path_of_block = {ins.i_out: p for p, ins in enumerate(tp.instructions)}
@@ -108,19 +120,15 @@ class EdgeMatrixTensorProduct(_ExactConstants):
     def forward(self, node_features: torch.Tensor, neighbour: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """node_features [N, irreps_in] (e3nn layout), neighbour [E], edge_sh [E, d_edge], weights
         [E, weight_numel] -> messages [E, D * U] (component-major)."""
-        num_nodes, num_edges, u = node_features.shape[0], edge_sh.shape[0], self.mul
-        blocks = torch.split(node_features, [u * dim for dim in self.in_dims], dim=-1)
-        x = torch.cat([b.reshape(num_nodes, u, dim).transpose(1, 2) for b, dim in zip(blocks, self.in_dims)], dim=1)
-        x = x.index_select(0, neighbour)  # [E, d_in, U]
+        num_edges, u = edge_sh.shape[0], self.mul
+        x = to_channels(node_features, self.in_blocks, component_major=True).index_select(0, neighbour)  # [E, d_in, U]
         a = (edge_sh @ self.constants).view(num_edges, -1, x.shape[1])  # [E, D, d_in]
         w = weights.view(num_edges, self.num_paths, u).index_select(1, self.path_of_component)  # [E, D, U]
         return (torch.bmm(a, x) * w).reshape(num_edges, -1)
 
     def to_irreps(self, rows: torch.Tensor) -> torch.Tensor:
         """[n, D * U] component-major rows -> [n, irreps_out] in e3nn's layout."""
-        rows = rows.view(rows.shape[0], -1, self.mul)
-        blocks = torch.split(rows, self.out_dims, dim=1)
-        return torch.cat([b.transpose(1, 2).reshape(rows.shape[0], -1) for b in blocks], dim=-1)
+        return from_channels(rows.view(rows.shape[0], -1, self.mul), self.out_blocks, component_major=True)
 
 
 class ChannelwiseTensorProduct(_ExactConstants):
