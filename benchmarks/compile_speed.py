@@ -50,7 +50,7 @@ def main():
         paths = {}
         for label in ("eager", "compiled"):
             torch.manual_seed(0)
-            paths[label] = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **hyper).to(device).eval()
+            paths[label] = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **hyper).to(device).eval().requires_grad_(False)
         batches = {}
         for repeat in (1, 2):
             system = frame_from_atoms(atoms.repeat((repeat, repeat, repeat)))

@@ -73,7 +73,7 @@ def main():
         hyper = BENCH[name]
         torch.manual_seed(0)
         model = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **hyper)
-        calculator = StableFFCalculator(model.eval())
+        calculator = StableFFCalculator(model.eval().requires_grad_(False))  # as a loaded checkpoint
         hp = dict(hyper, avg_num_neighbors=stats.mean_num_neighbors)
         python = ensure_peer_venv(with_allegro=name == "allegro") if args.peer else None
         best: dict[str, dict[int, float]] = {}

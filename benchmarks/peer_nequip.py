@@ -100,7 +100,7 @@ def main():
     for step in range(args.train_steps):
         train_step(batches[step % len(batches)])
     train_time = time.perf_counter() - t0
-    model.eval()
+    model.eval().requires_grad_(False)  # as upstream's deployed models (prepare_model_for_compile)
     single = AtomicDataDict.batched_from_list([data[0]])
     model(dict(single))
     t0 = time.perf_counter()

@@ -37,7 +37,8 @@ def main():
     set_global_state()
     atoms = ase.io.read(args.data, 0)
     type_names = sorted(set(atoms.get_chemical_symbols()), key=lambda s: ase.data.atomic_numbers[s])
-    model = build_peer_model(args.model, hp, type_names, energy_scale=0.05).eval()
+    # weights frozen, as upstream's deployed models (nequip.utils.compile.prepare_model_for_compile)
+    model = build_peer_model(args.model, hp, type_names, energy_scale=0.05).eval().requires_grad_(False)
     calculator = NequIPCalculator(model, device="cpu", transforms=[ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names), NeighborListTransform(r_max=hp["r_max"])])
     timings = {}
     for repeat in (1, args.supercell):

@@ -76,7 +76,7 @@ def measure_stableff(frames, hyper, batch_size, train_steps, eval_repeats, name=
     for step in range(train_steps):
         train_step(batches[step % len(batches)])
     train_time = time.perf_counter() - t0
-    model.eval()
+    model.eval().requires_grad_(False)  # as a loaded checkpoint (model_from_checkpoint)
     single = collate([graphs[0]])
     model(single, compute_stress=False)
     t0 = time.perf_counter()
