@@ -146,18 +146,25 @@ class ChannelwiseTensorProduct(_ExactConstants):
         # only the component pairs (i, j) that reach an output (e.g. 4 of 28 when only scalars are
         # asked for)
         pairs = probe.abs().sum(-1).nonzero()
-        self.register_buffer("first", pairs[:, 0].contiguous(), persistent=False)
-        self.register_buffer("second", pairs[:, 1].contiguous(), persistent=False)
-        self.full = len(pairs) == probe.shape[0] * probe.shape[1]
+        # x_i y_j for pair p = (i, j) as (x @ S1)[p] * (y @ S2)[p] with one-hot S1 [d1, P], S2 [d2, P]:
+        # two thin matrix products and one dense multiplication, forward and backward (a batched
+        # outer product or gathers along the last axis run ~1.3-2x slower on CPU for U of ~8)
+        columns = torch.arange(len(pairs))
+        select_first = torch.zeros(probe.shape[0], len(pairs))
+        select_first[pairs[:, 0], columns] = 1.0
+        select_second = torch.zeros(probe.shape[1], len(pairs))
+        select_second[pairs[:, 1], columns] = 1.0
+        self.register_buffer("select_first", select_first, persistent=False)
+        self.register_buffer("select_second", select_second, persistent=False)
         self._set_constants(probe[pairs[:, 0], pairs[:, 1]])
 
     def pairs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """[E, U, P]: x_i y_j for the P component pairs that reach an output (``forward`` is this
         times ``constants``; a caller may contract the pairs with a product of constants instead)."""
-        if self.full:  # the outer product as a batched matrix product (its backward is one too)
-            rows = x.shape[0] * x.shape[1]
-            return torch.bmm(x.reshape(rows, -1, 1), y.reshape(rows, 1, -1)).view(x.shape[0], x.shape[1], -1)
-        return x.index_select(-1, self.first) * y.index_select(-1, self.second)
+        rows = x.shape[0] * x.shape[1]
+        first = x.reshape(rows, -1) @ self.select_first
+        second = y.reshape(rows, -1) @ self.select_second
+        return (first * second).view(x.shape[0], x.shape[1], -1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.pairs(x, y) @ self.constants
