@@ -190,27 +190,34 @@ def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_traine
     from stableff.study.stages import training_fingerprint
     from stableff.train.config import parse_config
 
-    old = make_model("allegro", mlp_normalization="none")
-    hyperparameters = {k: v for k, v in old.hyperparameters.items() if k != "mlp_normalization"}
+    old = make_model("allegro", mlp_normalization="none", dense_latents=False)
+    hyperparameters = {k: v for k, v in old.hyperparameters.items() if k not in ("mlp_normalization", "dense_latents")}
     statistics = DatasetStatistics(type_numbers=list(old.type_numbers), reference_energies=[0.0] * 3, energy_per_atom_residual_mean=0.0,
                                    energy_per_atom_residual_std=1.0, force_rms=1.0, mean_num_neighbors=4.0, max_abs_force=1.0,
                                    min_pair_distance={}, max_nearest_neighbor_distance={}, cutoff=old.r_max, n_frames=1)
     checkpoint = {"format": FORMAT, "model_name": "allegro", "type_numbers": list(old.type_numbers), "hyperparameters": hyperparameters,
                   "dtype": "float64", "model_state": old.state_dict(), "statistics": statistics.to_dict()}
     loaded, _ = model_from_checkpoint(checkpoint)
-    assert loaded.hyperparameters["mlp_normalization"] == "none"
+    assert loaded.hyperparameters["mlp_normalization"] == "none" and loaded.hyperparameters["dense_latents"] is False
     frames = [acac_frames[0]]
     torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
     # loaded for inference: no weight gradients are tracked, forces are the same
     assert not any(p.requires_grad for p in loaded.parameters())
     torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.FORCES], testing.evaluate(old, frames)[keys.FORCES])
-    fresh = make_model("allegro")
+    fresh = make_model("allegro", dense_latents=False)
     fresh.load_state_dict(old.state_dict())  # same weights, the new MLPs: another function
     assert not torch.allclose(testing.evaluate(fresh, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
+    # a revision-2 checkpoint (normalised MLPs, written before dense latents) loads as it was trained
+    revision2 = make_model("allegro", dense_latents=False)
+    checkpoint = dict(checkpoint, model_state=revision2.state_dict(),
+                      hyperparameters={k: v for k, v in revision2.hyperparameters.items() if k != "dense_latents"})
+    loaded, _ = model_from_checkpoint(checkpoint)
+    assert loaded.hyperparameters["mlp_normalization"] == "second_moment" and loaded.hyperparameters["dense_latents"] is False
+    torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(revision2, frames)[keys.TOTAL_ENERGY])
     from pathlib import Path
 
     base = {"data": {"train": str(Path(__file__).resolve().parents[1] / "stableff" / "datasets" / "acac" / "isolated_atoms.xyz")}}
-    assert training_fingerprint(parse_config({**base, "model": {"name": "allegro"}}))["model_revision"] == 2
+    assert training_fingerprint(parse_config({**base, "model": {"name": "allegro"}}))["model_revision"] == 3
     assert "model_revision" not in training_fingerprint(parse_config({**base, "model": {"name": "nequip"}}))
 
 

@@ -96,15 +96,17 @@ def test_allegro_layer_equals_its_e3nn_composition():
     envelope = torch.rand(edges, dtype=torch.float64)
     for index, layer in enumerate(model.layers):
         latents = torch.randn(edges, 6, dtype=torch.float64, requires_grad=True)
+        earlier = [torch.randn(edges, 6, dtype=torch.float64) for _ in range(index)]  # dense latents: all earlier layers'
         tensors = torch.randn(edges, layer.tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
         need = index < len(model.layers) - 1
-        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh, model.l_of_component, envelope, centre, nodes, 0.5, need_tensors=need)
+        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh, model.l_of_component, envelope, centre, nodes, 0.5, need_tensors=need,
+                     earlier=earlier)
         # reference: e3nn's modules on e3nn's layout
         weights = layer.env_weights(latents) * envelope.unsqueeze(-1)
         environment = from_channels(scatter_sum(weighted_spherical_harmonics(weights, sh, model.l_of_component, layer.num_tensor), centre, nodes), layer.env_irreps) * 0.5
         products = layer.tp(tensors, environment[centre])
         scalars = torch.cat([products[:, sl] for (_, ir), sl in zip(layer.mid_irreps, layer.mid_irreps.slices()) if ir == o3.Irrep("0e")], dim=-1)
-        reference_latents = (latents + layer.latent_mlp(torch.cat([latents, scalars], dim=-1))) * (envelope.unsqueeze(-1) / 2**0.5)
+        reference_latents = (latents + layer.latent_mlp(torch.cat([*earlier, latents, scalars], dim=-1))) * (envelope.unsqueeze(-1) / 2**0.5)
         torch.testing.assert_close(ours[0], reference_latents, rtol=1e-12, atol=1e-12)
         outputs = [(ours[0], reference_latents)]
         if need:

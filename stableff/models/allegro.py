@@ -6,9 +6,14 @@ Every quantity lives on an edge i -> j within r_max; the energy is a sum of per-
   * tensor track     V_ij^0 = w(x_ij^0) * Y(r_ij) per channel;
   * each layer:      environment of i   G_i = sum_k u(r_ik) w_l(x_ik) Y(r_ik) / sqrt(<n>),
                      V_ij <- Linear( TP_uuu(V_ij, G_i) )   (channel-wise tensor product),
-                     x_ij <- (x_ij + MLP([x_ij, scalars of TP])) / sqrt(2) * u(r_ij);
-  * edge energy      E_ij = u(r_ij) MLP(x_ij^L);  atomic energy  E_i = sum_j E_ij / sqrt(<n>).
+                     x_ij^l <- (x_ij^(l-1) + MLP([x_ij^0, ..., x_ij^(l-1), scalars of TP])) / sqrt(2) * u(r_ij);
+  * edge energy      E_ij = u(r_ij) MLP([x_ij^0, ..., x_ij^L]);  atomic energy  E_i = sum_j E_ij / sqrt(<n>).
 ``edge_features`` are the scalar latents x_ij after each layer.
+
+``dense_latents`` (the default): each layer's latent MLP and the readout see the latents of all
+earlier layers, as upstream Allegro 0.8 does; with ``false`` only the last ones (the paper's
+layer, and checkpoints written before this option). On equal terms against nequip-allegro 0.8.3
+the dense form closed most of the accuracy-per-step gap (benchmarks/accuracy_per_step.py).
 
 The MLPs (``mlp_normalization="second_moment"``, the default) start with weights from
 N(0, 1/fan_in) and SiLU scaled to unit second moment, so that signals keep their scale through the
@@ -40,7 +45,7 @@ def weighted_spherical_harmonics(weights: torch.Tensor, sh: torch.Tensor, l_of_c
 
 class AllegroLayer(nn.Module):
     def __init__(self, irreps_in: o3.Irreps, sh_irreps: o3.Irreps, irreps_out_allowed, num_tensor: int, num_scalar: int, latent_hidden: list[int],
-                 normalized: bool = True):
+                 normalized: bool = True, latent_inputs: int = 1):
         super().__init__()
         self.num_tensor = num_tensor
         self.sh_irreps = sh_irreps
@@ -69,10 +74,12 @@ class AllegroLayer(nn.Module):
         self.linear = o3.Linear(mid, out)
         self.channel_linear = ChannelLinear(self.linear)
         self.irreps_out = out
-        self.latent_mlp = mlp([num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar], normalized=normalized)
+        # latent_inputs: how many [E, num_scalar] latents the MLP reads besides the product's scalars
+        self.latent_mlp = mlp([latent_inputs * num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar], normalized=normalized)
 
-    def forward(self, latents, tensors, sh, l_of_component, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True):
-        """tensors [E, U, d] in the channel layout of ``tensor_products``; returns the new latents and
+    def forward(self, latents, tensors, sh, l_of_component, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True, earlier=()):
+        """tensors [E, U, d] in the channel layout of ``tensor_products``; ``earlier``: the latents of
+        earlier layers the MLP also reads (dense latents), oldest first. Returns the new latents and
         (if ``need_tensors``) the new tensors."""
         weights = self.env_weights(latents) * envelope.unsqueeze(-1)
         environment = scatter_sum(weighted_spherical_harmonics(weights, sh, l_of_component, self.num_tensor), centre, num_atoms) * inv_sqrt_neighbors
@@ -83,7 +90,7 @@ class AllegroLayer(nn.Module):
         num_edges = pairs.shape[0]
         folded, num_scalars = self.folded_matrix(need_tensors)
         out = pairs.reshape(num_edges, -1) @ folded
-        update = self.latent_mlp(torch.cat([latents, out[:, :num_scalars]], dim=-1))
+        update = self.latent_mlp(torch.cat([*earlier, latents, out[:, :num_scalars]], dim=-1))
         latents = (latents + update) * (envelope.unsqueeze(-1) / math.sqrt(2.0))
         return latents, (out[:, num_scalars:].reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
 
@@ -117,8 +124,9 @@ class Allegro(ForceField):
 
     model_name = "allegro"
     #: 2: MLPs normalised (``mlp_normalization``); checkpoints written before it had PyTorch's MLPs
-    revision = 2
-    legacy_hyperparameters = {"mlp_normalization": "none"}
+    #: 3: dense latents (``dense_latents``)
+    revision = 3
+    legacy_hyperparameters = {"mlp_normalization": "none", "dense_latents": False}
 
     def __init__(
         self,
@@ -136,6 +144,7 @@ class Allegro(ForceField):
         latent_mlp_depth: int = 1,
         readout_mlp_width: int = 16,
         mlp_normalization: str = "second_moment",
+        dense_latents: bool = True,
         avg_num_neighbors: float = 1.0,
         energy_scale=1.0,
         energy_shift=0.0,
@@ -161,11 +170,12 @@ class Allegro(ForceField):
             # the last layer only needs the scalars that update the latents
             allowed_here = allowed if index < num_layers - 1 else [o3.Irrep("0e")]
             layer = AllegroLayer(irreps, self.sh_irreps, allowed_here, num_tensor_features, num_scalar_features, [latent_mlp_width] * latent_mlp_depth,
-                                 normalized)
+                                 normalized, latent_inputs=index + 1 if dense_latents else 1)
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
-        self.readout = mlp([num_scalar_features, readout_mlp_width, 1], normalized=normalized)
+        self.dense_latents = dense_latents
+        self.readout = mlp([(num_layers + 1 if dense_latents else 1) * num_scalar_features, readout_mlp_width, 1], normalized=normalized)
         self.edge_feature_scalar_counts = [num_scalar_features] * num_layers
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
@@ -177,10 +187,13 @@ class Allegro(ForceField):
         sh = self.spherical_harmonics(edge_vectors)
         latents = self.two_body(torch.cat([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial], dim=-1)) * envelope.unsqueeze(-1)
         tensors = weighted_spherical_harmonics(self.initial_weights(latents), sh, self.l_of_component, self.num_tensor)
-        states = []
+        states, earlier = [], []
         for index, layer in enumerate(self.layers):
+            previous = latents
             latents, tensors = layer(latents, tensors, sh, self.l_of_component, envelope, centre, num_atoms, self.inv_sqrt_neighbors,
-                                     need_tensors=index < len(self.layers) - 1)
+                                     need_tensors=index < len(self.layers) - 1, earlier=earlier)
+            if self.dense_latents:
+                earlier = earlier + [previous]
             states.append(latents)
-        edge_energy = self.readout(latents).squeeze(-1) * envelope
+        edge_energy = self.readout(torch.cat([*earlier, latents], dim=-1) if self.dense_latents else latents).squeeze(-1) * envelope
         return scatter_sum(edge_energy, centre, num_atoms) * self.inv_sqrt_neighbors, (states if edge_states else None)
