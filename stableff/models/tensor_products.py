@@ -106,16 +106,16 @@ class EdgeMatrixTensorProduct(_ExactConstants):
         if sorted(ins.i_out for ins in tp.instructions) != list(range(len(irreps_out))):
             raise ValueError("EdgeMatrixTensorProduct needs one path per output block")
         self.in_blocks, self.out_blocks = _blocks(irreps_in), _blocks(irreps_out)
-        self.out_dims = [ir.dim for _, ir in irreps_out]
+        out_dims = [dim for _, dim in self.out_blocks]
         self.num_paths = len(tp.instructions)
         path_of_block = {ins.i_out: p for p, ins in enumerate(tp.instructions)}
         self.register_buffer("path_of_component", torch.tensor(
-            [path_of_block[k] for k, dim in enumerate(self.out_dims) for _ in range(dim)], dtype=torch.long), persistent=False)
+            [path_of_block[k] for k, dim in enumerate(out_dims) for _ in range(dim)], dtype=torch.long), persistent=False)
         # G[j, q, i], flattened so that Y @ constants is A [E, D * d_in]
         self._set_constants(_probe(tp).permute(1, 2, 0).reshape(irreps_edge.dim, -1))
         # where e3nn's component (block k, channel u, m) sits in the layout [q, u]
-        offsets = [sum(self.out_dims[:k]) for k in range(len(self.out_dims))]
-        self.irreps_columns = [(offsets[k] + m) * self.mul + u for k, dim in enumerate(self.out_dims) for u in range(self.mul) for m in range(dim)]
+        offsets = [sum(out_dims[:k]) for k in range(len(out_dims))]
+        self.irreps_columns = [(offsets[k] + m) * self.mul + u for k, dim in enumerate(out_dims) for u in range(self.mul) for m in range(dim)]
 
     def forward(self, node_features: torch.Tensor, neighbour: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """node_features [N, irreps_in] (e3nn layout), neighbour [E], edge_sh [E, d_edge], weights
