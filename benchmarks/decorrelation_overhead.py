@@ -65,16 +65,15 @@ def main():
     # for the variant's cost
     torch.manual_seed(0)
     model = build_model("nequip", type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, **BENCH_S).train()
-    models, optimizers = {}, {}
+    optimizers = {}
     for name, config in variants.items():
-        models[name] = model
         if config.optimizer.name == "sam":
             optimizers[name] = SAM(model.parameters(), torch.optim.Adam, rho=config.optimizer.rho, lr=1e-3)
         else:
             optimizers[name] = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step(name, k):
-        config, model, optimizer = variants[name], models[name], optimizers[name]
+        config, optimizer = variants[name], optimizers[name]
         first = (args.batch_size * k) % len(graphs)
         batch = graphs[first : first + args.batch_size]
         lam = 0.3 if config.decorrelation.enabled else 0.0
