@@ -84,7 +84,6 @@ def test_channel_layout_round_trip():
 def test_allegro_layer_equals_its_e3nn_composition():
     """The Allegro layer's folded products (scalars and Linear read off the component pairs) equal
     e3nn's TensorProduct -> scalars / Linear on e3nn's layout, with derivatives."""
-    from stableff.models.allegro import weighted_spherical_harmonics
     from stableff.models.blocks import scatter_sum
 
     torch.manual_seed(3)
@@ -99,11 +98,13 @@ def test_allegro_layer_equals_its_e3nn_composition():
         earlier = [torch.randn(edges, 6, dtype=torch.float64) for _ in range(index)]  # dense latents: all earlier layers'
         tensors = torch.randn(edges, layer.tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
         need = index < len(model.layers) - 1
-        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh, model.l_of_component, envelope, centre, nodes, 0.5, need_tensors=need,
+        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh * envelope.unsqueeze(-1), envelope, centre, nodes, 0.5, need_tensors=need,
                      earlier=earlier)
-        # reference: e3nn's modules on e3nn's layout
-        weights = layer.env_weights(latents) * envelope.unsqueeze(-1)
-        environment = from_channels(scatter_sum(weighted_spherical_harmonics(weights, sh, model.l_of_component, layer.num_tensor), centre, nodes), layer.env_irreps) * 0.5
+        # reference: e3nn's modules on e3nn's layout; environment G_i = sum_k u(r_ik) w(x_ik) Y(r_ik)
+        # with one weight per channel and degree l, for all 2l + 1 components of l
+        weights = (layer.env_weights(latents) * envelope.unsqueeze(-1)).view(edges, layer.num_tensor, -1)
+        per_component = torch.cat([weights[:, :, l : l + 1].expand(-1, -1, ir.dim) for l, (_, ir) in enumerate(model.sh_irreps)], dim=-1)
+        environment = from_channels(scatter_sum(per_component * sh.unsqueeze(1), centre, nodes), layer.env_irreps) * 0.5
         products = layer.tp(tensors, environment[centre])
         scalars = torch.cat([products[:, sl] for (_, ir), sl in zip(layer.mid_irreps, layer.mid_irreps.slices()) if ir == o3.Irrep("0e")], dim=-1)
         reference_latents = (latents + layer.latent_mlp(torch.cat([*earlier, latents, scalars], dim=-1))) * (envelope.unsqueeze(-1) / 2**0.5)

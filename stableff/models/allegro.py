@@ -37,10 +37,20 @@ from stableff.models.blocks import RadialEmbedding, mlp, normal_init, scatter_su
 from stableff.models.tensor_products import ChannelLinear, ChannelwiseTensorProduct
 
 
-def weighted_spherical_harmonics(weights: torch.Tensor, sh: torch.Tensor, l_of_component: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """V[e, u, (l, m)] = weights[e, u, l] * Y_lm[e] in the channel layout [E, U, d]."""
-    weights = weights.view(weights.shape[0], num_channels, -1).index_select(2, l_of_component)
-    return weights * sh.unsqueeze(1)
+def component_rows(sh_irreps: o3.Irreps, num_channels: int) -> torch.Tensor:
+    """Rows of a Linear with ``num_channels * len(sh_irreps)`` outputs (channel u, degree l at
+    u * L + l) repeated once per spherical-harmonic component m of l: that Linear with these rows
+    gives w[e, u, l(m)] directly in the channel layout [E, U, d]."""
+    degree = [l for l, (_, ir) in enumerate(sh_irreps) for _ in range(ir.dim)]
+    return torch.tensor([u * len(sh_irreps) + l for u in range(num_channels) for l in degree], dtype=torch.long)
+
+
+def weighted_spherical_harmonics(linear: nn.Linear, rows: torch.Tensor, x: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+    """V[e, u, (l, m)] = linear(x)[e, u, l] * sh[e, (l, m)] in the channel layout [E, U, d]; the
+    Linear's rows are repeated (``component_rows``) instead of the [E, U, d] weights gathered."""
+    bias = None if linear.bias is None else linear.bias.index_select(0, rows)
+    weights = torch.nn.functional.linear(x, linear.weight.index_select(0, rows), bias)
+    return weights.view(x.shape[0], -1, sh.shape[-1]) * sh.unsqueeze(1)
 
 
 class AllegroLayer(nn.Module):
@@ -53,6 +63,7 @@ class AllegroLayer(nn.Module):
         self.env_weights = nn.Linear(num_scalar, num_tensor * len(sh_irreps))
         if normalized:
             normal_init(self.env_weights)
+        self.register_buffer("env_rows", component_rows(sh_irreps, num_tensor), persistent=False)
         mid, instructions = [], []
         for i1, (_, ir1) in enumerate(irreps_in):
             for i2, (_, ir2) in enumerate(self.env_irreps):
@@ -77,12 +88,12 @@ class AllegroLayer(nn.Module):
         # latent_inputs: how many [E, num_scalar] latents the MLP reads besides the product's scalars
         self.latent_mlp = mlp([latent_inputs * num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar], normalized=normalized)
 
-    def forward(self, latents, tensors, sh, l_of_component, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True, earlier=()):
-        """tensors [E, U, d] in the channel layout of ``tensor_products``; ``earlier``: the latents of
+    def forward(self, latents, tensors, sh_envelope, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True, earlier=()):
+        """tensors [E, U, d] in the channel layout of ``tensor_products``; ``sh_envelope``: the
+        spherical harmonics times the cutoff envelope u(r) [E, d]; ``earlier``: the latents of
         earlier layers the MLP also reads (dense latents), oldest first. Returns the new latents and
         (if ``need_tensors``) the new tensors."""
-        weights = self.env_weights(latents) * envelope.unsqueeze(-1)
-        environment = scatter_sum(weighted_spherical_harmonics(weights, sh, l_of_component, self.num_tensor), centre, num_atoms) * inv_sqrt_neighbors
+        environment = scatter_sum(weighted_spherical_harmonics(self.env_weights, self.env_rows, latents, sh_envelope), centre, num_atoms) * inv_sqrt_neighbors
         # the product is pairs @ G (G: [P, D]); its scalars and its Linear (matrix L) are read off
         # the pairs by one matrix product with G folded into small matrices (G restricted to the
         # scalars, per channel; and G L), so the [E, U, D] product is never formed
@@ -162,7 +173,7 @@ class Allegro(ForceField):
         if normalized:
             normal_init(self.initial_weights)
         self.num_tensor = num_tensor_features
-        self.register_buffer("l_of_component", torch.tensor([l for l, (_, ir) in enumerate(self.sh_irreps) for _ in range(ir.dim)], dtype=torch.long), persistent=False)
+        self.register_buffer("initial_rows", component_rows(self.sh_irreps, num_tensor_features), persistent=False)
         allowed = [o3.Irrep(l, p) for l in range(l_max + 1) for p in ((1, -1) if parity else ((-1) ** l,))]
         irreps = o3.Irreps([(num_tensor_features, ir) for _, ir in self.sh_irreps])
         layers = []
@@ -186,11 +197,12 @@ class Allegro(ForceField):
         radial, envelope = self.radial(edge_lengths)
         sh = self.spherical_harmonics(edge_vectors)
         latents = self.two_body(torch.cat([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial], dim=-1)) * envelope.unsqueeze(-1)
-        tensors = weighted_spherical_harmonics(self.initial_weights(latents), sh, self.l_of_component, self.num_tensor)
+        tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
+        sh_envelope = sh * envelope.unsqueeze(-1)  # every layer's environment weights its neighbours by u(r)
         states, earlier = [], []
         for index, layer in enumerate(self.layers):
             previous = latents
-            latents, tensors = layer(latents, tensors, sh, self.l_of_component, envelope, centre, num_atoms, self.inv_sqrt_neighbors,
+            latents, tensors = layer(latents, tensors, sh_envelope, envelope, centre, num_atoms, self.inv_sqrt_neighbors,
                                      need_tensors=index < len(self.layers) - 1, earlier=earlier)
             if self.dense_latents:
                 earlier = earlier + [previous]
