@@ -47,6 +47,54 @@ def test_nequip_fast_kernels_equal_e3nn(l_max, parity):
         e3nn_mlp.load_state_dict(layer.radial.state_dict())
         basis = torch.randn(edges, 4, dtype=torch.float64)
         torch.testing.assert_close(layer.radial(basis), e3nn_mlp(basis), rtol=1e-12, atol=1e-12)
+        # the gate, written as runs of gated blocks, against e3nn's Gate
+        assert layer.gate_in_order
+        u = torch.randn(nodes, layer.gate.irreps_in.dim, dtype=torch.float64, requires_grad=True)
+        torch.testing.assert_close(layer.gated(u), layer.gate(u), rtol=1e-12, atol=1e-12)
+        assert_same_derivatives(layer.gate(u), layer.gated(u), (u,), (u,))
+
+
+@pytest.mark.parametrize("l_max,parity", [(1, True), (2, True)])
+def test_nequip_inference_matrices_equal_e3nns_modules_while_the_weights_are_unchanged(l_max, parity):
+    """With frozen weights NequIP's node-side linear maps (linear_1; to_irreps, 1/sqrt(<n>) and
+    linear_2; the species self-connection) run as matrices read off e3nn's modules: energies,
+    forces and stress equal the training path's (e3nn's modules), and follow a change of the weights."""
+    from ase import Atoms
+
+    from stableff.data.graph import collate, frame_to_graph
+    from stableff.data.io import frame_from_atoms
+
+    torch.manual_seed(4)
+    model = build_model("nequip", type_numbers=[1, 8, 72], avg_num_neighbors=5.0, num_layers=3, l_max=l_max, parity=parity, num_features=6,
+                        num_bessels=4, radial_mlp_width=8).double()
+    positions = torch.rand(7, 3, generator=torch.Generator().manual_seed(0)).numpy() * 4.0
+    frame = frame_from_atoms(Atoms("Hf2O4H", positions=positions, cell=[4.5, 4.6, 4.4], pbc=True))
+    frame.energy = frame.forces = frame.stress = None
+    batch = collate([frame_to_graph(frame, model.type_numbers, model.r_max, torch.float64)])
+
+    def both():
+        trained = model.requires_grad_(True)(batch, compute_forces=True, compute_stress=True, create_graph=False)
+        assert all("_inference_matrices" not in layer.__dict__ for layer in model.layers)  # no cache while trained
+        frozen = model.requires_grad_(False)(batch, compute_forces=True, compute_stress=True, create_graph=False)
+        assert all("_inference_matrices" in layer.__dict__ for layer in model.layers)
+        for key in ("energy", "forces", "stress"):
+            torch.testing.assert_close(frozen[key], trained[key], rtol=1e-12, atol=1e-12)
+        for layer in model.layers:
+            del layer.__dict__["_inference_matrices"]
+        return frozen
+
+    before = both()
+    model.requires_grad_(False)(batch, compute_forces=True, compute_stress=True)  # fills the cache
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.linear_2.weight.mul_(1.5)
+            layer.self_connection.weight.add_(0.1)
+    changed = model(batch, compute_forces=True, compute_stress=True)  # must not reuse the old matrices
+    for layer in model.layers:
+        del layer.__dict__["_inference_matrices"]
+    after = both()
+    assert not torch.allclose(after["forces"], before["forces"])
+    torch.testing.assert_close(changed["forces"], after["forces"], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("l_max,parity,num_layers", [(1, True, 2), (2, False, 3), (2, True, 2)])

@@ -33,7 +33,7 @@ from torch import nn
 from stableff.data import keys
 from stableff.errors import ConfigError
 from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, mlp, normal_init, scatter_sum
+from stableff.models.blocks import RadialEmbedding, cached_while_frozen, mlp, normal_init, scatter_sum
 from stableff.models.tensor_products import ChannelLinear, ChannelwiseTensorProduct
 
 
@@ -109,25 +109,18 @@ class AllegroLayer(nn.Module):
         """[U * P, columns] matrix that maps the pairs to the product's scalars (the first columns,
         their count returned too; e3nn's order: 0e block, then channel) and, if ``need_tensors``, to
         its Linear's output. Built from the Linear's weight on every call while that weight is
-        trained; otherwise (inference: weights frozen or no autograd) kept until the weight or its
-        dtype or device changes."""
-        weight = self.linear.weight
-        reuse = not (weight.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
-        key = (need_tensors, weight.data_ptr(), weight._version, weight.dtype, weight.device) if reuse else None
-        cached = self.__dict__.get("_folded")
-        if reuse and cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        trained; otherwise (inference) kept until the weight or its dtype or device changes."""
+        return cached_while_frozen(self, "_folded", [self.linear.weight], need_tensors, lambda: self._fold(need_tensors))
+
+    def _fold(self, need_tensors: bool) -> tuple[torch.Tensor, int]:
         constants = self.channel_tp.constants
         mul, num_pairs = self.num_tensor, constants.shape[0]
         eye = torch.eye(mul, dtype=constants.dtype, device=constants.device)
         matrices = [torch.einsum("pk,uw->upkw", constants.index_select(1, self.scalar_components), eye).reshape(mul * num_pairs, -1)]
         if need_tensors:
-            linear = self.channel_linear.matrix(weight).view(mul, constants.shape[1], -1)
+            linear = self.channel_linear.matrix(self.linear.weight).view(mul, constants.shape[1], -1)
             matrices.append(torch.einsum("pq,uqx->upx", constants, linear).reshape(mul * num_pairs, -1))
-        folded = torch.cat(matrices, dim=1)
-        if reuse:
-            self.__dict__["_folded"] = (key, folded, matrices[0].shape[1])
-        return folded, matrices[0].shape[1]
+        return torch.cat(matrices, dim=1), matrices[0].shape[1]
 
 
 class Allegro(ForceField):

@@ -19,7 +19,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import InvariantChannels, RadialEmbedding, scatter_sum_and_rows
+from stableff.models.blocks import InvariantChannels, RadialEmbedding, cached_while_frozen, linear_map_matrix, scatter_sum_and_rows, weights_frozen
 from stableff.models.tensor_products import EdgeMatrixTensorProduct
 
 
@@ -91,21 +91,88 @@ class InteractionLayer(nn.Module):
         self.invariant_view = InvariantChannels(irreps_mid, component_major=True)
         self.irreps_out = self.gate.irreps_out
         self.resnet = resnet and irreps_in == self.irreps_out
+        # the gate as e3nn computes it, in fewer passes, where its sorted input holds scalars, gates
+        # and gated blocks in that order (e3nn's Gate otherwise); the gated blocks as runs of the
+        # same dimension (gates offset, number of channels, dimension)
+        order = torch.cat(self.gate.sc(torch.arange(irreps_out.dim, dtype=torch.float64).unsqueeze(0)), dim=-1).squeeze(0)
+        self.gate_in_order = torch.equal(order, torch.arange(irreps_out.dim, dtype=torch.float64))
+        self.gate_columns = (self.gate.irreps_scalars.dim, self.gate.irreps_gates.dim)  # plain ints: torch.compile guards them
+        self.gate_runs: list[list[int]] = []
+        offset = 0
+        for mul, ir in self.gate.irreps_gated:
+            if self.gate_runs and self.gate_runs[-1][2] == ir.dim:
+                self.gate_runs[-1][1] += mul
+            else:
+                self.gate_runs.append([offset, mul, ir.dim])
+            offset += mul
 
     def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float, sample=None):
         """New node features, and the messages [E, irreps_mid] in the component-major layout of
-        ``EdgeMatrixTensorProduct`` (the layer's edge states; only the rows ``sample`` if given)."""
+        ``EdgeMatrixTensorProduct`` (the layer's edge states; only the rows ``sample`` if given).
+
+        With frozen weights (inference) the node-side linear maps run as matrices read off e3nn's
+        modules once (``inference_matrices``); while training, through e3nn's modules."""
         centre, neighbour = edge_index
         weights = self.radial(edge_radial)
-        mixed = self.linear_1(node_features)
+        frozen = weights_frozen(self.node_weights())
+        if frozen:
+            mix, aggregate, self_connection = self.inference_matrices(inv_sqrt_neighbors)
+            mixed = node_features @ mix
+        else:
+            mixed = self.linear_1(node_features)
         messages = self.channel_tp(mixed, neighbour, edge_sh, weights)
         summed, messages = scatter_sum_and_rows(messages, centre, node_features.shape[0], sample)
-        aggregated = self.channel_tp.to_irreps(summed) * inv_sqrt_neighbors
-        updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
-        updated = self.gate(updated)
+        if frozen:
+            num_nodes, num_species = node_onehot.shape
+            per_species = (node_features @ self_connection).view(num_nodes, num_species, -1)
+            updated = summed @ aggregate + (per_species * node_onehot.unsqueeze(-1)).sum(dim=1)
+        else:
+            aggregated = self.channel_tp.to_irreps(summed) * inv_sqrt_neighbors
+            updated = self.linear_2(aggregated) + self.self_connection(node_features, node_onehot)
+        updated = self.gated(updated)
         if self.resnet:
             updated = updated + node_features
         return updated, messages
+
+    def node_weights(self) -> list[torch.Tensor]:
+        return [*self.linear_1.parameters(), *self.linear_2.parameters(), *self.self_connection.parameters()]
+
+    def inference_matrices(self, inv_sqrt_neighbors: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(linear_1 as a [d_in, d_in] matrix; the summed messages (component-major) -> e3nn's
+        layout -> times 1/sqrt(<n>) -> linear_2 as one matrix; the self-connection as one [d_in, d_out]
+        block per species side by side), read off e3nn's modules and kept while the weights are
+        unchanged."""
+
+        def build():
+            like = self.linear_2.weight
+            mix = linear_map_matrix(self.linear_1, self.linear_1.irreps_in.dim, like)
+            aggregate = linear_map_matrix(lambda rows: self.linear_2(self.channel_tp.to_irreps(rows)), self.irreps_mid.dim, like) * inv_sqrt_neighbors
+            num_in, num_species = self.self_connection.irreps_in1.dim, self.self_connection.irreps_in2.dim
+            species = torch.eye(num_species, dtype=like.dtype, device=like.device)
+            self_connection = torch.cat([linear_map_matrix(lambda rows: self.self_connection(rows, species[s].expand(rows.shape[0], -1)), num_in, like)
+                                         for s in range(num_species)], dim=1)
+            return mix, aggregate, self_connection
+
+        with torch.no_grad():
+            return cached_while_frozen(self, "_inference_matrices", self.node_weights(), float(inv_sqrt_neighbors), build)
+
+    def gated(self, features: torch.Tensor) -> torch.Tensor:
+        """e3nn's ``Gate`` (its activations, its order): scalars through their activations, each
+        gated channel times its activated gate; one multiplication per run of gated blocks."""
+        if not self.gate_in_order:
+            return self.gate(features)
+        num_scalars, num_gates = self.gate_columns
+        scalars = self.gate.act_scalars(features[:, :num_scalars])
+        if num_gates == 0:
+            return scalars
+        gates = self.gate.act_gates(features[:, num_scalars : num_scalars + num_gates])
+        gated = features[:, num_scalars + num_gates :]
+        parts, column = [scalars], 0
+        for first, channels, dim in self.gate_runs:
+            block = gated[:, column : column + channels * dim].reshape(-1, channels, dim)
+            parts.append((block * gates[:, first : first + channels].unsqueeze(-1)).reshape(block.shape[0], -1))
+            column += channels * dim
+        return torch.cat(parts, dim=-1)
 
 
 class NequIP(ForceField):
