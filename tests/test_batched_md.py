@@ -56,6 +56,30 @@ def test_forces_equal_the_calculators_for_the_same_positions_and_lists_follow_th
     assert batch.rebuilds == 4
 
 
+def test_the_calculators_kept_neighbour_list_gives_the_results_of_a_fresh_list():
+    """Langevin steps of a periodic cell and a molecule: the calculator that keeps its list
+    (skin 0.5 A) gives the energies, forces and stress of one that builds a new list every call,
+    and rebuilds it only a few times."""
+    from ase import units
+    from ase.md.langevin import Langevin
+
+    model = make_model("nequip", type_numbers=(1, 6, 8, 72))
+    for atoms in (hfo2_like_cell(), acac_atoms(0)):
+        kept, fresh = StableFFCalculator(model), StableFFCalculator(model, skin=0.0)
+        atoms = atoms.copy()
+        atoms.calc = kept
+        dynamics = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=2000, friction=0.02, rng=np.random.default_rng(0))
+        for _ in range(30):
+            dynamics.run(1)
+            copy = atoms.copy()
+            copy.calc = fresh
+            assert atoms.get_potential_energy() == pytest.approx(copy.get_potential_energy(), abs=1e-10)
+            np.testing.assert_allclose(atoms.get_forces(), copy.get_forces(), atol=1e-10)
+            if atoms.pbc.all():
+                np.testing.assert_allclose(atoms.get_stress(), copy.get_stress(), atol=1e-12)
+        assert 1 <= kept.neighbours.builds < 30 <= fresh.neighbours.builds
+
+
 def test_nve_follows_the_ase_engine_and_conserves_energy_in_float64(tmp_path):
     model = make_model("nequip")
     settings = MDSettings(ensemble="nve", temperature_K=200, timestep_fs=0.25, steps=200, log_interval=10, progress=False, seed=4)

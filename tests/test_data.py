@@ -7,7 +7,7 @@ import torch
 from stableff.data import keys
 from stableff.data.graph import collate, frame_to_graph
 from stableff.data.io import read_frames, resolve_path
-from stableff.data.neighbors import neighbor_list
+from stableff.data.neighbors import SkinNeighborList, neighbor_list
 from stableff.data.stats import compute_statistics
 from stableff.errors import DataError
 
@@ -93,6 +93,30 @@ def test_neighbor_list_periodicity_and_small_cells():
     # open boundaries: a plain distance criterion
     i, j, shifts = neighbor_list(np.array([[0, 0, 0], [0, 0, 1.0], [0, 0, 5.0]]), np.zeros((3, 3)), [False] * 3, 2.0)
     assert sorted(zip(i.tolist(), j.tolist())) == [(0, 1), (1, 0)] and not shifts.any()
+
+
+@pytest.mark.parametrize("cell,pbc", [(np.diag([3.1, 3.3, 2.9]), [True] * 3), (np.diag([6.0, 6.5, 7.0]), [True, True, False]), (np.zeros((3, 3)), [False] * 3)])
+def test_skin_neighbor_list_gives_a_fresh_lists_pairs_and_rebuilds_only_after_half_the_skin(cell, pbc):
+    """Along a random walk, the kept list's pairs within the cutoff are the fresh list's (a cell
+    smaller than the cutoff, mixed periodicity, a molecule); it is rebuilt only when an atom has
+    moved more than skin / 2 since the last build, or the cell changed."""
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(0.0, 3.0, (12, 3))
+    skin_list = SkinNeighborList(cutoff=3.5, skin=0.6)
+    start, expected_builds = positions.copy(), 0
+    for step in range(40):
+        positions = positions + rng.normal(0.0, 0.04, positions.shape)
+        if step == 0 or np.max(np.linalg.norm(positions - start, axis=1)) > 0.3:
+            start, expected_builds = positions.copy(), expected_builds + 1
+        kept = skin_list(positions, cell, pbc)
+        fresh = neighbor_list(positions, cell, pbc, 3.5)
+        as_set = lambda pairs: sorted(zip(pairs[0].tolist(), pairs[1].tolist(), map(tuple, pairs[2].tolist())))
+        assert as_set(kept) == as_set(fresh)
+        assert skin_list.builds == expected_builds
+    assert 1 < expected_builds < 40
+    if any(pbc):
+        skin_list(positions, cell * 1.01, pbc)  # another cell: built again
+        assert skin_list.builds == expected_builds + 1
 
 
 def test_collate_offsets_edges_and_keeps_labels(acac_frames):

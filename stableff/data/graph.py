@@ -31,9 +31,10 @@ def species_index(numbers: np.ndarray, type_numbers: Sequence[int], frame: Frame
         raise DataError("<structure>", problem) from None
 
 
-def frame_to_graph(frame: Frame, type_numbers: Sequence[int], cutoff: float, dtype=torch.get_default_dtype()) -> Graph:
-    """One structure as a graph with its neighbour list within ``cutoff`` (Angstrom) and its labels."""
-    i, j, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff)
+def frame_to_graph(frame: Frame, type_numbers: Sequence[int], cutoff: float, dtype=torch.get_default_dtype(), pairs=None) -> Graph:
+    """One structure as a graph with its neighbour list within ``cutoff`` (Angstrom) and its labels.
+    ``pairs``: ``(i, j, shifts)`` of that list where the caller has it (e.g. a SkinNeighborList's)."""
+    i, j, shifts = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff) if pairs is None else pairs
     graph = {
         keys.POSITIONS: torch.as_tensor(frame.positions, dtype=dtype),
         keys.ATOMIC_NUMBERS: torch.as_tensor(frame.numbers, dtype=torch.long),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: default neighbour-list skin (A) of lists kept between MD steps
+SKIN_A = 0.5
+
 
 def neighbor_list(positions, cell, pbc, cutoff: float, with_distances: bool = False):
     """All ordered pairs (i, j) with |r_j - r_i + S @ cell| < cutoff, periodic images included.
@@ -33,6 +36,42 @@ def neighbor_list(positions, cell, pbc, cutoff: float, with_distances: bool = Fa
     if with_distances:
         return i, j, shifts, out[3]
     return i, j, shifts
+
+
+class SkinNeighborList:
+    """The pairs within ``cutoff`` of a structure that moves a little between calls (MD, relaxation):
+    a list within ``cutoff + skin`` is built and kept until an atom has moved more than skin / 2
+    since that build or the atom count, cell or periodicity changed; each call returns the kept
+    pairs that are within ``cutoff`` now, the same pairs (in another order) as a fresh list."""
+
+    def __init__(self, cutoff: float, skin: float = SKIN_A):
+        if skin < 0:
+            raise ValueError(f"the neighbour-list skin must be >= 0 A (got {skin})")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.builds = 0
+        self._kept = None  # (positions, cell, pbc, i, j, shifts) of the last build
+
+    def __call__(self, positions, cell, pbc):
+        """``(i, j, shifts)`` of the pairs within the cutoff, as :func:`neighbor_list`."""
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+        pbc = np.asarray(pbc, dtype=bool)
+        kept = self._kept
+        if (
+            kept is None
+            or kept[0].shape != positions.shape
+            or not np.array_equal(kept[1], cell)
+            or not np.array_equal(kept[2], pbc)
+            or not np.all(np.isfinite(positions))
+            or np.max(np.sum((positions - kept[0]) ** 2, axis=1), initial=0.0) > (0.5 * self.skin) ** 2
+        ):
+            i, j, shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
+            kept = self._kept = (positions.copy(), cell.copy(), pbc.copy(), i, j, shifts)
+            self.builds += 1
+        i, j, shifts = kept[3:]
+        vectors = positions[j] - positions[i] + shifts @ cell
+        within = np.einsum("ij,ij->i", vectors, vectors) < self.cutoff**2
+        return i[within], j[within], shifts[within]
 
 
 def _all_pairs(positions: np.ndarray, cutoff: float, with_distances: bool):

@@ -38,7 +38,7 @@ from ase import units
 
 from stableff.data import keys
 from stableff.data.graph import species_index
-from stableff.data.neighbors import neighbor_list
+from stableff.data.neighbors import SKIN_A, neighbor_list
 from stableff.errors import StableFFError
 from stableff.io import write_json_atomic
 from stableff.md.run import ENSEMBLES, FrameRecorder, MDSettings, initialise_velocities, md_summary, open_run_files
@@ -48,8 +48,6 @@ from stableff.md.run import ENSEMBLES, FrameRecorder, MDSettings, initialise_vel
 #: few atoms gain from sharing a call (benchmarks/replica_throughput.py); on a GPU: every replica
 CPU_BATCH_ATOMS = 160
 
-#: neighbour-list skin (A): lists hold pairs within r_max + skin and are rebuilt after a move of skin / 2
-SKIN_A = 0.5
 
 #: Suzuki-Yoshida fourth-order weights of the Nose-Hoover chain half-step
 _SUZUKI_YOSHIDA = (1 / (2 - 2 ** (1 / 3)), -(2 ** (1 / 3)) / (2 - 2 ** (1 / 3)), 1 / (2 - 2 ** (1 / 3)))

@@ -10,6 +10,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from stableff.data import keys
 from stableff.data.graph import collate, frame_to_graph, to_device
 from stableff.data.io import frame_from_atoms
+from stableff.data.neighbors import SKIN_A, SkinNeighborList
 from stableff.models.saved import model_from_checkpoint
 
 
@@ -22,11 +23,13 @@ class StableFFCalculator(Calculator):
     Implements energy, free_energy, energies (per atom), forces and, for fully periodic cells, stress
     (eV, eV/A, eV/A^3). ``model_path`` may also be an already built model (then ``statistics`` is None).
     ``compile``: evaluate through torch.compile (falls back to eager with a warning where it fails).
+    ``skin`` (A): the neighbour list holds pairs within r_max + skin and is rebuilt only after an
+    atom has moved skin / 2 (or the cell changed); each call uses the pairs within r_max.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model_path, device: str = "cpu", compile: bool = False, **kwargs):
+    def __init__(self, model_path, device: str = "cpu", compile: bool = False, skin: float = SKIN_A, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model_path, torch.nn.Module):
             self.model, self.statistics = model_path.eval(), None
@@ -37,6 +40,7 @@ class StableFFCalculator(Calculator):
         self.device = torch.device(device)
         self.model.to(self.device)
         self.dtype = self.model.dtype
+        self.neighbours = SkinNeighborList(self.model.r_max, skin)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -47,7 +51,8 @@ class StableFFCalculator(Calculator):
             return
         frame = frame_from_atoms(self.atoms)
         frame.energy = frame.forces = frame.stress = None
-        graph = frame_to_graph(frame, self.model.type_numbers, self.model.r_max, self.dtype)
+        pairs = self.neighbours(frame.positions, frame.cell, frame.pbc)
+        graph = frame_to_graph(frame, self.model.type_numbers, self.model.r_max, self.dtype, pairs=pairs)
         batch = to_device(collate([graph]), self.device)
         periodic = bool(np.all(self.atoms.pbc))
         out = self.model(batch, compute_forces=True, compute_stress=periodic and "stress" in properties, create_graph=False)
