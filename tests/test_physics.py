@@ -63,6 +63,21 @@ def test_energy_smooth_as_neighbour_crosses_cutoff(name):
     testing.assert_smooth_at_cutoff(make_model(name, type_numbers=(1, 8)))
 
 
+def test_polynomial_cutoff_is_the_papers_polynomial_and_vanishes_smoothly_at_r_max():
+    """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) below r_max, 0 beyond, and
+    its slope, which vanishes at r_max."""
+    from stableff.models.blocks import PolynomialCutoff
+
+    r = torch.linspace(0.05, 7.0, 300, dtype=torch.float64, requires_grad=True)
+    envelope = PolynomialCutoff(5.0, 6.0)(r)
+    x = r.detach() / 5.0
+    expected = (1.0 - 28.0 * x**6 + 48.0 * x**7 - 21.0 * x**8) * (x < 1.0)
+    torch.testing.assert_close(envelope.detach(), expected, rtol=1e-12, atol=1e-12)
+    (slope,) = torch.autograd.grad(envelope.sum(), r)
+    # du/dr = -168 x^5 (1 - x)^2 / r_max: zero at r_max, as beyond it
+    torch.testing.assert_close(slope, -168.0 * x**5 * (1.0 - x) ** 2 / 5.0 * (x < 1.0), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_periodic_cell_equals_supercell_per_atom(name):
     model = make_model(name, type_numbers=(8, 72))

@@ -43,8 +43,10 @@ class PolynomialCutoff(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         p = self.p
         x = r / self.r_max
-        out = 1.0 - (p + 1.0) * (p + 2.0) / 2.0 * x**p + p * (p + 2.0) * x ** (p + 1.0) - p * (p + 1.0) / 2.0 * x ** (p + 2.0)
-        return out * (x < 1.0)
+        # f(x) = 1 + x^p (a + x (b + c x)): one power, the rest in Horner's form
+        a, b, c = -(p + 1.0) * (p + 2.0) / 2.0, p * (p + 2.0), -p * (p + 1.0) / 2.0
+        out = 1.0 + x.pow(p) * (a + x * (b + c * x))
+        return torch.where(x < 1.0, out, torch.zeros_like(out))
 
 
 class RadialEmbedding(nn.Module):
