@@ -78,6 +78,10 @@ def test_the_calculators_kept_neighbour_list_gives_the_results_of_a_fresh_list()
             if atoms.pbc.all():
                 np.testing.assert_allclose(atoms.get_stress(), copy.get_stress(), atol=1e-12)
         assert 1 <= kept.neighbours.builds < 30 <= fresh.neighbours.builds
+        # results are reused for the same atoms, and recomputed after any change (exact comparison)
+        assert kept.check_state(atoms) == []
+        atoms.positions[0, 0] += 1e-12
+        assert kept.check_state(atoms) == ["positions"]
 
 
 def test_nve_follows_the_ase_engine_and_conserves_energy_in_float64(tmp_path):
