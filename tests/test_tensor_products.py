@@ -146,8 +146,8 @@ def test_allegro_layer_equals_its_e3nn_composition():
         earlier = [torch.randn(edges, 6, dtype=torch.float64) for _ in range(index)]  # dense latents: all earlier layers'
         tensors = torch.randn(edges, layer.tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
         need = index < len(model.layers) - 1
-        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh * envelope.unsqueeze(-1), envelope, centre, nodes, 0.5, need_tensors=need,
-                     earlier=earlier)
+        ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh * (0.5 * envelope).unsqueeze(-1), (envelope / 2**0.5).unsqueeze(-1), centre, nodes,
+                     need_tensors=need, earlier=earlier)
         # reference: e3nn's modules on e3nn's layout; environment G_i = sum_k u(r_ik) w(x_ik) Y(r_ik)
         # with one weight per channel and degree l, for all 2l + 1 components of l
         weights = (layer.env_weights(latents) * envelope.unsqueeze(-1)).view(edges, layer.num_tensor, -1)

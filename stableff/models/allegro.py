@@ -88,12 +88,13 @@ class AllegroLayer(nn.Module):
         # latent_inputs: how many [E, num_scalar] latents the MLP reads besides the product's scalars
         self.latent_mlp = mlp([latent_inputs * num_scalar + self.num_tp_scalars] + latent_hidden + [num_scalar], normalized=normalized)
 
-    def forward(self, latents, tensors, sh_envelope, envelope, centre, num_atoms, inv_sqrt_neighbors, need_tensors=True, earlier=()):
+    def forward(self, latents, tensors, sh_envelope, residual_scale, centre, num_atoms, need_tensors=True, earlier=()):
         """tensors [E, U, d] in the channel layout of ``tensor_products``; ``sh_envelope``: the
-        spherical harmonics times the cutoff envelope u(r) [E, d]; ``earlier``: the latents of
+        spherical harmonics times u(r) / sqrt(<n>) [E, d] (u: the cutoff envelope; the environment's
+        weights); ``residual_scale``: u(r) / sqrt(2) [E, 1]; ``earlier``: the latents of
         earlier layers the MLP also reads (dense latents), oldest first. Returns the new latents and
         (if ``need_tensors``) the new tensors."""
-        environment = scatter_sum(weighted_spherical_harmonics(self.env_weights, self.env_rows, latents, sh_envelope), centre, num_atoms) * inv_sqrt_neighbors
+        environment = scatter_sum(weighted_spherical_harmonics(self.env_weights, self.env_rows, latents, sh_envelope), centre, num_atoms)
         # the product is pairs @ G (G: [P, D]); its scalars and its Linear (matrix L) are read off
         # the pairs by one matrix product with G folded into small matrices (G restricted to the
         # scalars, per channel; and G L), so the [E, U, D] product is never formed
@@ -102,7 +103,7 @@ class AllegroLayer(nn.Module):
         folded, num_scalars = self.folded_matrix(need_tensors)
         out = pairs.reshape(num_edges, -1) @ folded
         update = self.latent_mlp(torch.cat([*earlier, latents, out[:, :num_scalars]], dim=-1))
-        latents = (latents + update) * (envelope.unsqueeze(-1) / math.sqrt(2.0))
+        latents = (latents + update) * residual_scale
         return latents, (out[:, num_scalars:].reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
 
     def folded_matrix(self, need_tensors: bool) -> tuple[torch.Tensor, int]:
@@ -191,14 +192,16 @@ class Allegro(ForceField):
         sh = self.spherical_harmonics(edge_vectors)
         latents = self.two_body(torch.cat([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial], dim=-1)) * envelope.unsqueeze(-1)
         tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
-        sh_envelope = sh * envelope.unsqueeze(-1)  # every layer's environment weights its neighbours by u(r)
+        # every layer's environment weights its neighbours by u(r) / sqrt(<n>); the residual by u(r) / sqrt(2)
+        sh_envelope = sh * (envelope * self.inv_sqrt_neighbors).unsqueeze(-1)
+        residual_scale = (envelope * (1.0 / math.sqrt(2.0))).unsqueeze(-1)
         states, earlier = [], []
         for index, layer in enumerate(self.layers):
             previous = latents
-            latents, tensors = layer(latents, tensors, sh_envelope, envelope, centre, num_atoms, self.inv_sqrt_neighbors,
+            latents, tensors = layer(latents, tensors, sh_envelope, residual_scale, centre, num_atoms,
                                      need_tensors=index < len(self.layers) - 1, earlier=earlier)
             if self.dense_latents:
                 earlier = earlier + [previous]
             states.append(latents)
-        edge_energy = self.readout(torch.cat([*earlier, latents], dim=-1) if self.dense_latents else latents).squeeze(-1) * envelope
-        return scatter_sum(edge_energy, centre, num_atoms) * self.inv_sqrt_neighbors, (states if edge_states else None)
+        edge_energy = self.readout(torch.cat([*earlier, latents], dim=-1) if self.dense_latents else latents).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
+        return scatter_sum(edge_energy, centre, num_atoms), (states if edge_states else None)
