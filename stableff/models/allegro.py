@@ -102,9 +102,11 @@ class AllegroLayer(nn.Module):
         num_edges = pairs.shape[0]
         folded, num_scalars = self.folded_matrix(need_tensors)
         out = pairs.reshape(num_edges, -1) @ folded
-        update = self.latent_mlp(torch.cat([*earlier, latents, out[:, :num_scalars]], dim=-1))
+        # split, not two slices: one gradient write for both parts instead of two zero-filled [E, columns]
+        scalars, new_tensors = out.split([num_scalars, out.shape[1] - num_scalars], dim=1)
+        update = self.latent_mlp(torch.cat([*earlier, latents, scalars], dim=-1))
         latents = (latents + update) * residual_scale
-        return latents, (out[:, num_scalars:].reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
+        return latents, (new_tensors.reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
 
     def folded_matrix(self, need_tensors: bool) -> tuple[torch.Tensor, int]:
         """[U * P, columns] matrix that maps the pairs to the product's scalars (the first columns,
