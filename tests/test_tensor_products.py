@@ -167,6 +167,23 @@ def test_allegro_layer_equals_its_e3nn_composition():
         assert_same_derivatives(reference_sum, ours_sum, (latents, tensors), (layer.linear.weight if need else layer.env_weights.weight,))
 
 
+def test_mlp_of_input_parts_equals_the_mlp_of_their_concatenation():
+    """An MLP given the columns of its input as a list (summed products while trained, one
+    concatenation in inference) gives the values and first and second derivatives of the
+    concatenated input's."""
+    from stableff.models.blocks import mlp
+
+    torch.manual_seed(5)
+    for normalized in (True, False):
+        net = mlp([13, 9, 4], final_activation=True, normalized=normalized).double()
+        parts = [torch.randn(6, width, dtype=torch.float64, requires_grad=True) for width in (5, 3, 5)]
+        reference, ours = net(torch.cat(parts, dim=-1)), net(parts)
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+        assert_same_derivatives(reference, ours, tuple(parts), tuple(net.parameters()))
+        net.requires_grad_(False)
+        torch.testing.assert_close(net(parts), reference.detach(), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("component_major", [False, True])
 def test_invariant_view_equals_per_channel_norms_with_its_gradient(component_major):
     """Scalars as they are, then the norm of every l > 0 channel, for both layouts (neighbouring

@@ -104,7 +104,7 @@ class AllegroLayer(nn.Module):
         out = pairs.reshape(num_edges, -1) @ folded
         # split, not two slices: one gradient write for both parts instead of two zero-filled [E, columns]
         scalars, new_tensors = out.split([num_scalars, out.shape[1] - num_scalars], dim=1)
-        update = self.latent_mlp(torch.cat([*earlier, latents, scalars], dim=-1))
+        update = self.latent_mlp([*earlier, latents, scalars])
         latents = (latents + update) * residual_scale
         return latents, (new_tensors.reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
 
@@ -192,7 +192,7 @@ class Allegro(ForceField):
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
         radial, envelope = self.radial(edge_lengths)
         sh = self.spherical_harmonics(edge_vectors)
-        latents = self.two_body(torch.cat([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial], dim=-1)) * envelope.unsqueeze(-1)
+        latents = self.two_body([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial]) * envelope.unsqueeze(-1)
         tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
         # every layer's environment weights its neighbours by u(r) / sqrt(<n>); the residual by u(r) / sqrt(2)
         sh_envelope = sh * (envelope * self.inv_sqrt_neighbors).unsqueeze(-1)
@@ -205,5 +205,5 @@ class Allegro(ForceField):
             if self.dense_latents:
                 earlier = earlier + [previous]
             states.append(latents)
-        edge_energy = self.readout(torch.cat([*earlier, latents], dim=-1) if self.dense_latents else latents).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
+        edge_energy = self.readout([*earlier, latents] if self.dense_latents else latents).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
         return scatter_sum(edge_energy, centre, num_atoms), (states if edge_states else None)

@@ -83,20 +83,39 @@ class ScaledSiLU(nn.Module):
 
 
 class NormalizedMLP(nn.Sequential):
-    """Linear layers and :class:`ScaledSiLU`, computed with each activation's constant applied to the
-    next (small) weight matrix instead of the [n, width] activations: the same function and the
-    same gradients, one pass fewer per activation."""
+    """Linear layers and SiLUs (:class:`ScaledSiLU` or PyTorch's), computed with each activation's
+    constant applied to the next (small) weight matrix instead of the [n, width] activations: the
+    same function and the same gradients, one pass fewer per activation.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    The input may be a list of tensors, the columns of the input side by side: while the weights
+    are trained the first layer sums one product per part (no concatenation, whose slices cost
+    zero-filled gradients in the force loss's second derivatives); in inference it concatenates."""
+
+    def forward(self, x) -> torch.Tensor:
         carry = 1.0  # factor owed by x, paid by the next weight matrix
         for layer in self:
             if isinstance(layer, nn.Linear):
-                x = torch.nn.functional.linear(x, layer.weight if carry == 1.0 else layer.weight * carry, layer.bias)
+                weight = layer.weight if carry == 1.0 else layer.weight * carry
+                x = linear_of_parts(x, weight, layer.bias) if isinstance(x, (list, tuple)) else torch.nn.functional.linear(x, weight, layer.bias)
                 carry = 1.0
             else:
                 x = torch.nn.functional.silu(x)
-                carry = layer.scale
+                carry = getattr(layer, "scale", 1.0)
         return x if carry == 1.0 else x * carry
+
+
+def linear_of_parts(parts, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``linear(cat(parts, -1), weight, bias)``: concatenated where no gradient reaches the weight
+    (inference), as a sum of one product per part otherwise (training)."""
+    if len(parts) == 1 or not (weight.requires_grad and torch.is_grad_enabled()):
+        return torch.nn.functional.linear(parts[0] if len(parts) == 1 else torch.cat(list(parts), dim=-1), weight, bias)
+    out, column = None, 0
+    for part in parts:
+        width = part.shape[-1]
+        term = torch.nn.functional.linear(part, weight[:, column : column + width], bias if out is None else None)
+        out = term if out is None else out + term
+        column += width
+    return out
 
 
 def mlp(sizes: list[int], final_activation: bool = False, bias: bool = True, normalized: bool = False) -> nn.Sequential:
@@ -114,7 +133,7 @@ def mlp(sizes: list[int], final_activation: bool = False, bias: bool = True, nor
         layers.append(linear)
         if k < len(sizes) - 2 or final_activation:
             layers.append(ScaledSiLU() if normalized else nn.SiLU())
-    return NormalizedMLP(*layers) if normalized else nn.Sequential(*layers)
+    return NormalizedMLP(*layers)
 
 
 def normal_init(linear: nn.Linear) -> nn.Linear:
