@@ -78,6 +78,24 @@ def test_polynomial_cutoff_is_the_papers_polynomial_and_vanishes_smoothly_at_r_m
     torch.testing.assert_close(slope, -168.0 * x**5 * (1.0 - x) ** 2 / 5.0 * (x < 1.0), rtol=1e-10, atol=1e-12)
 
 
+def test_radial_embedding_is_the_bessel_basis_times_the_envelope():
+    """basis_n(r) = sqrt(2 / r_c) sin(n pi r / r_c) / r * u(r), with its gradient, as the two
+    modules define it (the embedding computes the per-edge factors first)."""
+    from stableff.models.blocks import RadialEmbedding
+
+    embedding = RadialEmbedding(5.0, 8, 6.0, trainable=True).double()
+    r = torch.linspace(0.3, 6.0, 120, dtype=torch.float64, requires_grad=True)
+    basis, envelope = embedding(r)
+    reference = embedding.bessel(r) * embedding.cutoff(r).unsqueeze(-1)
+    torch.testing.assert_close(basis, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(envelope, embedding.cutoff(r), rtol=0, atol=0)
+    weights = torch.randn(8, dtype=torch.float64)
+    ours = torch.autograd.grad((basis * weights).sum(), (r, embedding.bessel.frequencies))
+    theirs = torch.autograd.grad((reference * weights).sum(), (r, embedding.bessel.frequencies))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_periodic_cell_equals_supercell_per_atom(name):
     model = make_model(name, type_numbers=(8, 72))

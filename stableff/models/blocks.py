@@ -63,7 +63,11 @@ class RadialEmbedding(nn.Module):
 
     def forward(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         envelope = self.cutoff(r)
-        return self.bessel(r) * envelope.unsqueeze(-1), envelope
+        bessel = self.bessel
+        # b_n(r) u(r) = sin(n pi r / r_c) * (sqrt(2 / r_c) u(r) / r): per-edge factors on [E], then
+        # two [E, N] passes
+        phase = r.unsqueeze(-1) * (bessel.frequencies / bessel.r_max)
+        return torch.sin(phase) * (envelope * bessel.prefactor / r).unsqueeze(-1), envelope
 
 
 #: E[silu(z)^2]^(-1/2) for z ~ N(0, 1) (e3nn's normalize2mom constant for SiLU)
