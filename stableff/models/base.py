@@ -197,8 +197,11 @@ class ForceField(nn.Module):
                 positions = positions + torch.einsum("ni,nij->nj", positions, symmetric.index_select(0, atom_batch))
                 cell = cell + torch.bmm(cell, symmetric)
             centre, neighbour = batch[keys.EDGE_INDEX]
-            edge_cell = cell.index_select(0, atom_batch[centre])
-            edge_vectors = positions.index_select(0, neighbour) - positions.index_select(0, centre) + torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], edge_cell)
+            if num_structures == 1:  # one cell (MD, a calculator call): one [E, 3] x [3, 3] product
+                shift_vectors = batch[keys.EDGE_CELL_SHIFT] @ cell[0]
+            else:
+                shift_vectors = torch.einsum("ei,eij->ej", batch[keys.EDGE_CELL_SHIFT], cell.index_select(0, atom_batch.index_select(0, centre)))
+            edge_vectors = positions.index_select(0, neighbour) - positions.index_select(0, centre) + shift_vectors
             edge_lengths = torch.linalg.norm(edge_vectors, dim=-1)
 
             raw, states = atomic_energies(batch, edge_vectors, edge_lengths, edge_features)
