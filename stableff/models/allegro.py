@@ -162,7 +162,7 @@ class Allegro(ForceField):
         normalized = mlp_normalization == "second_moment"
         n = self.num_species
         self.sh_irreps = o3.Irreps.spherical_harmonics(l_max)
-        self.spherical_harmonics = o3.SphericalHarmonics(self.sh_irreps, normalize=True, normalization="component")
+        self.spherical_harmonics = o3.SphericalHarmonics(self.sh_irreps, normalize=False, normalization="component")  # of unit vectors
         self.radial = RadialEmbedding(r_max, num_bessels, polynomial_p)
         self.two_body = mlp([2 * n + num_bessels, two_body_mlp_width, num_scalar_features], final_activation=True, normalized=normalized)
         self.initial_weights = nn.Linear(num_scalar_features, num_tensor_features * len(self.sh_irreps))
@@ -191,7 +191,7 @@ class Allegro(ForceField):
         num_atoms = species.shape[0]
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
         radial, envelope = self.radial(edge_lengths)
-        sh = self.spherical_harmonics(edge_vectors)
+        sh = self.spherical_harmonics(edge_vectors / edge_lengths.unsqueeze(-1))  # the lengths are known: no second norm
         latents = self.two_body([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial]) * envelope.unsqueeze(-1)
         tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
         # every layer's environment weights its neighbours by u(r) / sqrt(<n>); the residual by u(r) / sqrt(2)

@@ -202,7 +202,7 @@ class NequIP(ForceField):
         super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
         n = self.num_species
         self.irreps_edge = o3.Irreps.spherical_harmonics(l_max)
-        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_edge, normalize=True, normalization="component")
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_edge, normalize=False, normalization="component")  # of unit vectors
         self.radial = RadialEmbedding(r_max, num_bessels, polynomial_p, trainable=bessel_trainable)
         self.embedding = o3.Linear(o3.Irreps(f"{n}x0e"), o3.Irreps(f"{num_features}x0e"))
         hidden = hidden_irreps(num_features, l_max, parity)
@@ -224,7 +224,7 @@ class NequIP(ForceField):
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         species = batch[keys.SPECIES]
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
-        edge_sh = self.spherical_harmonics(edge_vectors)
+        edge_sh = self.spherical_harmonics(edge_vectors / edge_lengths.unsqueeze(-1))  # the lengths are known: no second norm
         edge_radial, _ = self.radial(edge_lengths)
         features = self.embedding(onehot)
         sample = batch.get(keys.EDGE_FEATURE_SAMPLE) if edge_states else None
