@@ -49,7 +49,7 @@ class SkinNeighborList:
             raise ValueError(f"the neighbour-list skin must be >= 0 A (got {skin})")
         self.cutoff, self.skin = float(cutoff), float(skin)
         self.builds = 0
-        self._kept = None  # (positions, cell, pbc, i, j, shifts) of the last build
+        self._kept = None  # (positions, cell, pbc, [E, 5] pairs (i, j, shift), float shifts) of the last build
 
     def __call__(self, positions, cell, pbc):
         """``(i, j, shifts)`` of the pairs within the cutoff, as :func:`neighbor_list`."""
@@ -66,12 +66,15 @@ class SkinNeighborList:
             or np.max(np.sum((positions - kept[0]) ** 2, axis=1), initial=0.0) > (0.5 * self.skin) ** 2
         ):
             i, j, shifts = neighbor_list(positions, cell, pbc, self.cutoff + self.skin)
-            kept = self._kept = (positions.copy(), cell.copy(), pbc.copy(), i, j, shifts)
+            # one [E, 5] array (i, j, shift), and the shifts as floats: the per-call work below is
+            # np.take / np.compress, several times faster than fancy and boolean indexing
+            pairs = np.concatenate([i[:, None], j[:, None], shifts], axis=1)
+            kept = self._kept = (positions.copy(), cell.copy(), pbc.copy(), pairs, shifts.astype(np.float64))
             self.builds += 1
-        i, j, shifts = kept[3:]
-        vectors = positions[j] - positions[i] + shifts @ cell
-        within = np.einsum("ij,ij->i", vectors, vectors) < self.cutoff**2
-        return i[within], j[within], shifts[within]
+        pairs, float_shifts = kept[3], kept[4]
+        vectors = np.take(positions, pairs[:, 1], axis=0) - np.take(positions, pairs[:, 0], axis=0) + float_shifts @ cell
+        within = np.compress(np.einsum("ij,ij->i", vectors, vectors) < self.cutoff**2, pairs, axis=0)
+        return within[:, 0], within[:, 1], within[:, 2:]
 
 
 def _all_pairs(positions: np.ndarray, cutoff: float, with_distances: bool):
