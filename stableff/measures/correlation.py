@@ -27,12 +27,17 @@ def correlation_matrix(features: torch.Tensor, eps: float = EPS) -> torch.Tensor
     >>> round(float(correlation_matrix(x)[0, 1]), 6)
     1.0
     """
-    # = C / (s s^T) with C = X_c^T X_c / E and s = sqrt(diag C + eps): one pass over the edges for
-    # the centring and one matrix product; the standardisation acts on the [d, d] matrix only.
+    _, covariance, inv_std = _centred_covariance(features, eps)
+    return covariance * inv_std.unsqueeze(0) * inv_std.unsqueeze(1)
+
+
+def _centred_covariance(features: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(X_c, C = X_c^T X_c / E, 1 / s) with X_c = X - mean(X) and s = sqrt(diag C + eps), so that
+    R = C / (s s^T): one pass over the edges for the centring and one matrix product; the
+    standardisation acts on the [d, d] matrix only."""
     centred = features - features.mean(dim=0, keepdim=True)
     covariance = centred.transpose(0, 1) @ centred / features.shape[0]
-    inv_std = torch.rsqrt(torch.diagonal(covariance) + eps)
-    return covariance * inv_std.unsqueeze(0) * inv_std.unsqueeze(1)
+    return centred, covariance, torch.rsqrt(torch.diagonal(covariance) + eps)
 
 
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
@@ -65,10 +70,8 @@ class _OffDiagonalSquares(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, eps):
-        n, d = x.shape
-        centred = x - x.mean(dim=0, keepdim=True)
-        covariance = torch.mm(centred.transpose(0, 1), centred).div_(n)
-        scale = torch.rsqrt(torch.diagonal(covariance) + eps)
+        d = x.shape[1]
+        centred, covariance, scale = _centred_covariance(x, eps)
         off = covariance.mul_(scale.unsqueeze(0)).mul_(scale.unsqueeze(1)).fill_diagonal_(0.0)
         m = d * (d - 1)
         ctx.save_for_backward(centred, off, scale)
