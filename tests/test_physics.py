@@ -9,7 +9,7 @@ from ase.build import bulk
 
 from stableff import testing
 from stableff.data import keys
-from stableff.data.graph import collate, frame_to_graph
+from stableff.data.graph import collate, edges_first, frame_to_graph
 from stableff.models import MODELS, build_model
 
 from conftest import SMALL_HYPERPARAMETERS
@@ -164,19 +164,26 @@ def test_edge_features_are_per_layer_and_differentiable(name, acac_frames):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_subsampled_edge_features_equal_the_full_ones_on_the_same_edges(name, acac_frames):
+    """The sampled edges stored first (as the trainer does): the same energy and forces as the
+    batch in its own edge order, edge features on those edges only, equal to the full ones there,
+    and the same gradient of a training loss (forces differentiated again, plus a loss on the
+    sampled edge features) as a gather of the full features."""
     model = make_model(name)
     batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in acac_frames[:2]])
-    full = model(batch, edge_features=True)[keys.EDGE_FEATURES]
+    full = model(batch, edge_features=True)
     sample = torch.randperm(batch[keys.EDGE_INDEX].shape[1], generator=torch.Generator().manual_seed(0))[:25]
-    sampled = model({**batch, keys.EDGE_FEATURE_SAMPLE: sample}, edge_features=True)[keys.EDGE_FEATURES]
-    for f, s in zip(full, sampled):
+    reordered = edges_first(batch, sample)
+    assert int(reordered[keys.EDGE_FEATURE_SAMPLE]) == 25
+    assert torch.equal(reordered[keys.EDGE_INDEX][:, :25], batch[keys.EDGE_INDEX][:, sample])
+    sampled = model(reordered, edge_features=True)
+    torch.testing.assert_close(sampled[keys.TOTAL_ENERGY], full[keys.TOTAL_ENERGY], rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(sampled[keys.FORCES], full[keys.FORCES], rtol=1e-10, atol=1e-10)
+    for f, s in zip(full[keys.EDGE_FEATURES], sampled[keys.EDGE_FEATURES]):
         assert s.shape[0] == 25
         torch.testing.assert_close(s, f[sample], rtol=1e-10, atol=1e-12)
-    # and the gradient of a training loss (forces differentiated again, a loss on the sampled edge
-    # features) equals the one through a gather of the full features
     parameters = [p for p in model.parameters() if p.requires_grad]
     gradients = []
-    for inputs, rows in (({**batch, keys.EDGE_FEATURE_SAMPLE: sample}, slice(None)), (batch, sample)):
+    for inputs, rows in ((reordered, slice(None)), (batch, sample)):
         out = model(inputs, create_graph=True, edge_features=True)
         loss = out[keys.FORCES].pow(2).sum() + out[keys.TOTAL_ENERGY].sum() + sum(f[rows].pow(2).mean() for f in out[keys.EDGE_FEATURES])
         gradients.append(torch.autograd.grad(loss, parameters, allow_unused=True))

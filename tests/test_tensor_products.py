@@ -203,20 +203,32 @@ def test_invariant_view_equals_per_channel_norms_with_its_gradient(component_maj
     assert torch.autograd.gradcheck(view, (x,))
 
 
-def test_scatter_sum_and_rows_equals_a_sum_and_a_gather_to_second_order():
-    """The fused sum-and-sampled-rows NequIP uses for its edge states: same values, first and second
-    derivatives as scatter_sum plus index_select (the force loss differentiates forces again)."""
-    from stableff.models.blocks import scatter_sum, scatter_sum_and_rows
+@pytest.mark.parametrize("count", [3, 12])
+def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count):
+    """The fused sum-and-invariant-view NequIP uses for its edge features: same values and first
+    derivatives as scatter_sum plus InvariantChannels of src[:count]; the sum's second derivatives
+    too (the force loss differentiates forces again); the view refuses a second derivative."""
+    from stableff.models.blocks import scatter_sum, scatter_sum_and_view
 
+    irreps = o3.Irreps("2x0e+2x1o+2x1e+2x2e")
+    view = InvariantChannels(irreps, component_major=True)
     generator = torch.Generator().manual_seed(4)
-    src = torch.randn(12, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    src = torch.randn(12, irreps.dim, dtype=torch.float64, generator=generator, requires_grad=True)
     index = torch.randint(0, 4, (12,), generator=generator)
-    rows = torch.tensor([7, 2, 9])
-    summed, sampled = scatter_sum_and_rows(src, index, 4, rows)
+    summed, invariants = scatter_sum_and_view(src, index, 4, view, count)
     torch.testing.assert_close(summed, scatter_sum(src, index, 4))
-    torch.testing.assert_close(sampled, src[rows])
+    torch.testing.assert_close(invariants, view(src[:count]))
+    assert invariants.shape == (count, 2 + 6)
+
     def both(x):
-        return scatter_sum_and_rows(x.pow(2), index, 4, rows)
+        return scatter_sum_and_view(x.pow(2), index, 4, view, count)
+
     assert torch.autograd.gradcheck(both, (src,))
-    assert torch.autograd.gradgradcheck(both, (src,))
-    assert torch.autograd.gradgradcheck(lambda x: scatter_sum_and_rows(x.pow(2), index, 4, rows)[0], (src,))
+    assert torch.autograd.gradgradcheck(lambda x: both(x)[0], (src,))
+    # a loss on both outputs, its gradient: the view's part added into the sum's
+    weights = torch.randn(count, 8, dtype=torch.float64, generator=generator)
+    ours = torch.autograd.grad((both(src)[0].pow(2).sum() + (both(src)[1] * weights).sum()), src)[0]
+    reference = torch.autograd.grad(scatter_sum(src.pow(2), index, 4).pow(2).sum() + (view(src.pow(2)[:count]) * weights).sum(), src)[0]
+    torch.testing.assert_close(ours, reference)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(both(src)[1].sum(), src, create_graph=True)

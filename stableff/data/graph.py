@@ -77,6 +77,28 @@ def collate(graphs: Sequence[Graph]) -> Graph:
     return batch
 
 
+#: per-edge fields of a batch (edge axis first, EDGE_INDEX: second)
+_PER_EDGE = (keys.EDGE_CELL_SHIFT, keys.EDGE_VECTORS, keys.EDGE_LENGTHS)
+
+
+def edges_first(batch: Graph, edges: torch.Tensor) -> Graph:
+    """The same batch with the edges ``edges`` (distinct indices) stored first, in that order, and
+    the others after them in their order; ``keys.EDGE_FEATURE_SAMPLE`` says how many lead. Models
+    then compute edge features on those leading edges and read them in place (no gather); every
+    model result is independent of the edge order (to float rounding of its sums)."""
+    num_edges = batch[keys.EDGE_INDEX].shape[1]
+    rest = torch.ones(num_edges, dtype=torch.bool, device=edges.device)
+    rest[edges] = False
+    order = torch.cat([edges, rest.nonzero().squeeze(1)])
+    out = dict(batch)
+    out[keys.EDGE_INDEX] = batch[keys.EDGE_INDEX].index_select(1, order)
+    for key in _PER_EDGE:
+        if key in batch:
+            out[key] = batch[key].index_select(0, order)
+    out[keys.EDGE_FEATURE_SAMPLE] = torch.tensor(edges.shape[0])
+    return out
+
+
 def to_device(batch: Graph, device, dtype=None) -> Graph:
     """Move a batch to a device (and cast its floating tensors to ``dtype`` if given)."""
     out = {}

@@ -22,8 +22,9 @@ FORCES = "forces"  # [N, 3] float, eV/Angstrom
 STRESS = "stress"  # [B, 3, 3] float, eV/Angstrom^3 (ASE sign convention)
 VIRIAL = "virial"  # [B, 3, 3] float, eV
 EDGE_FEATURES = "edge_features"  # list over layers of [E_s, d_l] invariant per-edge tensors
-EDGE_FEATURE_SAMPLE = "edge_feature_sample"  # [E_s] long, optional: the edges on which a model
-# computes edge_features (all E edges if absent); keeps the decorrelation cost independent of size
+EDGE_FEATURE_SAMPLE = "edge_feature_sample"  # [] long, optional: E_s, a model computes edge_features
+# on the first E_s edges only (all E edges if absent); the trainer stores a random sample of the
+# edges first (graph.edges_first), which keeps the decorrelation cost independent of size
 
 # labels a dataset may carry
 LABEL_KEYS = (TOTAL_ENERGY, FORCES, STRESS)

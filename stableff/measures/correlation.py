@@ -27,17 +27,17 @@ def correlation_matrix(features: torch.Tensor, eps: float = EPS) -> torch.Tensor
     >>> round(float(correlation_matrix(x)[0, 1]), 6)
     1.0
     """
-    _, covariance, inv_std = _centred_covariance(features, eps)
+    _, products = _centred_products(features)
+    covariance = products / features.shape[0]
+    inv_std = torch.rsqrt(torch.diagonal(covariance) + eps)
     return covariance * inv_std.unsqueeze(0) * inv_std.unsqueeze(1)
 
 
-def _centred_covariance(features: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(X_c, C = X_c^T X_c / E, 1 / s) with X_c = X - mean(X) and s = sqrt(diag C + eps), so that
-    R = C / (s s^T): one pass over the edges for the centring and one matrix product; the
-    standardisation acts on the [d, d] matrix only."""
+def _centred_products(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X_c, X_c^T X_c) with X_c = X - mean(X): one pass over the edges for the centring and one
+    matrix product; the standardisation then acts on the [d, d] matrix only."""
     centred = features - features.mean(dim=0, keepdim=True)
-    covariance = centred.transpose(0, 1) @ centred / features.shape[0]
-    return centred, covariance, torch.rsqrt(torch.diagonal(covariance) + eps)
+    return centred, centred.transpose(0, 1) @ centred
 
 
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
@@ -60,21 +60,24 @@ def mean_abs_correlation(features: torch.Tensor) -> float:
 
 class _OffDiagonalSquares(torch.autograd.Function):
     """(mean_{i != j} R_ij^2, mean_{i != j} |R_ij|) of X [n, d] in one node: the centring, one matrix
-    product, and [d, d] work forward; one matrix product backward. With m = d(d-1), a_i = (C_ii +
-    eps)^(-1/2) and R_ij = C_ij a_i a_j, the gradient of L = sum_{i != j} R_ij^2 / m is
+    product, and [d, d] work forward; one matrix product backward. With C = X_c^T X_c (not divided
+    by n), t_i = (C_ii + n eps)^(-1/2) (so that R_ij = C_ij t_i t_j) and m = d(d-1), the gradient of
+    L = sum_{i != j} R_ij^2 / m is
 
-        dL/dC_ij = 2 R_ij a_i a_j / m   (i != j),   dL/dC_ii = -a_i^2 sum_{j != i} 2 R_ij^2 / m,
+        dL/dC_ij = 2 R_ij t_i t_j / m   (i != j),   dL/dC_ii = -t_i^2 sum_{j != i} 2 R_ij^2 / m,
 
-    and dL/dX = 2 X_c G / n for that symmetric G (the centring's backward vanishes: the
-    columns of X_c sum to zero). Autograd of the same lines takes ~20 small nodes per layer."""
+    and dL/dX = 2 X_c G for that symmetric G (the centring's backward vanishes: the columns of
+    X_c sum to zero); the factor 2 and 1/n sit on the [d, d] matrices, not on [n, d] tensors.
+    Autograd of the same lines takes ~20 small nodes per layer."""
 
     @staticmethod
     def forward(ctx, x, eps):
-        d = x.shape[1]
-        centred, covariance, scale = _centred_covariance(x, eps)
-        off = covariance.mul_(scale.unsqueeze(0)).mul_(scale.unsqueeze(1)).fill_diagonal_(0.0)
+        n, d = x.shape
+        centred, covariance = _centred_products(x)
+        t = torch.rsqrt(torch.diagonal(covariance) + n * eps)
+        off = covariance.mul_(torch.outer(t, t)).fill_diagonal_(0.0)
+        ctx.save_for_backward(centred, off, t)
         m = d * (d - 1)
-        ctx.save_for_backward(centred, off, scale)
         measure = off.abs().sum() / m
         ctx.mark_non_differentiable(measure)  # the reported corr_l carries no gradient
         return off.square().sum() / m, measure
@@ -82,12 +85,12 @@ class _OffDiagonalSquares(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_measure):
-        centred, off, scale = ctx.saved_tensors
-        n, d = centred.shape
+        centred, off, t = ctx.saved_tensors
+        d = off.shape[0]
         g_r = off * (2.0 * grad_loss / (d * (d - 1)))  # dL/dR, zero diagonal
-        g_c = g_r * scale.unsqueeze(0) * scale.unsqueeze(1)
-        g_c.diagonal().copy_(-(scale.square() * (g_r * off).sum(dim=1)))
-        return torch.mm(centred, g_c).mul_(2.0 / n), None
+        g_c = g_r * torch.outer(t, t)
+        g_c.diagonal().copy_(-(t.square() * (g_r * off).sum(dim=1)))
+        return torch.mm(centred, g_c.mul_(2.0)), None
 
 
 def correlation_terms(features: torch.Tensor) -> tuple[torch.Tensor, float]:

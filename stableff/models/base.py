@@ -8,8 +8,9 @@ its per-layer edge states); this base class
   -9400 eV molecule would otherwise round its energy to 1e-3 eV),
 * takes forces (and stress for periodic cells) by autograd of the energy,
 * turns the per-layer edge states into the invariant ``edge_features`` only when asked (training with
-  decorrelation, ``stableff correlation``), on the sampled edges ``batch[keys.EDGE_FEATURE_SAMPLE]``
-  when present, so MD and evaluation never pay for them.
+  decorrelation, ``stableff correlation``), on the first ``batch[keys.EDGE_FEATURE_SAMPLE]`` edges
+  when present (the trainer stores a random sample of the edges first: ``data.graph.edges_first``),
+  so MD and evaluation never pay for them.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class ForceField(nn.Module):
     """
 
     model_name = "base"
-    #: True where atomic_energies returns the edge states already restricted to the rows
-    #: batch[keys.EDGE_FEATURE_SAMPLE] (it can take them more cheaply than a gather afterwards)
+    #: True where atomic_energies returns the invariant edge features already, on the first
+    #: ``feature_edge_count(batch)`` edges (it can take them more cheaply than a view afterwards)
     samples_edge_states = False
     #: bumped when the same hyper-parameters and weights start to mean another function or training
     #: (part of the study's training fingerprint from revision 2 on)
@@ -145,9 +146,16 @@ class ForceField(nn.Module):
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Raw per-atom energies [N] (before scale/shift) and, if ``edge_states``, one [E, ...] tensor
-        per interaction layer over all edges, or over the sampled edges where
-        ``samples_edge_states`` (None otherwise)."""
+        per interaction layer over all edges, or where ``samples_edge_states`` the invariant edge
+        features [E_s, d_l] on the first ``feature_edge_count(batch)`` edges (None otherwise)."""
         raise NotImplementedError
+
+    @staticmethod
+    def feature_edge_count(batch: dict) -> int:
+        """On how many leading edges of the batch edge features are computed: all, or the sample
+        the trainer stored first (``keys.EDGE_FEATURE_SAMPLE``)."""
+        num_edges = batch[keys.EDGE_INDEX].shape[1]
+        return min(int(batch[keys.EDGE_FEATURE_SAMPLE]), num_edges) if keys.EDGE_FEATURE_SAMPLE in batch else num_edges
 
     def edge_feature_view(self, layer: int, states: torch.Tensor) -> torch.Tensor:
         """The invariant [E_s, d_l] view of a layer's edge states (identity for invariant states)."""
@@ -213,10 +221,11 @@ class ForceField(nn.Module):
             energy = scatter_sum(atomic, atom_batch, num_structures)
         out = {keys.TOTAL_ENERGY: energy, keys.ATOMIC_ENERGIES: atomic}
         if edge_features:
-            sample = None if self.samples_edge_states else batch.get(keys.EDGE_FEATURE_SAMPLE)
-            out[keys.EDGE_FEATURES] = [
-                self.edge_feature_view(layer, s if sample is None else s.index_select(0, sample)) for layer, s in enumerate(states)
-            ]
+            if self.samples_edge_states:
+                out[keys.EDGE_FEATURES] = list(states)
+            else:
+                count = self.feature_edge_count(batch)
+                out[keys.EDGE_FEATURES] = [self.edge_feature_view(layer, s[:count]) for layer, s in enumerate(states)]
         wrt = ([positions_leaf] if compute_forces else []) + ([strain] if compute_stress else [])
         if wrt:
             grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph)

@@ -186,56 +186,94 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     return out.index_add_(0, index, src)
 
 
-class _ScatterSumAndRows(torch.autograd.Function):
-    """(scatter_sum(src, index), src[rows]) with one gradient pass for both outputs: the gradient of
-    the sampled rows is added in place into the gradient the sum hands back (a fresh gather),
-    instead of autograd's zero-filled [E, d] tensor per gather plus one more [E, d] sum."""
+def _write_invariants(view: "InvariantChannels", features: torch.Tensor, out: torch.Tensor) -> None:
+    """The invariant view of ``features`` [n, D] into ``out`` [n, d]: scalar runs copied, each l > 0
+    channel's norm as sqrt(eps + sum of its squared components), one multiply-add per component
+    (no [n, D] temporary)."""
+    for start, size, shape, column, width in view.runs:
+        run = features[:, start : start + size]
+        if shape is None:
+            out[:, column : column + width].copy_(run)
+            continue
+        components = run.reshape(-1, *shape)
+        target = out[:, column : column + width].view(-1, *shape[:-2], shape[-1])
+        first = components.select(-2, 0)
+        torch.addcmul(first.new_full((), 1e-12), first, first, out=target)  # eps keeps the gradient finite where a channel vanishes
+        for m in range(1, shape[-2]):
+            component = components.select(-2, m)
+            target.addcmul_(component, component)
+    if view.num_vector_channels:
+        out[:, view.num_scalars :].sqrt_()
 
-    @staticmethod
-    def forward(ctx, src, index, dim_size, rows):
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(index, rows)
-        ctx.src_shape = src.shape
-        out = src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
-        return out, src.index_select(0, rows)
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_rows):
-        # written with differentiable operations: the force pass (create_graph) records them
-        index, rows = ctx.saved_tensors
-        if grad_out is None and grad_rows is None:
-            return None, None, None, None
-        if grad_out is not None:
-            grad_src = grad_out.index_select(0, index)
+def _add_invariant_gradient(view: "InvariantChannels", features: torch.Tensor, invariants: torch.Tensor, grad: torch.Tensor, target: torch.Tensor, accumulate: bool) -> None:
+    """d(grad . view(features))/d features into ``target`` [n, D] (added to it with ``accumulate``):
+    the scalar columns' gradient as it is, each component of an l > 0 channel times grad / norm."""
+    num_scalars = view.num_scalars
+    grad_over_norm = grad[:, num_scalars:] / invariants[:, num_scalars:] if view.num_vector_channels else None
+    for start, size, shape, column, width in view.runs:
+        part = target[:, start : start + size]
+        if shape is None:
+            if accumulate:
+                part.add_(grad[:, column : column + width])
+            else:
+                part.copy_(grad[:, column : column + width])
+            continue
+        column -= num_scalars
+        factor = grad_over_norm[:, column : column + width].reshape(-1, *shape[:-2], 1, shape[-1])
+        components = features[:, start : start + size].reshape(-1, *shape)
+        if accumulate:
+            part.view(-1, *shape).addcmul_(components, factor)
         else:
-            grad_src = grad_rows.new_zeros(ctx.src_shape)
-        if grad_rows is not None:
-            grad_src = grad_src.index_add(0, rows, grad_rows) if torch.is_grad_enabled() else grad_src.index_add_(0, rows, grad_rows)
-        return grad_src, None, None, None
+            torch.mul(components, factor, out=part.view(-1, *shape))
 
 
-def scatter_sum_and_rows(src: torch.Tensor, index: torch.Tensor, dim_size: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scatter_sum(src, index, dim_size), src[rows])`` (``src`` itself for ``rows=None``); the
-    rows cost no dense gradient pass of their own (an edge model's sampled edge states)."""
-    if rows is None:
-        return scatter_sum(src, index, dim_size), src
-    return _ScatterSumAndRows.apply(src, index, dim_size, rows)
+class _ScatterSumAndLeadingView(torch.autograd.Function):
+    """(scatter_sum(src, index), view(src[:count])): a layer's aggregated messages and the invariant
+    view of its first ``count`` edge states (the trainer stores the sampled edges first), read in
+    place: no gathered copy of the rows, and their gradient is added in place into the gradient
+    of the sum (the force loss's pass) instead of a zero-filled [E, D] tensor per output."""
+
+    @staticmethod
+    def forward(ctx, src, index, dim_size, view, count):
+        ctx.set_materialize_grads(False)
+        summed = src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+        invariants = src.new_empty(count, view.num_scalars + view.num_vector_channels)
+        _write_invariants(view, src[:count], invariants)
+        ctx.save_for_backward(src, index, invariants)
+        ctx.view, ctx.count = view, count
+        return summed, invariants
+
+    @staticmethod
+    def backward(ctx, grad_summed, grad_invariants):
+        # written with differentiable operations where they must be: the force pass (create_graph)
+        # records the sum's backward; the view is differentiable once (the training loss)
+        src, index, invariants = ctx.saved_tensors
+        if grad_summed is None and grad_invariants is None:
+            return None, None, None, None, None
+        grad_src = grad_summed.index_select(0, index) if grad_summed is not None else src.new_zeros(src.shape)
+        if grad_invariants is not None:
+            if torch.is_grad_enabled():
+                raise RuntimeError("edge features are differentiable once (a loss on them cannot be differentiated again)")
+            count = ctx.count
+            _add_invariant_gradient(ctx.view, src[:count], invariants, grad_invariants, grad_src[:count], accumulate=True)
+        return grad_src, None, None, None, None
+
+
+def scatter_sum_and_view(src: torch.Tensor, index: torch.Tensor, dim_size: int, view: "InvariantChannels", count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scatter_sum(src, index, dim_size), view(src[:count]))`` with one gradient pass for both
+    (an edge model's invariant edge features on the leading, sampled, edges)."""
+    return _ScatterSumAndLeadingView.apply(src, index, dim_size, view, count)
 
 
 class _InvariantView(torch.autograd.Function):
-    """Forward and backward of :class:`InvariantChannels` as one write per run of blocks each way
+    """Forward and backward of :class:`InvariantChannels`, one pass per run of blocks each way
     (autograd of split / square / sum / sqrt / cat takes about three times the passes)."""
 
     @staticmethod
     def forward(ctx, features, view):
         out = features.new_empty(features.shape[0], view.num_scalars + view.num_vector_channels)
-        for start, size, shape, column, width in view.runs:
-            run = features[:, start : start + size]
-            if shape is None:
-                out[:, column : column + width] = run
-            else:
-                torch.sum(run.reshape(-1, *shape).square(), dim=-2, out=out[:, column : column + width].view(-1, *shape[:-2], shape[-1]))
-        out[:, view.num_scalars :].add_(1e-12).sqrt_()  # eps keeps the gradient finite where a channel vanishes
+        _write_invariants(view, features, out)
         ctx.save_for_backward(features, out)
         ctx.view = view
         return out
@@ -245,16 +283,7 @@ class _InvariantView(torch.autograd.Function):
     def backward(ctx, grad):
         features, out = ctx.saved_tensors
         grad_features = torch.empty_like(features)
-        num_scalars = ctx.view.num_scalars
-        grad_over_norm = grad[:, num_scalars:] / out[:, num_scalars:]
-        for start, size, shape, column, width in ctx.view.runs:
-            target = grad_features[:, start : start + size]
-            if shape is None:
-                target.copy_(grad[:, column : column + width])
-            else:
-                column -= num_scalars
-                factor = grad_over_norm[:, column : column + width].reshape(-1, *shape[:-2], 1, shape[-1])
-                torch.mul(features[:, start : start + size].reshape(-1, *shape), factor, out=target.view(-1, *shape))
+        _add_invariant_gradient(ctx.view, features, out, grad, grad_features, accumulate=False)
         return grad_features, None
 
 

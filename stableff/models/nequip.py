@@ -19,7 +19,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import ForceField
-from stableff.models.blocks import InvariantChannels, RadialEmbedding, cached_while_frozen, linear_map_matrix, scatter_sum_and_rows, weights_frozen
+from stableff.models.blocks import InvariantChannels, RadialEmbedding, cached_while_frozen, linear_map_matrix, scatter_sum, scatter_sum_and_view, weights_frozen
 from stableff.models.tensor_products import EdgeMatrixTensorProduct
 
 
@@ -106,9 +106,9 @@ class InteractionLayer(nn.Module):
                 self.gate_runs.append([offset, mul, ir.dim])
             offset += mul
 
-    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float, sample=None):
-        """New node features, and the messages [E, irreps_mid] in the component-major layout of
-        ``EdgeMatrixTensorProduct`` (the layer's edge states; only the rows ``sample`` if given).
+    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float, feature_edges: int | None = None):
+        """New node features, and with ``feature_edges`` the invariant view of the messages (the
+        layer's edge features) on the first ``feature_edges`` edges (None otherwise).
 
         With frozen weights (inference) the node-side linear maps run as matrices read off e3nn's
         modules once (``inference_matrices``); while training, through e3nn's modules."""
@@ -121,7 +121,10 @@ class InteractionLayer(nn.Module):
         else:
             mixed = self.linear_1(node_features)
         messages = self.channel_tp(mixed, neighbour, edge_sh, weights)
-        summed, messages = scatter_sum_and_rows(messages, centre, node_features.shape[0], sample)
+        if feature_edges is None:
+            summed, features = scatter_sum(messages, centre, node_features.shape[0]), None
+        else:
+            summed, features = scatter_sum_and_view(messages, centre, node_features.shape[0], self.invariant_view, feature_edges)
         if frozen:
             num_nodes, num_species = node_onehot.shape
             per_species = (node_features @ self_connection).view(num_nodes, num_species, -1)
@@ -132,7 +135,7 @@ class InteractionLayer(nn.Module):
         updated = self.gated(updated)
         if self.resnet:
             updated = updated + node_features
-        return updated, messages
+        return updated, features
 
     def node_weights(self) -> list[torch.Tensor]:
         return [*self.linear_1.parameters(), *self.linear_2.parameters(), *self.self_connection.parameters()]
@@ -227,14 +230,10 @@ class NequIP(ForceField):
         edge_sh = self.spherical_harmonics(edge_vectors / edge_lengths.unsqueeze(-1))  # the lengths are known: no second norm
         edge_radial, _ = self.radial(edge_lengths)
         features = self.embedding(onehot)
-        sample = batch.get(keys.EDGE_FEATURE_SAMPLE) if edge_states else None
+        feature_edges = self.feature_edge_count(batch) if edge_states else None
         states = []
         for layer in self.layers:
-            features, messages = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors, sample)
-            states.append(messages)
+            features, edge_features = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors, feature_edges)
+            states.append(edge_features)
         energies = self.readout(features).squeeze(-1)
         return energies, (states if edge_states else None)
-
-    def edge_feature_view(self, layer, states):
-        """Scalars of the layer's messages as they are, each l > 0 channel by its norm."""
-        return self.layers[layer].invariant_view(states)

@@ -3,8 +3,8 @@
     L = w_E L_E + w_F L_F (+ w_S L_S) + lambda(t) L_corr,   L_corr = sum_l w_l mean_{i != j} R_ij^2
 
 with R the edge-feature correlation matrix of layer l (:mod:`stableff.measures.correlation`),
-computed on at most ``max_edges`` edges sampled at random (seeded) per batch. Model-agnostic: only
-the ``edge_features`` list every model returns is read.
+computed on at most ``max_edges`` edges sampled at random (seeded) per batch and stored first in
+it. Model-agnostic: only the ``edge_features`` list every model returns is read.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from stableff.measures.correlation import correlation_terms, select_channels
 
 def sample_edges(num_edges: int, max_edges: int | None, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor | None:
     """Indices of at most ``max_edges`` edges drawn without replacement, ascending (R does not
-    depend on the order; gathers in memory order are cheaper). None = use all edges."""
+    depend on the order; stored first in the batch, ``data.graph.edges_first``, they keep their
+    memory order). None = use all edges."""
     if max_edges is None or num_edges <= max_edges:
         return None
-    return torch.randperm(num_edges, generator=generator)[:max_edges].sort().values.to(device)
+    chosen = torch.zeros(num_edges, dtype=torch.bool)
+    chosen[torch.randperm(num_edges, generator=generator)[:max_edges]] = True
+    return chosen.nonzero().squeeze(1).to(device)  # ascending without a sort
 
 
 def correlation_loss(

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from stableff.data import keys
-from stableff.data.graph import collate, frame_to_graph, to_device
+from stableff.data.graph import collate, edges_first, frame_to_graph, to_device
 from stableff.data.stats import compute_statistics
 from stableff.errors import StableFFError
 from stableff.models import build_model
@@ -84,7 +84,7 @@ def gradient_step(model, local_graphs, config: Config, world: int, device, dtype
         if decorrelation.enabled:
             sample = sample_edges(batch[keys.EDGE_INDEX].shape[1], decorrelation.max_edges, generator, device)
             if sample is not None:
-                batch[keys.EDGE_FEATURE_SAMPLE] = sample
+                batch = edges_first(batch, sample)
         prediction = model(batch, compute_forces=True, compute_stress=use_stress and bool(batch[keys.PBC].all()), create_graph=True, edge_features=decorrelation.enabled)
         sums = loss_sums(prediction, batch, use_stress)
         if decorrelation.enabled:
