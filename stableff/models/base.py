@@ -225,7 +225,7 @@ class ForceField(nn.Module):
                 out[keys.EDGE_FEATURES] = list(states)
             else:
                 count = self.feature_edge_count(batch)
-                out[keys.EDGE_FEATURES] = [self.edge_feature_view(layer, s[:count]) for layer, s in enumerate(states)]
+                out[keys.EDGE_FEATURES] = [self.edge_feature_view(layer, s if s.shape[0] == count else s[:count]) for layer, s in enumerate(states)]
         wrt = ([positions_leaf] if compute_forces else []) + ([strain] if compute_stress else [])
         if wrt:
             grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph)
