@@ -9,6 +9,7 @@ per-species energy scale (force RMS) and shifts (stableff's E0 + mean residual),
 the same number of steps. The held-out frames (disjoint from training) are evaluated at four
 checkpoints. Prints energy MAE (meV/atom) and force MAE (meV/A) per checkpoint for both codes and
 writes benchmarks/results/accuracy_per_step/<model>.json and a plot of the force MAE curves.
+``--seed`` sets the training/held-out split, the batch order and both codes' initial weights.
 Upstream runs in .venv-peer-nequip (made on first use by throughput.py's helper).
 """
 

@@ -43,7 +43,7 @@ def main():
     test = [to_data(i) for i in plan["test"]]
     torch.manual_seed(plan["seed"])
     model = build_peer_model(plan["model"], dict(plan["hyper"], avg_num_neighbors=plan["avg_num_neighbors"]), type_names,
-                             plan["energy_scale"], plan["energy_shifts"], plan.get("peer_options"))
+                             plan["energy_scale"], plan["energy_shifts"], plan.get("peer_options"), seed=plan["seed"])
     optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"])
     energy_key, force_key = AtomicDataDict.TOTAL_ENERGY_KEY, AtomicDataDict.FORCE_KEY
 

@@ -14,10 +14,11 @@ import ase.io
 import torch
 
 
-def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: float = 1.0, energy_shifts=0.0, options: dict | None = None):
+def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: float = 1.0, energy_shifts=0.0, options: dict | None = None, seed: int = 0):
     """Upstream NequIP or Allegro (float32) with stableff's hyper-parameter names mapped to upstream's
     (``energy_shifts``: one value, or one per type name, eV/atom; ``options``: further upstream
-    arguments, e.g. Allegro's ``tp_path_channel_coupling``)."""
+    arguments, e.g. Allegro's ``tp_path_channel_coupling``; ``seed``: upstream's seed for the
+    initial weights)."""
     options = dict(options or {})
     if not isinstance(energy_shifts, (int, float)):
         energy_shifts = dict(zip(type_names, (float(v) for v in energy_shifts)))
@@ -25,7 +26,7 @@ def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: f
         from nequip.model import NequIPGNNModel
 
         return NequIPGNNModel(
-            seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
+            seed=seed, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], num_layers=hp["num_layers"],
             l_max=hp["l_max"], parity=hp["parity"], num_features=hp["num_features"], num_bessels=hp["num_bessels"],
             polynomial_cutoff_p=hp["polynomial_p"], radial_mlp_depth=hp["radial_mlp_depth"], radial_mlp_width=hp["radial_mlp_width"],
             avg_num_neighbors=hp["avg_num_neighbors"], per_type_energy_scales=energy_scale, per_type_energy_shifts=energy_shifts, **options,
@@ -33,7 +34,7 @@ def build_peer_model(name: str, hp: dict, type_names: list[str], energy_scale: f
     from allegro.model import AllegroModel
 
     return AllegroModel(
-        seed=0, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], l_max=hp["l_max"], parity=hp["parity"],
+        seed=seed, model_dtype="float32", type_names=type_names, r_max=hp["r_max"], l_max=hp["l_max"], parity=hp["parity"],
         radial_chemical_embed={"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": hp["num_bessels"], "bessel_trainable": False, "polynomial_cutoff_p": int(hp["polynomial_p"])},
         radial_chemical_embed_dim=hp["num_scalar_features"], num_layers=hp["num_layers"],
         num_scalar_features=hp["num_scalar_features"], num_tensor_features=hp["num_tensor_features"],
