@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 
 class BesselBasis(nn.Module):
@@ -206,26 +205,19 @@ def _write_invariants(view: "InvariantChannels", features: torch.Tensor, out: to
         out[:, view.num_scalars :].sqrt_()
 
 
-def _add_invariant_gradient(view: "InvariantChannels", features: torch.Tensor, invariants: torch.Tensor, grad: torch.Tensor, target: torch.Tensor, accumulate: bool) -> None:
-    """d(grad . view(features))/d features into ``target`` [n, D] (added to it with ``accumulate``):
-    the scalar columns' gradient as it is, each component of an l > 0 channel times grad / norm."""
+def _add_invariant_gradient(view: "InvariantChannels", features: torch.Tensor, invariants: torch.Tensor, grad: torch.Tensor, target: torch.Tensor) -> None:
+    """Add d(grad . view(features))/d features to ``target`` [n, D]: the scalar columns' gradient as
+    it is, each component of an l > 0 channel times grad / norm."""
     num_scalars = view.num_scalars
     grad_over_norm = grad[:, num_scalars:] / invariants[:, num_scalars:] if view.num_vector_channels else None
     for start, size, shape, column, width in view.runs:
         part = target[:, start : start + size]
         if shape is None:
-            if accumulate:
-                part.add_(grad[:, column : column + width])
-            else:
-                part.copy_(grad[:, column : column + width])
+            part.add_(grad[:, column : column + width])
             continue
         column -= num_scalars
         factor = grad_over_norm[:, column : column + width].reshape(-1, *shape[:-2], 1, shape[-1])
-        components = features[:, start : start + size].reshape(-1, *shape)
-        if accumulate:
-            part.view(-1, *shape).addcmul_(components, factor)
-        else:
-            torch.mul(components, factor, out=part.view(-1, *shape))
+        part.view(-1, *shape).addcmul_(features[:, start : start + size].reshape(-1, *shape), factor)
 
 
 class _ScatterSumAndLeadingView(torch.autograd.Function):
@@ -256,7 +248,7 @@ class _ScatterSumAndLeadingView(torch.autograd.Function):
             if torch.is_grad_enabled():
                 raise RuntimeError("edge features are differentiable once (a loss on them cannot be differentiated again)")
             count = ctx.count
-            _add_invariant_gradient(ctx.view, src[:count], invariants, grad_invariants, grad_src[:count], accumulate=True)
+            _add_invariant_gradient(ctx.view, src[:count], invariants, grad_invariants, grad_src[:count])
         return grad_src, None, None, None, None
 
 
@@ -266,27 +258,6 @@ def scatter_sum_and_view(src: torch.Tensor, index: torch.Tensor, dim_size: int, 
     return _ScatterSumAndLeadingView.apply(src, index, dim_size, view, count)
 
 
-class _InvariantView(torch.autograd.Function):
-    """Forward and backward of :class:`InvariantChannels`, one pass per run of blocks each way
-    (autograd of split / square / sum / sqrt / cat takes about three times the passes)."""
-
-    @staticmethod
-    def forward(ctx, features, view):
-        out = features.new_empty(features.shape[0], view.num_scalars + view.num_vector_channels)
-        _write_invariants(view, features, out)
-        ctx.save_for_backward(features, out)
-        ctx.view = view
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        features, out = ctx.saved_tensors
-        grad_features = torch.empty_like(features)
-        _add_invariant_gradient(ctx.view, features, out, grad, grad_features, accumulate=False)
-        return grad_features, None
-
-
 class InvariantChannels(nn.Module):
     """Invariant view [E, d] of equivariant features: scalars as they are, each l > 0 channel by its norm.
 
@@ -294,8 +265,9 @@ class InvariantChannels(nn.Module):
     blocks in order, then the norms of all l > 0 channels in order. Every irrep block is a
     contiguous run of columns, ``mul x (2l+1)`` in e3nn's layout or ``(2l+1) x mul`` in the
     component-major layout of ``EdgeMatrixTensorProduct``; either way a channel's norm is a sum over
-    one axis of the block's view, and neighbouring blocks of the same l are one view (no gathers, a
-    few passes over the features). Differentiable once (the training loss).
+    one axis of the block's view, and neighbouring blocks of the same l are one view (no gathers).
+    ``forward`` is the definition in plain operations; training reads the view of a layer's
+    sampled edges through ``scatter_sum_and_view`` (differentiable once there).
     """
 
     def __init__(self, irreps, component_major: bool = False):
@@ -327,9 +299,18 @@ class InvariantChannels(nn.Module):
             start += size
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The view by plain differentiable operations (the definition; ``scatter_sum_and_view``
+        computes the same on a layer's leading edges in place, for training)."""
         if self.num_vector_channels == 0 and features.shape[-1] == self.num_scalars:
             return features  # scalars only: the view is the features themselves
-        return _InvariantView.apply(features.contiguous(), self)
+        scalars, norms = [], []
+        for start, size, shape, _, _ in self.runs:
+            run = features[:, start : start + size]
+            if shape is None:
+                scalars.append(run)
+            else:  # eps keeps the gradient finite where a channel vanishes
+                norms.append(torch.sqrt(run.reshape(-1, *shape).square().sum(dim=-2) + 1e-12).reshape(features.shape[0], -1))
+        return torch.cat(scalars + norms, dim=1)
 
 
 def build_triplets(edge_index: torch.Tensor, shifts: torch.Tensor, num_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
