@@ -229,7 +229,7 @@ class _ScatterSumAndLeadingView(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, index, dim_size, view, count):
         ctx.set_materialize_grads(False)
-        summed = src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+        summed = scatter_sum(src, index, dim_size)
         invariants = src.new_empty(count, view.num_scalars + view.num_vector_channels)
         _write_invariants(view, src[:count], invariants)
         ctx.save_for_backward(src, index, invariants)
