@@ -10,7 +10,10 @@ the same number of steps. The held-out frames (disjoint from training) are evalu
 checkpoints. Prints energy MAE (meV/atom) and force MAE (meV/A) per checkpoint for both codes and
 writes benchmarks/results/accuracy_per_step/<model>.json and a plot of the force MAE curves.
 ``--seed`` sets the training/held-out split, the batch order and both codes' initial weights.
-Upstream runs in .venv-peer-nequip (made on first use by throughput.py's helper).
+``--variant`` trains a stableff Allegro with one of upstream's design choices instead
+(allegro_variants.py), ``--stableff-only`` leaves upstream out (its curves for the same seed are
+in the stored results). Upstream runs in .venv-peer-nequip (made on first use by throughput.py's
+helper).
 """
 
 from __future__ import annotations
@@ -57,8 +60,14 @@ def train_stableff(plan: dict, frames) -> dict:
     graphs = {i: frame_to_graph(frames[i], plan["type_numbers"], hyper["r_max"]) for i in sorted({i for b in plan["batches"] for i in b})}
     test = [frame_to_graph(frames[i], plan["type_numbers"], hyper["r_max"]) for i in plan["test"]]
     torch.manual_seed(plan["seed"])
-    model = build_model(plan["model"], type_numbers=plan["type_numbers"], avg_num_neighbors=plan["avg_num_neighbors"],
-                        energy_scale=plan["energy_scale"], energy_shift=torch.as_tensor(plan["energy_shifts"]), **hyper)
+    settings = dict(type_numbers=plan["type_numbers"], avg_num_neighbors=plan["avg_num_neighbors"],
+                    energy_scale=plan["energy_scale"], energy_shift=torch.as_tensor(plan["energy_shifts"]), **hyper)
+    if plan.get("variant"):
+        from allegro_variants import build_variant
+
+        model = build_variant(plan["variant"], **settings)
+    else:
+        model = build_model(plan["model"], **settings)
     optimizer = torch.optim.Adam(model.parameters(), lr=plan["lr"])
 
     def predictions():
@@ -128,8 +137,15 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--peer-option", action="append", default=[], metavar="NAME=JSON",
                         help="a further upstream model argument, e.g. tp_path_channel_coupling=false (repeatable)")
+    parser.add_argument("--variant", help="Allegro only: stableff's model with one of upstream's design choices (allegro_variants.py)")
+    parser.add_argument("--stableff-only", action="store_true", help="train stableff only (no upstream run)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy_per_step"))
     args = parser.parse_args()
+    if args.variant:
+        from allegro_variants import VARIANTS
+
+        if args.model != "allegro" or args.variant not in VARIANTS:
+            parser.error(f"--variant needs --model allegro and one of {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     from stableff.data.io import read_frames
     from stableff.data.stats import compute_statistics
@@ -143,25 +159,35 @@ def main():
     statistics = compute_statistics([frames[i] for i in order[: args.train]], BENCH[args.model]["r_max"])
     plan = make_plan(args, order, statistics)
     plan["peer_options"] = dict(parse_option(text) for text in args.peer_option)
-    print(f"{args.model} (bench-S), {args.train} training / {args.test} held-out HfO2 frames, batch {args.batch_size}, "
+    plan["variant"] = args.variant
+    print(f"{args.model}{' variant ' + args.variant if args.variant else ''} (bench-S), {args.train} training / {args.test} held-out HfO2 frames, batch {args.batch_size}, "
           f"Adam lr {args.lr:g}, {args.steps} steps, float32, {args.threads} threads", flush=True)
-    results = {"stableff": train_stableff(plan, frames)}
-    print("  upstream training ...", flush=True)
-    peer = train_peer(plan, args.threads)
-    options = "".join(f", {k}={v}" for k, v in plan["peer_options"].items())
-    results[f"upstream ({peer['version']}{options})"] = peer
+    name = f"stableff ({args.variant})" if args.variant else "stableff"
+    results = {name: train_stableff(plan, frames)}
+    if not args.stableff_only:
+        print("  upstream training ...", flush=True)
+        peer = train_peer(plan, args.threads)
+        options = "".join(f", {k}={v}" for k, v in plan["peer_options"].items())
+        results[f"upstream ({peer['version']}{options})"] = peer
     names = list(results)
     print(f"\n{'step':>6}  " + "  ".join(f"{n + ' EMAE':>26} {n + ' FMAE':>26}" for n in names))
     for rows in zip(*(results[n]["curve"] for n in names)):
         print(f"{rows[0]['step']:>6}  " + "  ".join(f"{r['energy_mae_meV_per_atom']:>20.2f} meV/atom {r['force_mae_meV_per_A']:>21.1f} meV/A" for r in rows))
     last = [results[n]["curve"][-1] for n in names]
-    print(f"\nafter {args.steps} steps: force MAE stableff / upstream = {last[0]['force_mae_meV_per_A'] / last[1]['force_mae_meV_per_A']:.3f} "
-          f"(< 1: stableff more accurate per step); parameters {results['stableff']['num_parameters']} vs {peer['num_parameters']}; "
-          f"training time {last[0]['train_s']:.0f} s vs {last[1]['train_s']:.0f} s")
+    if args.stableff_only:
+        print(f"\nafter {args.steps} steps: {results[name]['num_parameters']} parameters, training time {last[0]['train_s']:.0f} s")
+    else:
+        print(f"\nafter {args.steps} steps: force MAE stableff / upstream = {last[0]['force_mae_meV_per_A'] / last[1]['force_mae_meV_per_A']:.3f} "
+              f"(< 1: stableff more accurate per step); parameters {results[name]['num_parameters']} vs {peer['num_parameters']}; "
+              f"training time {last[0]['train_s']:.0f} s vs {last[1]['train_s']:.0f} s")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"model": args.model, "settings": {k: v for k, v in vars(args).items() if k != "out"}, "hyper": BENCH[args.model], "results": results}
     stem = args.model + "".join(f"_{k}-{v}" for k, v in plan["peer_options"].items())
+    if args.variant or args.stableff_only:  # experiments beside the stored comparison, one file per seed
+        out = out / "variants"
+        stem += (f"_variant-{args.variant}" if args.variant else "") + (f"_lr-{args.lr:g}" if args.lr != parser.get_default("lr") else "")
+        stem += f"_seed-{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
     plot(results, out / f"{stem}_force_mae.png", args.model)
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '_force_mae.png')}")

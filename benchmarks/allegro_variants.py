@@ -1,0 +1,130 @@
+"""stableff's Allegro with one of upstream Allegro's (nequip-allegro 0.8) design choices in place of
+its own: the hypotheses for the accuracy-per-step gap, trained on accuracy_per_step.py's plan.
+
+    python benchmarks/accuracy_per_step.py --model allegro --variant env_head --stableff-only [--seed S]
+
+These are experiments, not models stableff offers: each builds the benchmark's stableff model and
+changes one thing, so that a difference in held-out error after the same steps can be put on that
+one thing. Upstream's choices the variants take:
+
+* ``env_head``: the next layer's environment weights are a second output head of this layer's
+  latent MLP (read off its hidden layer), not a linear map of the new latents.
+* ``channel_path_weights``: the tensor product's outputs are weighted per channel and path
+  (upstream's contraction with path-channel coupling), not mixed across channels by a Linear.
+* ``scaled_weights``: every MLP and Linear weight is stored at unit scale and multiplied by
+  1/sqrt(fan_in) in the forward pass (upstream's ScalarLinearLayer): the same initial model, but
+  Adam's steps on the weights shrink by that factor.
+* ``frozen_scale_shift``: the per-species energy scale and shift are not trained (upstream's default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.utils.parametrize as parametrize
+
+from stableff.data import keys
+from stableff.models.allegro import Allegro, weighted_spherical_harmonics
+from stableff.models.blocks import mlp, scatter_sum
+
+
+class _EnvironmentHeadAllegro(Allegro):
+    """Layer l's latent MLP also outputs layer l+1's environment weights (its last Linear has
+    num_scalar + weights outputs); the first layer's come from its ``env_weights`` Linear."""
+
+    def __init__(self, **hyper):
+        super().__init__(**hyper)
+        num_scalar = hyper["num_scalar_features"]
+        hidden = [hyper["latent_mlp_width"]] * hyper["latent_mlp_depth"]
+        for layer, following in zip(self.layers[:-1], self.layers[1:]):
+            inputs = layer.latent_mlp[0].in_features
+            layer.latent_mlp = mlp([inputs] + hidden + [num_scalar + following.env_weights.out_features], normalized=True)
+            following.env_weights = None  # read off the previous layer's head
+        self.num_scalar = num_scalar
+
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
+        centre, neighbour = batch[keys.EDGE_INDEX]
+        species = batch[keys.SPECIES]
+        num_atoms, num_edges = species.shape[0], edge_lengths.shape[0]
+        onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
+        radial, envelope = self.radial(edge_lengths)
+        sh = self.spherical_harmonics(edge_vectors / edge_lengths.unsqueeze(-1))
+        latents = self.two_body([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial]) * envelope.unsqueeze(-1)
+        tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
+        sh_envelope = sh * (envelope * self.inv_sqrt_neighbors).unsqueeze(-1)
+        residual_scale = (envelope * (1.0 / math.sqrt(2.0))).unsqueeze(-1)
+        env_weights = self.layers[0].env_weights(latents)
+        states, earlier = [], []
+        for index, layer in enumerate(self.layers):
+            last = index == len(self.layers) - 1
+            weighted = env_weights.index_select(1, layer.env_rows).view(num_edges, self.num_tensor, -1) * sh_envelope.unsqueeze(1)
+            environment = scatter_sum(weighted, centre, num_atoms)
+            pairs = layer.channel_tp.pairs(tensors, environment.index_select(0, centre))
+            folded, num_scalars = layer.folded_matrix(not last)
+            out = pairs.reshape(num_edges, -1) @ folded
+            scalars, new_tensors = out.split([num_scalars, out.shape[1] - num_scalars], dim=1)
+            update = layer.latent_mlp([*earlier, latents, scalars])
+            if not last:
+                update, env_weights = update.split([self.num_scalar, update.shape[1] - self.num_scalar], dim=1)
+            earlier = earlier + [latents]
+            latents = (latents + update) * residual_scale
+            tensors = None if last else new_tensors.reshape(num_edges, self.num_tensor, -1)
+            states.append(latents)
+        edge_energy = self.readout([*earlier, latents]).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
+        return scatter_sum(edge_energy, centre, num_atoms), (states if edge_states else None)
+
+
+class _UnitScale(torch.nn.Module):
+    """weight = theta * alpha, theta stored (``right_inverse``: the same initial weight)."""
+
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, theta):
+        return theta * self.alpha
+
+    def right_inverse(self, weight):
+        return weight / self.alpha
+
+
+def _channel_path_weights(model: Allegro) -> None:
+    """Each layer's Linear after the product becomes per-channel path weights w[path, u] (unit
+    variance; e3nn's fan-in factor times sqrt(U), since each output now sums paths, not paths x
+    channels); the Linear's own weight is no longer used."""
+    for layer in model.layers:
+        linear = layer.channel_linear
+        layer.path_weights = torch.nn.Parameter(torch.randn(linear.constants.shape[0], linear.mul))
+        layer.linear.weight.requires_grad_(False)
+        eye = torch.eye(linear.mul)
+
+        def matrix(_weight, linear=linear, layer=layer, eye=eye):
+            per_channel = torch.einsum("ku,kio,uw->uiwo", layer.path_weights, linear.constants, eye.to(linear.constants))
+            return (per_channel * linear.mul**0.5).reshape(linear.shape)
+
+        linear.matrix = matrix
+        # always rebuilt (the frozen Linear weight would otherwise let the folded matrix be kept)
+        layer.folded_matrix = lambda need_tensors, layer=layer: layer._fold(need_tensors)
+
+
+def build_variant(name: str, **hyper) -> Allegro:
+    """The benchmark's Allegro with upstream's choice ``name`` (module docstring)."""
+    if name == "env_head":
+        return _EnvironmentHeadAllegro(**hyper)
+    model = Allegro(**hyper)
+    if name == "channel_path_weights":
+        _channel_path_weights(model)
+    elif name == "scaled_weights":
+        for module in list(model.modules()):
+            if isinstance(module, torch.nn.Linear):
+                parametrize.register_parametrization(module, "weight", _UnitScale(module.in_features**-0.5))
+    elif name == "frozen_scale_shift":
+        model.per_species_scale.requires_grad_(False)
+        model.per_species_shift.requires_grad_(False)
+    else:
+        raise SystemExit(f"unknown Allegro variant {name!r} (choose from {', '.join(VARIANTS)})")
+    return model
+
+
+VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift")
