@@ -15,6 +15,12 @@ one thing. Upstream's choices the variants take:
   1/sqrt(fan_in) in the forward pass (upstream's ScalarLinearLayer): the same initial model, but
   Adam's steps on the weights shrink by that factor.
 * ``frozen_scale_shift``: the per-species energy scale and shift are not trained (upstream's default).
+* ``upstream_layer``: upstream's layer structure at once: the two-body MLP's linear output projected
+  linearly to the first latents and the first environment weights, per-channel path weights,
+  each latent MLP's linear output is the new latents (no residual, no envelope) and the next
+  environment weights (a second head); stableff's biases and weight scale stay.
+* ``linear_two_body``: the two-body latents are the two-body MLP's linear output (upstream projects
+  its scalar embedding linearly), not passed through a final SiLU; the same initial weights.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch.nn.utils.parametrize as parametrize
 
 from stableff.data import keys
 from stableff.models.allegro import Allegro, weighted_spherical_harmonics
-from stableff.models.blocks import mlp, scatter_sum
+from stableff.models.blocks import NormalizedMLP, ScaledSiLU, mlp, normal_init, scatter_sum
 
 
 class _EnvironmentHeadAllegro(Allegro):
@@ -54,7 +60,7 @@ class _EnvironmentHeadAllegro(Allegro):
         tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
         sh_envelope = sh * (envelope * self.inv_sqrt_neighbors).unsqueeze(-1)
         residual_scale = (envelope * (1.0 / math.sqrt(2.0))).unsqueeze(-1)
-        env_weights = self.layers[0].env_weights(latents)
+        latents, env_weights = self.start(latents)
         states, earlier = [], []
         for index, layer in enumerate(self.layers):
             last = index == len(self.layers) - 1
@@ -68,11 +74,44 @@ class _EnvironmentHeadAllegro(Allegro):
             if not last:
                 update, env_weights = update.split([self.num_scalar, update.shape[1] - self.num_scalar], dim=1)
             earlier = earlier + [latents]
-            latents = (latents + update) * residual_scale
+            latents = self.advance(latents, update, residual_scale)
             tensors = None if last else new_tensors.reshape(num_edges, self.num_tensor, -1)
             states.append(latents)
         edge_energy = self.readout([*earlier, latents]).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
         return scatter_sum(edge_energy, centre, num_atoms), (states if edge_states else None)
+
+    def start(self, embedding):
+        """(first latents, first environment weights) from the two-body embedding."""
+        return embedding, self.layers[0].env_weights(embedding)
+
+    def advance(self, latents, update, residual_scale):
+        """The next latents from the MLP's update."""
+        return (latents + update) * residual_scale
+
+
+class _UpstreamLayerAllegro(_EnvironmentHeadAllegro):
+    """``upstream_layer`` (module docstring): built on the environment-head variant."""
+
+    def __init__(self, **hyper):
+        super().__init__(**hyper)
+        _drop_final_activation(self)
+        self.projection = torch.nn.Linear(self.num_scalar, self.num_scalar + self.layers[0].env_weights.out_features)
+        normal_init(self.projection)
+        self.layers[0].env_weights = None
+        _channel_path_weights(self)
+
+    def start(self, embedding):
+        return self.projection(embedding).split([self.num_scalar, self.projection.out_features - self.num_scalar], dim=1)
+
+    def advance(self, latents, update, residual_scale):
+        return update
+
+
+def _drop_final_activation(model: Allegro) -> None:
+    layers = list(model.two_body)
+    if not isinstance(layers[-1], ScaledSiLU):
+        raise SystemExit("the two-body MLP no longer ends with its activation")
+    model.two_body = NormalizedMLP(*layers[:-1])
 
 
 class _UnitScale(torch.nn.Module):
@@ -112,6 +151,8 @@ def build_variant(name: str, **hyper) -> Allegro:
     """The benchmark's Allegro with upstream's choice ``name`` (module docstring)."""
     if name == "env_head":
         return _EnvironmentHeadAllegro(**hyper)
+    if name == "upstream_layer":
+        return _UpstreamLayerAllegro(**hyper)
     model = Allegro(**hyper)
     if name == "channel_path_weights":
         _channel_path_weights(model)
@@ -122,9 +163,11 @@ def build_variant(name: str, **hyper) -> Allegro:
     elif name == "frozen_scale_shift":
         model.per_species_scale.requires_grad_(False)
         model.per_species_shift.requires_grad_(False)
+    elif name == "linear_two_body":
+        _drop_final_activation(model)
     else:
         raise SystemExit(f"unknown Allegro variant {name!r} (choose from {', '.join(VARIANTS)})")
     return model
 
 
-VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift")
+VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer")
