@@ -19,6 +19,8 @@ one thing. Upstream's choices the variants take:
   linearly to the first latents and the first environment weights, per-channel path weights,
   each latent MLP's linear output is the new latents (no residual, no envelope) and the next
   environment weights (a second head); stableff's biases and weight scale stay.
+* ``upstream_layer_weights``: ``upstream_layer`` with upstream's weights too: no biases, and
+  ``scaled_weights``'s unit-scale parametrisation.
 * ``linear_two_body``: the two-body latents are the two-body MLP's linear output (upstream projects
   its scalar embedding linearly), not passed through a final SiLU; the same initial weights.
 """
@@ -128,6 +130,12 @@ class _UnitScale(torch.nn.Module):
         return weight / self.alpha
 
 
+def _unit_scale(model: Allegro) -> None:
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.Linear):
+            parametrize.register_parametrization(module, "weight", _UnitScale(module.in_features**-0.5))
+
+
 def _channel_path_weights(model: Allegro) -> None:
     """Each layer's Linear after the product becomes per-channel path weights w[path, u] (unit
     variance; e3nn's fan-in factor times sqrt(U), since each output now sums paths, not paths x
@@ -151,15 +159,19 @@ def build_variant(name: str, **hyper) -> Allegro:
     """The benchmark's Allegro with upstream's choice ``name`` (module docstring)."""
     if name == "env_head":
         return _EnvironmentHeadAllegro(**hyper)
-    if name == "upstream_layer":
-        return _UpstreamLayerAllegro(**hyper)
+    if name.startswith("upstream_layer"):
+        model = _UpstreamLayerAllegro(**hyper)
+        if name == "upstream_layer_weights":
+            for module in list(model.modules()):
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    module.register_parameter("bias", None)
+            _unit_scale(model)
+        return model
     model = Allegro(**hyper)
     if name == "channel_path_weights":
         _channel_path_weights(model)
     elif name == "scaled_weights":
-        for module in list(model.modules()):
-            if isinstance(module, torch.nn.Linear):
-                parametrize.register_parametrization(module, "weight", _UnitScale(module.in_features**-0.5))
+        _unit_scale(model)
     elif name == "frozen_scale_shift":
         model.per_species_scale.requires_grad_(False)
         model.per_species_shift.requires_grad_(False)
@@ -170,4 +182,4 @@ def build_variant(name: str, **hyper) -> Allegro:
     return model
 
 
-VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer")
+VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer", "upstream_layer_weights")
