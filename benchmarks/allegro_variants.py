@@ -4,8 +4,8 @@ its own: the hypotheses for the accuracy-per-step gap, trained on accuracy_per_s
     python benchmarks/accuracy_per_step.py --model allegro --variant env_head --stableff-only [--seed S]
 
 These are experiments, not models stableff offers: each builds the benchmark's stableff model and
-changes one thing, so that a difference in held-out error after the same steps can be put on that
-one thing. Upstream's choices the variants take:
+changes one thing (``upstream_layer*``: upstream's whole layer structure), so that a difference in
+held-out error after the same steps can be put on that change. Upstream's choices the variants take:
 
 * ``env_head``: the next layer's environment weights are a second output head of this layer's
   latent MLP (read off its hidden layer), not a linear map of the new latents.
@@ -159,7 +159,7 @@ def build_variant(name: str, **hyper) -> Allegro:
     """The benchmark's Allegro with upstream's choice ``name`` (module docstring)."""
     if name == "env_head":
         return _EnvironmentHeadAllegro(**hyper)
-    if name.startswith("upstream_layer"):
+    if name in ("upstream_layer", "upstream_layer_weights"):
         model = _UpstreamLayerAllegro(**hyper)
         if name == "upstream_layer_weights":
             for module in list(model.modules()):
