@@ -23,6 +23,10 @@ held-out error after the same steps can be put on that change. Upstream's choice
   ``scaled_weights``'s unit-scale parametrisation.
 * ``linear_two_body``: the two-body latents are the two-body MLP's linear output (upstream projects
   its scalar embedding linearly), not passed through a final SiLU; the same initial weights.
+* ``unnormalised_paths``: ``channel_path_weights`` with upstream's scale of the tensor track: each
+  output sums its paths (unit-variance weights) without dividing by the square root of their
+  number, as upstream's contraction does (e3nn's Linear divides; about 1/sqrt(2) here).
+* ``upstream_layer_unnormalised``: ``upstream_layer`` with that scale of the tensor track.
 """
 
 from __future__ import annotations
@@ -94,13 +98,13 @@ class _EnvironmentHeadAllegro(Allegro):
 class _UpstreamLayerAllegro(_EnvironmentHeadAllegro):
     """``upstream_layer`` (module docstring): built on the environment-head variant."""
 
-    def __init__(self, **hyper):
+    def __init__(self, normalised_paths: bool = True, **hyper):
         super().__init__(**hyper)
         _drop_final_activation(self)
         self.projection = torch.nn.Linear(self.num_scalar, self.num_scalar + self.layers[0].env_weights.out_features)
         normal_init(self.projection)
         self.layers[0].env_weights = None
-        _channel_path_weights(self)
+        _channel_path_weights(self, normalised_paths)
 
     def start(self, embedding):
         return self.projection(embedding).split([self.num_scalar, self.projection.out_features - self.num_scalar], dim=1)
@@ -136,19 +140,24 @@ def _unit_scale(model: Allegro) -> None:
             parametrize.register_parametrization(module, "weight", _UnitScale(module.in_features**-0.5))
 
 
-def _channel_path_weights(model: Allegro) -> None:
+def _channel_path_weights(model: Allegro, normalised: bool = True) -> None:
     """Each layer's Linear after the product becomes per-channel path weights w[path, u] (unit
     variance; e3nn's fan-in factor times sqrt(U), since each output now sums paths, not paths x
-    channels); the Linear's own weight is no longer used."""
+    channels; ``normalised=False``: factor 1, upstream's unnormalised sum over paths); the Linear's
+    own weight is no longer used."""
     for layer in model.layers:
         linear = layer.channel_linear
         layer.path_weights = torch.nn.Parameter(torch.randn(linear.constants.shape[0], linear.mul))
         layer.linear.weight.requires_grad_(False)
         eye = torch.eye(linear.mul)
+        # the Linear's constants are its path weight (1/sqrt(fan-in)) where a path maps a component
+        ones = None if normalised else (linear.constants != 0)
+        scale = linear.mul**0.5 if normalised else 1.0
 
-        def matrix(_weight, linear=linear, layer=layer, eye=eye):
-            per_channel = torch.einsum("ku,kio,uw->uiwo", layer.path_weights, linear.constants, eye.to(linear.constants))
-            return (per_channel * linear.mul**0.5).reshape(linear.shape)
+        def matrix(_weight, linear=linear, layer=layer, eye=eye, ones=ones, scale=scale):
+            constants = linear.constants if ones is None else ones.to(linear.constants)
+            per_channel = torch.einsum("ku,kio,uw->uiwo", layer.path_weights, constants, eye.to(linear.constants))
+            return (per_channel * scale).reshape(linear.shape)
 
         linear.matrix = matrix
         # always rebuilt (the frozen Linear weight would otherwise let the folded matrix be kept)
@@ -159,8 +168,8 @@ def build_variant(name: str, **hyper) -> Allegro:
     """The benchmark's Allegro with upstream's choice ``name`` (module docstring)."""
     if name == "env_head":
         return _EnvironmentHeadAllegro(**hyper)
-    if name in ("upstream_layer", "upstream_layer_weights"):
-        model = _UpstreamLayerAllegro(**hyper)
+    if name in ("upstream_layer", "upstream_layer_weights", "upstream_layer_unnormalised"):
+        model = _UpstreamLayerAllegro(normalised_paths=name != "upstream_layer_unnormalised", **hyper)
         if name == "upstream_layer_weights":
             for module in list(model.modules()):
                 if isinstance(module, torch.nn.Linear) and module.bias is not None:
@@ -168,8 +177,8 @@ def build_variant(name: str, **hyper) -> Allegro:
             _unit_scale(model)
         return model
     model = Allegro(**hyper)
-    if name == "channel_path_weights":
-        _channel_path_weights(model)
+    if name in ("channel_path_weights", "unnormalised_paths"):
+        _channel_path_weights(model, normalised=name == "channel_path_weights")
     elif name == "scaled_weights":
         _unit_scale(model)
     elif name == "frozen_scale_shift":
@@ -182,4 +191,5 @@ def build_variant(name: str, **hyper) -> Allegro:
     return model
 
 
-VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer", "upstream_layer_weights")
+VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer", "upstream_layer_weights",
+            "unnormalised_paths", "upstream_layer_unnormalised")
