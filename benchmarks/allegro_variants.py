@@ -25,7 +25,7 @@ held-out error after the same steps can be put on that change. Upstream's choice
   its scalar embedding linearly), not passed through a final SiLU; the same initial weights.
 * ``unnormalised_paths``: ``channel_path_weights`` with upstream's scale of the tensor track: each
   output sums its paths (unit-variance weights) without dividing by the square root of their
-  number, as upstream's contraction does (e3nn's Linear divides; about 1/sqrt(2) here).
+  number, as upstream's contraction does (e3nn's Linear divides; 1 or 2 paths per output here).
 * ``upstream_layer_unnormalised``: ``upstream_layer`` with that scale of the tensor track.
 """
 
