@@ -27,6 +27,8 @@ held-out error after the same steps can be put on that change. Upstream's choice
   output sums its paths (unit-variance weights) without dividing by the square root of their
   number, as upstream's contraction does (e3nn's Linear divides; 1 or 2 paths per output here).
 * ``upstream_layer_unnormalised``: ``upstream_layer`` with that scale of the tensor track.
+* ``halved_edge_sum``: each atom's sum of edge energies also divided by sqrt(2), as upstream's
+  edge-energy sum does (a force on atom i takes both dE_ij/dr and dE_ji/dr).
 """
 
 from __future__ import annotations
@@ -113,6 +115,14 @@ class _UpstreamLayerAllegro(_EnvironmentHeadAllegro):
         return update
 
 
+class _HalvedEdgeSumAllegro(Allegro):
+    """``halved_edge_sum`` (module docstring)."""
+
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
+        energies, states = super().atomic_energies(batch, edge_vectors, edge_lengths, edge_states)
+        return energies * (1.0 / math.sqrt(2.0)), states
+
+
 def _drop_final_activation(model: Allegro) -> None:
     layers = list(model.two_body)
     if not isinstance(layers[-1], ScaledSiLU):
@@ -168,6 +178,8 @@ def build_variant(name: str, **hyper) -> Allegro:
     """The benchmark's Allegro with upstream's choice ``name`` (module docstring)."""
     if name == "env_head":
         return _EnvironmentHeadAllegro(**hyper)
+    if name == "halved_edge_sum":
+        return _HalvedEdgeSumAllegro(**hyper)
     if name in ("upstream_layer", "upstream_layer_weights", "upstream_layer_unnormalised"):
         model = _UpstreamLayerAllegro(normalised_paths=name != "upstream_layer_unnormalised", **hyper)
         if name == "upstream_layer_weights":
@@ -192,4 +204,4 @@ def build_variant(name: str, **hyper) -> Allegro:
 
 
 VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer", "upstream_layer_weights",
-            "unnormalised_paths", "upstream_layer_unnormalised")
+            "unnormalised_paths", "upstream_layer_unnormalised", "halved_edge_sum")
