@@ -29,6 +29,10 @@ held-out error after the same steps can be put on that change. Upstream's choice
 * ``upstream_layer_unnormalised``: ``upstream_layer`` with that scale of the tensor track.
 * ``halved_edge_sum``: each atom's sum of edge energies also divided by sqrt(2), as upstream's
   edge-energy sum does (a force on atom i takes both dE_ij/dr and dE_ji/dr).
+* ``upstream_model``: every one of upstream's choices above at once: ``upstream_layer_weights``
+  with the unnormalised sum over paths, edge energies not multiplied by the envelope, and the
+  sqrt(2) of the edge-energy sum (the two-body embedding stays stableff's MLP of one-hot species
+  and Bessel basis, projected linearly).
 """
 
 from __future__ import annotations
@@ -85,8 +89,12 @@ class _EnvironmentHeadAllegro(Allegro):
             latents = self.advance(latents, update, residual_scale)
             tensors = None if last else new_tensors.reshape(num_edges, self.num_tensor, -1)
             states.append(latents)
-        edge_energy = self.readout([*earlier, latents]).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
+        edge_energy = self.readout([*earlier, latents]).squeeze(-1) * (self.readout_factor(envelope) * self.inv_sqrt_neighbors)
         return scatter_sum(edge_energy, centre, num_atoms), (states if edge_states else None)
+
+    def readout_factor(self, envelope):
+        """What each edge energy is multiplied by besides 1/sqrt(<n>)."""
+        return envelope
 
     def start(self, embedding):
         """(first latents, first environment weights) from the two-body embedding."""
@@ -100,8 +108,9 @@ class _EnvironmentHeadAllegro(Allegro):
 class _UpstreamLayerAllegro(_EnvironmentHeadAllegro):
     """``upstream_layer`` (module docstring): built on the environment-head variant."""
 
-    def __init__(self, normalised_paths: bool = True, **hyper):
+    def __init__(self, normalised_paths: bool = True, upstream_readout: bool = False, **hyper):
         super().__init__(**hyper)
+        self.upstream_readout = upstream_readout
         _drop_final_activation(self)
         self.projection = torch.nn.Linear(self.num_scalar, self.num_scalar + self.layers[0].env_weights.out_features)
         normal_init(self.projection)
@@ -110,6 +119,11 @@ class _UpstreamLayerAllegro(_EnvironmentHeadAllegro):
 
     def start(self, embedding):
         return self.projection(embedding).split([self.num_scalar, self.projection.out_features - self.num_scalar], dim=1)
+
+    def readout_factor(self, envelope):
+        # ``upstream_model``: no envelope (bias-free MLPs of features that vanish at the cutoff)
+        # and upstream's sqrt(2) of the edge-energy sum
+        return torch.full_like(envelope, 1.0 / math.sqrt(2.0)) if self.upstream_readout else envelope
 
     def advance(self, latents, update, residual_scale):
         return update
@@ -180,9 +194,10 @@ def build_variant(name: str, **hyper) -> Allegro:
         return _EnvironmentHeadAllegro(**hyper)
     if name == "halved_edge_sum":
         return _HalvedEdgeSumAllegro(**hyper)
-    if name in ("upstream_layer", "upstream_layer_weights", "upstream_layer_unnormalised"):
-        model = _UpstreamLayerAllegro(normalised_paths=name != "upstream_layer_unnormalised", **hyper)
-        if name == "upstream_layer_weights":
+    if name in ("upstream_layer", "upstream_layer_weights", "upstream_layer_unnormalised", "upstream_model"):
+        model = _UpstreamLayerAllegro(normalised_paths=name not in ("upstream_layer_unnormalised", "upstream_model"),
+                                      upstream_readout=name == "upstream_model", **hyper)
+        if name in ("upstream_layer_weights", "upstream_model"):
             for module in list(model.modules()):
                 if isinstance(module, torch.nn.Linear) and module.bias is not None:
                     module.register_parameter("bias", None)
@@ -204,4 +219,4 @@ def build_variant(name: str, **hyper) -> Allegro:
 
 
 VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer", "upstream_layer_weights",
-            "unnormalised_paths", "upstream_layer_unnormalised", "halved_edge_sum")
+            "unnormalised_paths", "upstream_layer_unnormalised", "halved_edge_sum", "upstream_model")
