@@ -33,6 +33,17 @@ held-out error after the same steps can be put on that change. Upstream's choice
   with the unnormalised sum over paths, edge energies not multiplied by the envelope, and the
   sqrt(2) of the edge-energy sum (the two-body embedding stays stableff's MLP of one-hot species
   and Bessel basis, projected linearly).
+* ``product_two_body``: upstream's two-body embedding (TwoBodyBesselScalarEmbed): the Bessel basis
+  projected linearly (no bias) to the scalar width and multiplied element-wise by learned species
+  embeddings (centre | neighbour halves, N(0, 1) as torch.nn.Embedding draws them), then the
+  two-body MLP; stableff's MLP reads one-hot species and the basis side by side instead, so a
+  species pair's radial function must come from the MLP's nonlinearity. Everything else stays.
+* ``envelope_once``: each quantity carries the cutoff envelope u(r) once, where smoothness needs it
+  (the environment's weights u(r_ik) and the edge energy u(r_ij); the Bessel basis has its own
+  cutoff): the two-body latents and each layer's residual are not multiplied by u(r) as the
+  paper's layer does. stableff's latents of an edge at r therefore carry u(r) to a power of up to
+  the layer count + 1, upstream's not at all (its bias-free MLPs of a basis that vanishes at r_max
+  vanish there too), which weakens what edges in the outer half of the cutoff sphere learn.
 """
 
 from __future__ import annotations
@@ -129,12 +140,55 @@ class _UpstreamLayerAllegro(_EnvironmentHeadAllegro):
         return update
 
 
+class _EnvelopeOnceAllegro(Allegro):
+    """``envelope_once`` (module docstring): Allegro.atomic_energies without the envelope on the
+    two-body latents and the residual."""
+
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
+        centre, neighbour = batch[keys.EDGE_INDEX]
+        species = batch[keys.SPECIES]
+        num_atoms = species.shape[0]
+        onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
+        radial, envelope = self.radial(edge_lengths)
+        sh = self.spherical_harmonics(edge_vectors / edge_lengths.unsqueeze(-1))
+        latents = self.two_body([onehot.index_select(0, centre), onehot.index_select(0, neighbour), radial])
+        tensors = weighted_spherical_harmonics(self.initial_weights, self.initial_rows, latents, sh)
+        sh_envelope = sh * (envelope * self.inv_sqrt_neighbors).unsqueeze(-1)
+        residual_scale = torch.full_like(envelope, 1.0 / math.sqrt(2.0)).unsqueeze(-1)
+        states, earlier = [], []
+        for index, layer in enumerate(self.layers):
+            previous = latents
+            latents, tensors = layer(latents, tensors, sh_envelope, residual_scale, centre, num_atoms,
+                                     need_tensors=index < len(self.layers) - 1, earlier=earlier)
+            earlier = earlier + [previous]
+            states.append(latents)
+        edge_energy = self.readout([*earlier, latents]).squeeze(-1) * (envelope * self.inv_sqrt_neighbors)
+        return scatter_sum(edge_energy, centre, num_atoms), (states if edge_states else None)
+
+
 class _HalvedEdgeSumAllegro(Allegro):
     """``halved_edge_sum`` (module docstring)."""
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         energies, states = super().atomic_energies(batch, edge_vectors, edge_lengths, edge_states)
         return energies * (1.0 / math.sqrt(2.0)), states
+
+
+class _ProductTwoBody(torch.nn.Module):
+    """``product_two_body`` (module docstring): called as stableff's two-body MLP is, on
+    [one-hot centre, one-hot neighbour, radial basis]."""
+
+    def __init__(self, num_species: int, num_bessels: int, width: int, hidden: int, out: int):
+        super().__init__()
+        self.centre = torch.nn.Embedding(num_species, width // 2)
+        self.neighbour = torch.nn.Embedding(num_species, width - width // 2)
+        self.basis = normal_init(torch.nn.Linear(num_bessels, width, bias=False))
+        self.mlp = mlp([width, hidden, out], final_activation=True, normalized=True)
+
+    def forward(self, parts):
+        onehot_centre, onehot_neighbour, radial = parts
+        types = torch.cat([onehot_centre @ self.centre.weight, onehot_neighbour @ self.neighbour.weight], dim=-1)
+        return self.mlp(types * self.basis(radial))
 
 
 def _drop_final_activation(model: Allegro) -> None:
@@ -194,6 +248,8 @@ def build_variant(name: str, **hyper) -> Allegro:
         return _EnvironmentHeadAllegro(**hyper)
     if name == "halved_edge_sum":
         return _HalvedEdgeSumAllegro(**hyper)
+    if name == "envelope_once":
+        return _EnvelopeOnceAllegro(**hyper)
     if name in ("upstream_layer", "upstream_layer_weights", "upstream_layer_unnormalised", "upstream_model"):
         model = _UpstreamLayerAllegro(normalised_paths=name not in ("upstream_layer_unnormalised", "upstream_model"),
                                       upstream_readout=name == "upstream_model", **hyper)
@@ -213,10 +269,14 @@ def build_variant(name: str, **hyper) -> Allegro:
         model.per_species_shift.requires_grad_(False)
     elif name == "linear_two_body":
         _drop_final_activation(model)
+    elif name == "product_two_body":
+        width = hyper["num_scalar_features"]
+        model.two_body = _ProductTwoBody(model.num_species, hyper["num_bessels"], width, hyper["two_body_mlp_width"], width)
     else:
         raise SystemExit(f"unknown Allegro variant {name!r} (choose from {', '.join(VARIANTS)})")
     return model
 
 
 VARIANTS = ("env_head", "channel_path_weights", "scaled_weights", "frozen_scale_shift", "linear_two_body", "upstream_layer", "upstream_layer_weights",
-            "unnormalised_paths", "upstream_layer_unnormalised", "halved_edge_sum", "upstream_model")
+            "unnormalised_paths", "upstream_layer_unnormalised", "halved_edge_sum", "upstream_model",
+            "product_two_body", "envelope_once")
