@@ -7,8 +7,11 @@ batch order (batch 4), the same hyper-parameters (bench-S sizes of throughput.py
 per-species energy scale (force RMS) and shifts (stableff's E0 + mean residual), the same loss
 (per-atom energy MSE + force MSE, weights 1 and 1), Adam at a fixed learning rate, float32, and
 the same number of steps. The held-out frames (disjoint from training) are evaluated at four
-checkpoints. Prints energy MAE (meV/atom) and force MAE (meV/A) per checkpoint for both codes and
-writes benchmarks/results/accuracy_per_step/<model>.json and a plot of the force MAE curves.
+checkpoints (``--checkpoints K``: K evenly spaced). Prints energy MAE (meV/atom) and force MAE
+(meV/A) per checkpoint for both codes, and with more than four checkpoints the mean force MAE over
+those of the second half (at a fixed learning rate single evaluations jump: one bad batch can
+put a checkpoint 30 % up), and writes benchmarks/results/accuracy_per_step/<model>.json (other
+seeds: ``seeds/<model>_seed-S.json``) and a plot of the force MAE curves.
 ``--seed`` sets the training/held-out split, the batch order and both codes' initial weights.
 ``--variant`` trains a stableff Allegro with one of upstream's design choices instead
 (allegro_variants.py), ``--stableff-only`` leaves upstream out (its curves for the same seed are
@@ -41,7 +44,7 @@ def make_plan(args, order, statistics) -> dict:
     while len(batches) < args.steps:  # epochs of the training frames, each shuffled
         epoch = rng.permutation(train).tolist()
         batches.extend(epoch[k : k + args.batch_size] for k in range(0, len(epoch) - args.batch_size + 1, args.batch_size))
-    checkpoints = sorted({max(1, args.steps * q // 4) for q in (1, 2, 3, 4)})
+    checkpoints = sorted({max(1, args.steps * q // args.checkpoints) for q in range(1, args.checkpoints + 1)})
     shifts = (np.asarray(statistics.reference_energies) + statistics.energy_per_atom_residual_mean).tolist()
     return {
         "data": str(Path(args.data).resolve()), "model": args.model, "hyper": BENCH[args.model], "seed": args.seed, "lr": args.lr,
@@ -95,6 +98,11 @@ def train_peer(plan: dict, threads: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def second_half_mean(curve: list[dict], steps: int) -> float:
+    """Mean held-out force MAE (meV/A) over the checkpoints at or after half the steps."""
+    return float(np.mean([c["force_mae_meV_per_A"] for c in curve if 2 * c["step"] >= steps]))
+
+
 def parse_option(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep:
@@ -134,6 +142,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoints", type=int, default=4, help="held-out evaluations, evenly spaced (the last after the last step)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--peer-option", action="append", default=[], metavar="NAME=JSON",
                         help="a further upstream model argument, e.g. tp_path_channel_coupling=false (repeatable)")
@@ -174,6 +183,9 @@ def main():
     for rows in zip(*(results[n]["curve"] for n in names)):
         print(f"{rows[0]['step']:>6}  " + "  ".join(f"{r['energy_mae_meV_per_atom']:>20.2f} meV/atom {r['force_mae_meV_per_A']:>21.1f} meV/A" for r in rows))
     last = [results[n]["curve"][-1] for n in names]
+    if args.checkpoints > 4:
+        print("\nmean force MAE over the checkpoints from step " + f"{args.steps // 2} on: "
+              + ", ".join(f"{n} {second_half_mean(results[n]['curve'], args.steps):.1f} meV/A" for n in names))
     if args.stableff_only:
         print(f"\nafter {args.steps} steps: {results[name]['num_parameters']} parameters, training time {last[0]['train_s']:.0f} s")
     else:
@@ -183,9 +195,14 @@ def main():
     out = Path(args.out)
     summary = {"model": args.model, "settings": {k: v for k, v in vars(args).items() if k != "out"}, "hyper": BENCH[args.model], "results": results}
     stem = args.model + "".join(f"_{k}-{v}" for k, v in plan["peer_options"].items())
+    if args.checkpoints != parser.get_default("checkpoints"):
+        stem += f"_checkpoints-{args.checkpoints}"
     if args.variant or args.stableff_only:  # experiments beside the stored comparison, one file per seed
         out = out / "variants"
         stem += (f"_variant-{args.variant}" if args.variant else "") + (f"_lr-{args.lr:g}" if args.lr != parser.get_default("lr") else "")
+        stem += f"_seed-{args.seed}"
+    elif args.seed != 0:  # the comparison for another seed beside seed 0's
+        out = out / "seeds"
         stem += f"_seed-{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
