@@ -155,6 +155,8 @@ def main():
 
         if args.model != "allegro" or args.variant not in VARIANTS:
             parser.error(f"--variant needs --model allegro and one of {', '.join(VARIANTS)}")
+    if not 1 <= args.checkpoints <= args.steps:
+        parser.error(f"--checkpoints must be between 1 and --steps ({args.steps})")
     torch.set_num_threads(args.threads)
     from stableff.data.io import read_frames
     from stableff.data.stats import compute_statistics
@@ -197,9 +199,12 @@ def main():
     stem = args.model + "".join(f"_{k}-{v}" for k, v in plan["peer_options"].items())
     if args.checkpoints != parser.get_default("checkpoints"):
         stem += f"_checkpoints-{args.checkpoints}"
+    if args.variant:
+        stem += f"_variant-{args.variant}"
+    if args.lr != parser.get_default("lr"):  # (a full run at another rate no longer writes over the stored comparison)
+        stem += f"_lr-{args.lr:g}"
     if args.variant or args.stableff_only:  # experiments beside the stored comparison, one file per seed
         out = out / "variants"
-        stem += (f"_variant-{args.variant}" if args.variant else "") + (f"_lr-{args.lr:g}" if args.lr != parser.get_default("lr") else "")
         stem += f"_seed-{args.seed}"
     elif args.seed != 0:  # the comparison for another seed beside seed 0's
         out = out / "seeds"
