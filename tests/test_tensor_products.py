@@ -12,6 +12,18 @@ from stableff.models.blocks import InvariantChannels
 from stableff.models.tensor_products import from_channels, to_channels
 
 
+def build_float64(name, **hyper):
+    """``name`` built with float64 as the default dtype, so that e3nn's reference modules hold their
+    Wigner 3j symbols in float64 (built in float32 and cast, e3nn's hold them rounded to float32;
+    ours are exact either way: test_constants_are_exact_in_a_model_built_in_float32_and_cast)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return build_model(name, **hyper)
+    finally:
+        torch.set_default_dtype(default)
+
+
 def assert_same_derivatives(reference, ours, inputs, weights):
     """Gradients of sum(out^2) wrt the inputs, and of their squared norm wrt the weights, agree."""
     derivatives = []
@@ -28,8 +40,8 @@ def test_nequip_fast_kernels_equal_e3nn(l_max, parity):
     component-major messages give e3nn's values, gradients and second derivatives (training takes
     the gradient of forces)."""
     torch.manual_seed(1)
-    model = build_model("nequip", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=l_max, parity=parity, num_features=5,
-                        num_bessels=4, radial_mlp_depth=2, radial_mlp_width=7).double()
+    model = build_float64("nequip", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=l_max, parity=parity, num_features=5,
+                          num_bessels=4, radial_mlp_depth=2, radial_mlp_width=7)
     for layer in model.layers:
         tp, fast = layer.tp, layer.channel_tp
         nodes, edges = 6, 30
@@ -101,8 +113,8 @@ def test_nequip_inference_matrices_equal_e3nns_modules_while_the_weights_are_unc
 def test_allegro_fast_kernels_equal_e3nn(l_max, parity, num_layers):
     """Allegro's channel-wise tensor product and channel-layout Linear against e3nn's."""
     torch.manual_seed(2)
-    model = build_model("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=num_layers, l_max=l_max, parity=parity,
-                        num_scalar_features=6, num_tensor_features=3, num_bessels=4).double()
+    model = build_float64("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=num_layers, l_max=l_max, parity=parity,
+                          num_scalar_features=6, num_tensor_features=3, num_bessels=4)
     for layer in model.layers:
         tp, edges = layer.tp, 20
         x = torch.randn(edges, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
@@ -135,8 +147,8 @@ def test_allegro_layer_equals_its_e3nn_composition():
     from stableff.models.blocks import scatter_sum
 
     torch.manual_seed(3)
-    model = build_model("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=2, parity=True,
-                        num_scalar_features=6, num_tensor_features=3, num_bessels=4).double()
+    model = build_float64("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=2, parity=True,
+                          num_scalar_features=6, num_tensor_features=3, num_bessels=4)
     nodes, edges = 5, 24
     centre = torch.randint(0, nodes, (edges,))
     sh = model.spherical_harmonics(torch.randn(edges, 3, dtype=torch.float64))
@@ -232,3 +244,22 @@ def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count)
     torch.testing.assert_close(ours, reference)
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(both(src)[1].sum(), src, create_graph=True)
+
+
+@pytest.mark.parametrize("name", ["nequip", "allegro"])
+def test_constants_are_exact_in_a_model_built_in_float32_and_cast(name):
+    """The products' constants (Wigner 3j symbols times path weights) of a model built in float32 and
+    cast to float64 are those of one built in float64, not float32 roundings: a float64 model is then
+    equivariant to float64 precision (test_physics), whichever dtype it was built in."""
+    hyper = dict(type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=2, parity=True, num_bessels=4)
+    hyper.update(num_features=5) if name == "nequip" else hyper.update(num_scalar_features=6, num_tensor_features=3)
+    cast, exact = build_model(name, **hyper).double(), build_float64(name, **hyper)
+    constants = [(n, b) for n, b in cast.named_buffers() if n.endswith("constants")]
+    assert constants
+    for (n, a), (_, b) in zip(constants, ((n, b) for n, b in exact.named_buffers() if n.endswith("constants"))):
+        assert a.dtype == torch.float64
+        torch.testing.assert_close(a, b, rtol=1e-15, atol=1e-15, msg=n)
+    # and as e3nn holds them when cast: rounded (what the tests above avoid by building in float64)
+    e3nn_cast = [b for n, b in cast.named_buffers() if "_w3j_" in n]
+    e3nn_exact = [b for n, b in exact.named_buffers() if "_w3j_" in n]
+    assert any(not torch.equal(a, b) for a, b in zip(e3nn_cast, e3nn_exact))

@@ -14,8 +14,6 @@ by side (every block has the same multiplicity U).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from e3nn import o3
 from torch import nn
@@ -53,6 +51,24 @@ def _one_multiplicity(*irreps_list) -> int:
     return muls.pop()
 
 
+def _float64_copy(tp: o3.TensorProduct) -> o3.TensorProduct:
+    """The same product built in float64: its Wigner 3j symbols computed in float64 (a module built
+    in float32 and cast holds them rounded to float32, which breaks equivariance of a float64 model
+    at ~1e-9 relative), its paths weighted as ``tp``'s (their normalisation already folded into
+    each instruction's path weight, hence no normalisation of its own)."""
+    instructions = [(ins.i_in1, ins.i_in2, ins.i_out, ins.connection_mode, ins.has_weight, ins.path_weight**2) for ins in tp.instructions]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        rebuilt = o3.TensorProduct(tp.irreps_in1, tp.irreps_in2, tp.irreps_out, instructions, irrep_normalization="none",
+                                   path_normalization="none", internal_weights=tp.internal_weights, shared_weights=tp.shared_weights)
+    finally:
+        torch.set_default_dtype(default)
+    if tp.internal_weights and tp.weight_numel:
+        rebuilt.weight.data.copy_(tp.weight.detach().to(torch.float64))
+    return rebuilt
+
+
 def _probe(tp: o3.TensorProduct) -> torch.Tensor:
     """G[i, j, q] (float64): component q of channel 0 of the output when channel 0 of the first
     input is the unit vector i and channel 0 of the second the unit vector j (weights 1)."""
@@ -60,7 +76,7 @@ def _probe(tp: o3.TensorProduct) -> torch.Tensor:
         return [sl.start + m for sl, (_, ir) in zip(irreps.slices(), irreps) for m in range(ir.dim)]
 
     in1, in2, out = channel0(tp.irreps_in1), channel0(tp.irreps_in2), channel0(tp.irreps_out)
-    probe = copy.deepcopy(tp).to(torch.float64)
+    probe = _float64_copy(tp)
     n = len(in1) * len(in2)
     x1 = torch.zeros(n, tp.irreps_in1.dim, dtype=torch.float64)
     x2 = torch.zeros(n, tp.irreps_in2.dim, dtype=torch.float64)
