@@ -2,6 +2,8 @@
 equivariance, conservative forces and stress, smoothness at the cutoff, periodic images, batch
 consistency; and the edge features the decorrelation loss reads."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,6 +96,30 @@ def test_radial_embedding_is_the_bessel_basis_times_the_envelope():
     theirs = torch.autograd.grad((reference * weights).sum(), (r, embedding.bessel.frequencies))
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_bessel_normalizations_are_the_papers_and_upstreams_encodings():
+    """``sqrt2_rmax``: sqrt(2 / r_c) sin(n pi r / r_c) / r (the NequIP paper); ``sinc``:
+    sin(n pi x) / (pi x) with x = r / r_c (upstream nequip's BesselEdgeLengthEncoding, written as
+    it is there: torch.sinc(n x) * n); anything else is refused, by Allegro with the option's name."""
+    from stableff.errors import ConfigError
+    from stableff.models.blocks import BesselBasis
+
+    r = torch.linspace(0.3, 5.0, 50, dtype=torch.float64)
+    n = torch.arange(1, 9, dtype=torch.float64)
+    def basis(normalization):  # frequencies n pi in float64 (a float32 parameter cast holds them rounded)
+        module = BesselBasis(5.0, 8, normalization=normalization).double()
+        module.frequencies.data = n * math.pi
+        return module(r)
+
+    paper = basis("sqrt2_rmax")
+    torch.testing.assert_close(paper, (2.0 / 5.0) ** 0.5 * torch.sin(n * math.pi * r.unsqueeze(-1) / 5.0) / r.unsqueeze(-1), rtol=1e-12, atol=1e-12)
+    upstream = basis("sinc")
+    torch.testing.assert_close(upstream, torch.sinc(r.unsqueeze(-1) / 5.0 * n) * n, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="normalization"):
+        BesselBasis(5.0, 8, normalization="unit")
+    with pytest.raises(ConfigError, match="model.bessel_normalization"):
+        make_model("allegro", bessel_normalization="unit")
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -230,8 +256,9 @@ def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_traine
     from stableff.study.stages import training_fingerprint
     from stableff.train.config import parse_config
 
-    old = make_model("allegro", mlp_normalization="none", dense_latents=False)
-    hyperparameters = {k: v for k, v in old.hyperparameters.items() if k not in ("mlp_normalization", "dense_latents")}
+    # revision 1: PyTorch's MLPs, the last latents only, the paper's Bessel scale
+    old = make_model("allegro", mlp_normalization="none", dense_latents=False, bessel_normalization="sqrt2_rmax")
+    hyperparameters = {k: v for k, v in old.hyperparameters.items() if k not in ("mlp_normalization", "dense_latents", "bessel_normalization")}
     statistics = DatasetStatistics(type_numbers=list(old.type_numbers), reference_energies=[0.0] * 3, energy_per_atom_residual_mean=0.0,
                                    energy_per_atom_residual_std=1.0, force_rms=1.0, mean_num_neighbors=4.0, max_abs_force=1.0,
                                    min_pair_distance={}, max_nearest_neighbor_distance={}, cutoff=old.r_max, n_frames=1)
@@ -239,25 +266,32 @@ def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_traine
                   "dtype": "float64", "model_state": old.state_dict(), "statistics": statistics.to_dict()}
     loaded, _ = model_from_checkpoint(checkpoint)
     assert loaded.hyperparameters["mlp_normalization"] == "none" and loaded.hyperparameters["dense_latents"] is False
+    assert loaded.hyperparameters["bessel_normalization"] == "sqrt2_rmax"
     frames = [acac_frames[0]]
     torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
     # loaded for inference: no weight gradients are tracked, forces are the same
     assert not any(p.requires_grad for p in loaded.parameters())
     torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.FORCES], testing.evaluate(old, frames)[keys.FORCES])
-    fresh = make_model("allegro", dense_latents=False)
+    fresh = make_model("allegro", dense_latents=False, bessel_normalization="sqrt2_rmax")
     fresh.load_state_dict(old.state_dict())  # same weights, the new MLPs: another function
     assert not torch.allclose(testing.evaluate(fresh, frames)[keys.TOTAL_ENERGY], testing.evaluate(old, frames)[keys.TOTAL_ENERGY])
-    # a revision-2 checkpoint (normalised MLPs, written before dense latents) loads as it was trained
-    revision2 = make_model("allegro", dense_latents=False)
-    checkpoint = dict(checkpoint, model_state=revision2.state_dict(),
-                      hyperparameters={k: v for k, v in revision2.hyperparameters.items() if k != "dense_latents"})
-    loaded, _ = model_from_checkpoint(checkpoint)
-    assert loaded.hyperparameters["mlp_normalization"] == "second_moment" and loaded.hyperparameters["dense_latents"] is False
-    torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(revision2, frames)[keys.TOTAL_ENERGY])
+    # revisions 2 (normalised MLPs, before dense latents) and 3 (dense latents, before the Bessel
+    # scale) load as they were trained
+    for revision, newer in ((2, ("dense_latents", "bessel_normalization")), (3, ("bessel_normalization",))):
+        model = make_model("allegro", bessel_normalization="sqrt2_rmax", **({"dense_latents": False} if revision == 2 else {}))
+        checkpoint = dict(checkpoint, model_state=model.state_dict(),
+                          hyperparameters={k: v for k, v in model.hyperparameters.items() if k not in newer})
+        loaded, _ = model_from_checkpoint(checkpoint)
+        assert loaded.hyperparameters["mlp_normalization"] == "second_moment" and loaded.hyperparameters["dense_latents"] is (revision == 3)
+        assert loaded.hyperparameters["bessel_normalization"] == "sqrt2_rmax"
+        torch.testing.assert_close(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(model, frames)[keys.TOTAL_ENERGY])
+    current = make_model("allegro")
+    current.load_state_dict(model.state_dict())  # revision 3's weights with upstream's Bessel scale: another function
+    assert not torch.allclose(testing.evaluate(current, frames)[keys.TOTAL_ENERGY], testing.evaluate(model, frames)[keys.TOTAL_ENERGY])
     from pathlib import Path
 
     base = {"data": {"train": str(Path(__file__).resolve().parents[1] / "stableff" / "datasets" / "acac" / "isolated_atoms.xyz")}}
-    assert training_fingerprint(parse_config({**base, "model": {"name": "allegro"}}))["model_revision"] == 3
+    assert training_fingerprint(parse_config({**base, "model": {"name": "allegro"}}))["model_revision"] == 4
     assert "model_revision" not in training_fingerprint(parse_config({**base, "model": {"name": "nequip"}}))
 
 

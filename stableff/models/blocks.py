@@ -9,15 +9,22 @@ from torch import nn
 
 
 class BesselBasis(nn.Module):
-    r"""Radial Bessel functions :math:`b_n(r) = \sqrt{2/r_c}\, \sin(n \pi r / r_c) / r`, n = 1..N.
+    r"""Radial Bessel functions :math:`b_n(r) = c\, \sin(n \pi r / r_c) / r`, n = 1..N.
 
+    ``normalization`` sets c: ``"sqrt2_rmax"`` (default), :math:`c = \sqrt{2/r_c}`, the NequIP
+    paper's; ``"sinc"``, :math:`c = r_c / \pi`, i.e. :math:`\sin(n \pi x) / (\pi x)` with
+    :math:`x = r / r_c`, upstream nequip's encoding since 0.7 (2.5x larger at r_c = 5 A).
     The frequencies are trainable (as in NequIP). Input r [E] in Angstrom, output [E, N].
     """
 
-    def __init__(self, r_max: float, num_basis: int = 8, trainable: bool = True):
+    NORMALIZATIONS = ("sqrt2_rmax", "sinc")
+
+    def __init__(self, r_max: float, num_basis: int = 8, trainable: bool = True, normalization: str = "sqrt2_rmax"):
         super().__init__()
+        if normalization not in self.NORMALIZATIONS:
+            raise ValueError(f"Bessel normalization must be one of {self.NORMALIZATIONS} (got {normalization!r})")
         self.r_max = float(r_max)
-        self.prefactor = math.sqrt(2.0 / self.r_max)
+        self.prefactor = math.sqrt(2.0 / self.r_max) if normalization == "sqrt2_rmax" else self.r_max / math.pi
         weights = torch.linspace(1.0, num_basis, num_basis) * math.pi
         self.frequencies = nn.Parameter(weights, requires_grad=trainable)
 
@@ -55,15 +62,15 @@ class RadialEmbedding(nn.Module):
     that everything built from the basis goes smoothly to zero at r_max.
     """
 
-    def __init__(self, r_max: float, num_basis: int = 8, polynomial_p: float = 6.0, trainable: bool = False):
+    def __init__(self, r_max: float, num_basis: int = 8, polynomial_p: float = 6.0, trainable: bool = False, normalization: str = "sqrt2_rmax"):
         super().__init__()
-        self.bessel = BesselBasis(r_max, num_basis, trainable=trainable)
+        self.bessel = BesselBasis(r_max, num_basis, trainable=trainable, normalization=normalization)
         self.cutoff = PolynomialCutoff(r_max, polynomial_p)
 
     def forward(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         envelope = self.cutoff(r)
         bessel = self.bessel
-        # b_n(r) u(r) = sin(n pi r / r_c) * (sqrt(2 / r_c) u(r) / r): per-edge factors on [E], then
+        # b_n(r) u(r) = sin(n pi r / r_c) * (c u(r) / r): per-edge factors on [E], then
         # two [E, N] passes
         phase = r.unsqueeze(-1) * (bessel.frequencies / bessel.r_max)
         return torch.sin(phase) * (envelope * bessel.prefactor / r).unsqueeze(-1), envelope
