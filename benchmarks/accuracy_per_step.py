@@ -81,7 +81,9 @@ def train_stableff(plan: dict, frames) -> dict:
 
     curve = train_with_checkpoints(model, plan, lambda indices: stableff_train_step(model, optimizer, collate([graphs[i] for i in indices])),
                                    predictions, log=lambda text: print(f"  stableff {text}", flush=True))
-    return {"curve": curve, "num_parameters": sum(p.numel() for p in model.parameters())}
+    # the model's revision and hyper-parameters: which stableff model a stored curve belongs to
+    return {"curve": curve, "num_parameters": sum(p.numel() for p in model.parameters()), "model_revision": model.revision,
+            "model_hyperparameters": model.hyperparameters}
 
 
 def train_peer(plan: dict, threads: int) -> dict:
