@@ -13,7 +13,7 @@ class BesselBasis(nn.Module):
 
     ``normalization`` sets c: ``"sqrt2_rmax"`` (default), :math:`c = \sqrt{2/r_c}`, the NequIP
     paper's; ``"sinc"``, :math:`c = r_c / \pi`, i.e. :math:`\sin(n \pi x) / (\pi x)` with
-    :math:`x = r / r_c`, upstream nequip's encoding since 0.7 (2.5x larger at r_c = 5 A).
+    :math:`x = r / r_c`, upstream nequip's BesselEdgeLengthEncoding (0.19; 2.5x larger at r_c = 5 A).
     The frequencies are trainable (as in NequIP). Input r [E] in Angstrom, output [E, N].
     """
 
