@@ -61,7 +61,8 @@ import torch.nn.utils.parametrize as parametrize
 
 from stableff.data import keys
 from stableff.models.allegro import Allegro, weighted_spherical_harmonics
-from stableff.models.blocks import NormalizedMLP, ScaledSiLU, mlp, normal_init, scatter_sum
+from stableff.models.mlp import NormalizedMLP, ScaledSiLU, mlp, normal_init
+from stableff.models.scatter import scatter_sum
 
 
 class _EnvironmentHeadAllegro(Allegro):
@@ -261,11 +262,10 @@ def _channel_path_weights(model: Allegro, normalised: bool = True) -> None:
         layer.folded_matrix = lambda need_tensors, layer=layer: layer._fold(need_tensors)
 
 
-def build_variant(name: str, **hyper) -> Allegro:
+def _variant_network(name: str, **hyper) -> Allegro:
     """The benchmark's Allegro with upstream's choice ``name`` (module docstring), each on the model
     they were measured on: Allegro revision 3, the NequIP paper's Bessel scale (``upstream_bessel``
     adds upstream's, which is revision 4's default)."""
-    hyper.setdefault("bessel_normalization", "sqrt2_rmax")
     if name == "env_head":
         return _EnvironmentHeadAllegro(**hyper)
     if name == "halved_edge_sum":
@@ -287,8 +287,7 @@ def build_variant(name: str, **hyper) -> Allegro:
     elif name == "scaled_weights":
         _unit_scale(model)
     elif name == "frozen_scale_shift":
-        model.per_species_scale.requires_grad_(False)
-        model.per_species_shift.requires_grad_(False)
+        pass  # the scale and shift are frozen once the network is composed (build_variant)
     elif name == "linear_two_body":
         _drop_final_activation(model)
     elif name == "upstream_bessel":
@@ -298,6 +297,27 @@ def build_variant(name: str, **hyper) -> Allegro:
         model.two_body = _ProductTwoBody(model.num_species, hyper["num_bessels"], width, hyper["two_body_mlp_width"], width)
     else:
         raise SystemExit(f"unknown Allegro variant {name!r} (choose from {', '.join(VARIANTS)})")
+    return model
+
+
+def build_variant(name: str, energy_scale=1.0, energy_shift=0.0, **hyper):
+    """The benchmark's Allegro with upstream's choice ``name`` (module docstring), each on the model
+    they were measured on: Allegro revision 3, the NequIP paper's Bessel scale (``upstream_bessel``
+    adds upstream's, which is revision 4's default); composed with its scale, shift and priors."""
+    import inspect
+
+    from stableff.models import compose
+    from stableff.models.priors import PRIOR_HYPERPARAMETERS
+
+    hyper.setdefault("bessel_normalization", "sqrt2_rmax")
+    priors = {k: hyper.pop(k) for k in list(hyper) if k in PRIOR_HYPERPARAMETERS}
+    network = _variant_network(name, **hyper)
+    bound = inspect.signature(Allegro).bind(**hyper)
+    bound.apply_defaults()
+    model = compose(network, energy_scale, energy_shift, **{k: v for k, v in bound.arguments.items() if k != "type_numbers"}, **priors)
+    if name == "frozen_scale_shift":
+        model.scale_shift.scale.requires_grad_(False)
+        model.scale_shift.shift.requires_grad_(False)
     return model
 
 

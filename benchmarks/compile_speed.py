@@ -1,4 +1,4 @@
-"""Eager against compiled (torch.compile, ``ForceField.compile_inference``): ms per energy+forces
+"""Eager against compiled (torch.compile, ``stableff.models.compiled.compile_inference``): ms per energy+forces
 evaluation of bench-S models on the 96-atom HfO2 cell and its 2x2x2 supercell (768 atoms), and
 the one-time compile time, in one run with the two paths alternating.
 
@@ -36,6 +36,7 @@ def main():
     from stableff.data import keys
     from stableff.data.graph import collate, frame_to_graph, to_device
     from stableff.data.io import frame_from_atoms, read_frames
+    from stableff.models.compiled import compile_inference
     from stableff.data.stats import compute_statistics
     from stableff.models import build_model
 
@@ -60,7 +61,7 @@ def main():
             out = model(batch, compute_forces=True, compute_stress=False)
             return out[keys.FORCES].sum().item()  # waits for the device
 
-        paths["compiled"].compile_inference()
+        compile_inference(paths["compiled"])
         start = time.perf_counter()
         for batch in batches.values():  # both sizes: the dynamic-shape graph is built once
             evaluate(paths["compiled"], batch)

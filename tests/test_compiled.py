@@ -9,6 +9,7 @@ import torch
 from stableff.data import keys
 from stableff.data.graph import collate, frame_to_graph
 from stableff.data.io import frame_from_atoms
+from stableff.models.compiled import compile_inference
 from test_physics import hfo2_like_cell, make_model
 
 
@@ -24,20 +25,20 @@ def test_compiled_energies_forces_and_stress_equal_the_eager_ones(acac_frames, c
     crystal = hfo2_like_cell()
     eager_molecules = evaluate(model, acac_frames[:3])
     eager_crystal = evaluate(model, [crystal], stress=True)
-    model.compile_inference()
+    compile_inference(model)
     assert model.compiled
     # several sizes and edge counts through one compilation (dynamic shapes)
     for structures, eager, stress in ((acac_frames[:3], eager_molecules, False), ([crystal], eager_crystal, True), (acac_frames[:3], eager_molecules, False)):
         compiled = evaluate(model, structures, stress)
         for key in (keys.TOTAL_ENERGY, keys.FORCES) + ((keys.STRESS,) if stress else ()):
             np.testing.assert_allclose(compiled[key].numpy(), eager[key].numpy(), rtol=1e-9, atol=1e-9, err_msg=key)
-    assert model._compile_state == "ready"
+    assert model.compiled_energy.state == "ready"
     assert capfd.readouterr().err.count("compiled nequip") == 1  # compile time reported once
     # training differentiates forces again: always eager, and it still learns through the same weights
     model.train()
     out = model(collate([frame_to_graph(acac_frames[0], model.type_numbers, model.r_max, model.dtype)]))
     out[keys.FORCES].pow(2).sum().backward()
-    assert model.per_species_scale.grad is not None
+    assert model.scale_shift.scale.grad is not None
 
 
 def test_a_failing_compiler_falls_back_to_eager_with_one_warning(acac_frames, monkeypatch):
@@ -50,7 +51,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_warning(acac_frames, mo
         return compiled
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    model.compile_inference()
+    compile_inference(model)
     with pytest.warns(RuntimeWarning, match="torch.compile failed for nequip.*no C\\+\\+ compiler.*running eager"):
         first = evaluate(model, acac_frames[:2])
     assert not model.compiled

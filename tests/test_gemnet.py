@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.special import spherical_jn
 
-from stableff.models.blocks import build_triplets, reverse_edges
+from stableff.models.triplets import build_triplets, reverse_edges
 from stableff.models.gemnet import SphericalBasis, spherical_bessel, spherical_bessel_roots
 
 

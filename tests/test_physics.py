@@ -23,7 +23,7 @@ def make_model(name, type_numbers=(1, 6, 8), seed=0, dtype=torch.float64, **extr
     torch.manual_seed(seed)
     model = build_model(name, type_numbers=list(type_numbers), avg_num_neighbors=4.0, energy_scale=1.3, energy_shift=torch.tensor([-0.5] * len(type_numbers)), **SMALL_HYPERPARAMETERS[name], **extra)
     with torch.no_grad():  # make the per-species scale differ so species mix-ups show
-        model.per_species_scale.copy_(torch.linspace(0.8, 1.4, len(type_numbers)))
+        model.scale_shift.scale.copy_(torch.linspace(0.8, 1.4, len(type_numbers)))
     return model.to(dtype).eval()
 
 
@@ -68,7 +68,7 @@ def test_energy_smooth_as_neighbour_crosses_cutoff(name):
 def test_polynomial_cutoff_is_the_papers_polynomial_and_vanishes_smoothly_at_r_max():
     """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) below r_max, 0 beyond, and
     its slope, which vanishes at r_max."""
-    from stableff.models.blocks import PolynomialCutoff
+    from stableff.models.radial import PolynomialCutoff
 
     r = torch.linspace(0.05, 7.0, 300, dtype=torch.float64, requires_grad=True)
     envelope = PolynomialCutoff(5.0, 6.0)(r)
@@ -83,7 +83,7 @@ def test_polynomial_cutoff_is_the_papers_polynomial_and_vanishes_smoothly_at_r_m
 def test_radial_embedding_is_the_bessel_basis_times_the_envelope():
     """basis_n(r) = sqrt(2 / r_c) sin(n pi r / r_c) / r * u(r), with its gradient, as the two
     modules define it (the embedding computes the per-edge factors first)."""
-    from stableff.models.blocks import RadialEmbedding
+    from stableff.models.radial import RadialEmbedding
 
     embedding = RadialEmbedding(5.0, 8, 6.0, trainable=True).double()
     r = torch.linspace(0.3, 6.0, 120, dtype=torch.float64, requires_grad=True)
@@ -103,7 +103,7 @@ def test_bessel_normalizations_are_the_papers_and_upstreams_encodings():
     sin(n pi x) / (pi x) with x = r / r_c (upstream nequip's BesselEdgeLengthEncoding, written as
     it is there: torch.sinc(n x) * n); anything else is refused, by Allegro with the option's name."""
     from stableff.errors import ConfigError
-    from stableff.models.blocks import BesselBasis
+    from stableff.models.radial import BesselBasis
 
     r = torch.linspace(0.3, 5.0, 50, dtype=torch.float64)
     n = torch.arange(1, 9, dtype=torch.float64)
@@ -224,7 +224,7 @@ def test_float32_energy_is_summed_in_float64(acac_frames):
     1e-3 eV step, so central differences at h = 0.01 A agree with the autograd forces."""
     model = make_model("nequip", dtype=torch.float32)
     with torch.no_grad():
-        model.per_species_shift.copy_(torch.tensor([-13.6, -1029.0, -2041.0]))  # acac-like E0 (eV)
+        model.scale_shift.shift.copy_(torch.tensor([-13.6, -1029.0, -2041.0]))  # acac-like E0 (eV)
     out = testing.evaluate(model, [acac_frames[0]])
     assert out[keys.TOTAL_ENERGY].dtype == torch.float64 and out[keys.TOTAL_ENERGY].item() < -5000
     # a float32 total of -9400 eV has a 1e-3 eV step: differences of it at h = 0.01 A would be off by ~0.05-0.2 eV/A
@@ -236,7 +236,7 @@ def test_normalized_mlp_keeps_unit_second_moment_and_pytorch_default_does_not():
     """Allegro's MLPs (``normalized``): unit-variance inputs stay at unit second moment through
     three layers; PyTorch's default initialisation shrinks them (why stableff's Allegro learned
     less per step than upstream's before)."""
-    from stableff.models.blocks import mlp
+    from stableff.models.mlp import mlp
 
     torch.manual_seed(0)
     x = torch.randn(20_000, 64)
@@ -303,12 +303,12 @@ def test_allegro_inference_reuses_its_folded_matrices_only_while_the_weights_are
     trained = testing.evaluate(model, frames)
     model.requires_grad_(False)
     first, second = testing.evaluate(model, frames), testing.evaluate(model, frames)
-    assert model.layers[0].__dict__.get("_folded") is not None
+    assert model.network.layers[0].__dict__.get("_folded") is not None
     for key in (keys.TOTAL_ENERGY, keys.FORCES):
         torch.testing.assert_close(first[key], trained[key])
         torch.testing.assert_close(second[key], trained[key])
     with torch.no_grad():
-        model.layers[0].linear.weight.mul_(1.5)
+        model.network.layers[0].linear.weight.mul_(1.5)
     changed = testing.evaluate(model, frames)
     model.requires_grad_(True)
     torch.testing.assert_close(changed[keys.FORCES], testing.evaluate(model, frames)[keys.FORCES])
@@ -317,7 +317,7 @@ def test_allegro_inference_reuses_its_folded_matrices_only_while_the_weights_are
 
 def test_normalized_mlp_folds_its_constants_without_changing_the_function():
     """NormalizedMLP's forward (constants on the weights) equals running its modules one by one."""
-    from stableff.models.blocks import mlp
+    from stableff.models.mlp import mlp
 
     torch.manual_seed(1)
     x = torch.randn(50, 6, dtype=torch.float64)

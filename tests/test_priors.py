@@ -5,6 +5,7 @@ import pytest
 import torch
 from ase import Atoms
 
+from stableff.models.priors import ZBLRepulsion
 from stableff import testing
 from stableff.data import keys
 from stableff.errors import ConfigError
@@ -26,8 +27,8 @@ def zbl_only(type_numbers=(8, 72), r_max=4.0, **zbl):
     torch.manual_seed(0)
     model = build_model("nequip", type_numbers=list(type_numbers), r_max=r_max, num_layers=2, num_features=4, num_bessels=4, radial_mlp_width=8, radial_mlp_depth=1, zbl=True, **zbl)
     with torch.no_grad():
-        model.per_species_scale.zero_()
-        model.per_species_shift.zero_()
+        model.scale_shift.scale.zero_()
+        model.scale_shift.shift.zero_()
     return model.double().eval()
 
 
@@ -38,7 +39,7 @@ def dimer_energy(model, z1, z2, r):
 @pytest.mark.parametrize("pair", [(8, 72), (72, 72), (8, 8)])
 def test_dimer_energy_equals_the_zbl_formula_at_short_range(pair):
     model = zbl_only()
-    inner = float(model.zbl.inner[model.type_numbers.index(pair[0]), model.type_numbers.index(pair[1])])
+    inner = float(model.prior(ZBLRepulsion).inner[model.type_numbers.index(pair[0]), model.type_numbers.index(pair[1])])
     for r in (0.3, 0.5, 0.9 * inner):
         assert dimer_energy(model, *pair, r) == pytest.approx(zbl_reference(*pair, r), rel=1e-10)
     assert dimer_energy(model, *pair, 3.9) == 0.0 or pair == (72, 72)  # beyond the outer radius of O pairs

@@ -8,7 +8,7 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet
 
 from stableff.models import build_model
-from stableff.models.blocks import InvariantChannels
+from stableff.models.invariants import InvariantChannels
 from stableff.models.tensor_products import from_channels, to_channels
 
 
@@ -42,7 +42,7 @@ def test_nequip_fast_kernels_equal_e3nn(l_max, parity):
     torch.manual_seed(1)
     model = build_float64("nequip", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=l_max, parity=parity, num_features=5,
                           num_bessels=4, radial_mlp_depth=2, radial_mlp_width=7)
-    for layer in model.layers:
+    for layer in model.network.layers:
         tp, fast = layer.tp, layer.channel_tp
         nodes, edges = 6, 30
         x = torch.randn(nodes, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
@@ -86,23 +86,23 @@ def test_nequip_inference_matrices_equal_e3nns_modules_while_the_weights_are_unc
 
     def both():
         trained = model.requires_grad_(True)(batch, compute_forces=True, compute_stress=True, create_graph=False)
-        assert all("_inference_matrices" not in layer.__dict__ for layer in model.layers)  # no cache while trained
+        assert all("_inference_matrices" not in layer.__dict__ for layer in model.network.layers)  # no cache while trained
         frozen = model.requires_grad_(False)(batch, compute_forces=True, compute_stress=True, create_graph=False)
-        assert all("_inference_matrices" in layer.__dict__ for layer in model.layers)
+        assert all("_inference_matrices" in layer.__dict__ for layer in model.network.layers)
         for key in ("energy", "forces", "stress"):
             torch.testing.assert_close(frozen[key], trained[key], rtol=1e-12, atol=1e-12)
-        for layer in model.layers:
+        for layer in model.network.layers:
             del layer.__dict__["_inference_matrices"]
         return frozen
 
     before = both()
     model.requires_grad_(False)(batch, compute_forces=True, compute_stress=True)  # fills the cache
     with torch.no_grad():
-        for layer in model.layers:
+        for layer in model.network.layers:
             layer.linear_2.weight.mul_(1.5)
             layer.self_connection.weight.add_(0.1)
     changed = model(batch, compute_forces=True, compute_stress=True)  # must not reuse the old matrices
-    for layer in model.layers:
+    for layer in model.network.layers:
         del layer.__dict__["_inference_matrices"]
     after = both()
     assert not torch.allclose(after["forces"], before["forces"])
@@ -115,7 +115,7 @@ def test_allegro_fast_kernels_equal_e3nn(l_max, parity, num_layers):
     torch.manual_seed(2)
     model = build_float64("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=num_layers, l_max=l_max, parity=parity,
                           num_scalar_features=6, num_tensor_features=3, num_bessels=4)
-    for layer in model.layers:
+    for layer in model.network.layers:
         tp, edges = layer.tp, 20
         x = torch.randn(edges, tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
         y = torch.randn(edges, tp.irreps_in2.dim, dtype=torch.float64, requires_grad=True)
@@ -144,26 +144,26 @@ def test_channel_layout_round_trip():
 def test_allegro_layer_equals_its_e3nn_composition():
     """The Allegro layer's folded products (scalars and Linear read off the component pairs) equal
     e3nn's TensorProduct -> scalars / Linear on e3nn's layout, with derivatives."""
-    from stableff.models.blocks import scatter_sum
+    from stableff.models.scatter import scatter_sum
 
     torch.manual_seed(3)
     model = build_float64("allegro", type_numbers=[1, 8], avg_num_neighbors=4.0, num_layers=3, l_max=2, parity=True,
                           num_scalar_features=6, num_tensor_features=3, num_bessels=4)
     nodes, edges = 5, 24
     centre = torch.randint(0, nodes, (edges,))
-    sh = model.spherical_harmonics(torch.randn(edges, 3, dtype=torch.float64))
+    sh = model.network.spherical_harmonics(torch.randn(edges, 3, dtype=torch.float64))
     envelope = torch.rand(edges, dtype=torch.float64)
-    for index, layer in enumerate(model.layers):
+    for index, layer in enumerate(model.network.layers):
         latents = torch.randn(edges, 6, dtype=torch.float64, requires_grad=True)
         earlier = [torch.randn(edges, 6, dtype=torch.float64) for _ in range(index)]  # dense latents: all earlier layers'
         tensors = torch.randn(edges, layer.tp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
-        need = index < len(model.layers) - 1
+        need = index < len(model.network.layers) - 1
         ours = layer(latents, to_channels(tensors, layer.tp.irreps_in1), sh * (0.5 * envelope).unsqueeze(-1), (envelope / 2**0.5).unsqueeze(-1), centre, nodes,
                      need_tensors=need, earlier=earlier)
         # reference: e3nn's modules on e3nn's layout; environment G_i = sum_k u(r_ik) w(x_ik) Y(r_ik)
         # with one weight per channel and degree l, for all 2l + 1 components of l
         weights = (layer.env_weights(latents) * envelope.unsqueeze(-1)).view(edges, layer.num_tensor, -1)
-        per_component = torch.cat([weights[:, :, l : l + 1].expand(-1, -1, ir.dim) for l, (_, ir) in enumerate(model.sh_irreps)], dim=-1)
+        per_component = torch.cat([weights[:, :, l : l + 1].expand(-1, -1, ir.dim) for l, (_, ir) in enumerate(model.network.sh_irreps)], dim=-1)
         environment = from_channels(scatter_sum(per_component * sh.unsqueeze(1), centre, nodes), layer.env_irreps) * 0.5
         products = layer.tp(tensors, environment[centre])
         scalars = torch.cat([products[:, sl] for (_, ir), sl in zip(layer.mid_irreps, layer.mid_irreps.slices()) if ir == o3.Irrep("0e")], dim=-1)
@@ -183,7 +183,7 @@ def test_mlp_of_input_parts_equals_the_mlp_of_their_concatenation():
     """An MLP given the columns of its input as a list (summed products while trained, one
     concatenation in inference) gives the values and first and second derivatives of the
     concatenated input's."""
-    from stableff.models.blocks import mlp
+    from stableff.models.mlp import mlp
 
     torch.manual_seed(5)
     for normalized in (True, False):
@@ -220,7 +220,8 @@ def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count)
     """The fused sum-and-invariant-view NequIP uses for its edge features: same values and first
     derivatives as scatter_sum plus InvariantChannels of src[:count]; the sum's second derivatives
     too (the force loss differentiates forces again); the view refuses a second derivative."""
-    from stableff.models.blocks import scatter_sum, scatter_sum_and_view
+    from stableff.models.scatter import scatter_sum
+    from stableff.models.invariants import scatter_sum_and_view
 
     irreps = o3.Irreps("2x0e+2x1o+2x1e+2x2e")
     view = InvariantChannels(irreps, component_major=True)

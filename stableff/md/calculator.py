@@ -34,7 +34,9 @@ class StableFFCalculator(Calculator):
         if isinstance(model_path, torch.nn.Module):
             self.model, self.statistics = model_path.eval(), None
             if compile:
-                self.model.compile_inference()
+                from stableff.models.compiled import compile_inference
+
+                compile_inference(self.model)
         else:
             self.model, self.statistics = model_from_checkpoint(model_path, device=device, compile=compile)
         self.device = torch.device(device)

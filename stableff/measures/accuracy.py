@@ -91,7 +91,9 @@ def evaluate_files(model_or_path, paths, batch_size: int = 8, device: str = "cpu
 
     model = model_from_checkpoint(model_or_path, device=device)[0] if not isinstance(model_or_path, torch.nn.Module) else model_or_path
     if compile:
-        model.compile_inference()
+        from stableff.models.compiled import compile_inference
+
+        compile_inference(model)
     results = []
     for path in paths:
         frames = read_frames(path, require=("energy", "forces"))

@@ -38,8 +38,11 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.errors import ConfigError
-from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, cached_while_frozen, mlp, normal_init, scatter_sum
+from stableff.models.base import EnergyNetwork
+from stableff.models.radial import RadialEmbedding
+from stableff.models.frozen import cached_while_frozen
+from stableff.models.mlp import mlp, normal_init
+from stableff.models.scatter import scatter_sum
 from stableff.models.tensor_products import ChannelLinear, ChannelwiseTensorProduct
 
 
@@ -132,7 +135,7 @@ class AllegroLayer(nn.Module):
         return torch.cat(matrices, dim=1), matrices[0].shape[1]
 
 
-class Allegro(ForceField):
+class Allegro(EnergyNetwork):
     """Allegro energy model (r_max in Angstrom)."""
 
     model_name = "allegro"
@@ -161,10 +164,8 @@ class Allegro(ForceField):
         dense_latents: bool = True,
         bessel_normalization: str = "sinc",
         avg_num_neighbors: float = 1.0,
-        energy_scale=1.0,
-        energy_shift=0.0,
     ):
-        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
+        super().__init__(type_numbers, r_max, avg_num_neighbors)
         if mlp_normalization not in ("second_moment", "none"):
             raise ConfigError(f"model.mlp_normalization must be 'second_moment' or 'none' (got {mlp_normalization!r})")
         if bessel_normalization not in ("sinc", "sqrt2_rmax"):

@@ -21,43 +21,37 @@ embeddings m after each interaction block.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from stableff.data import keys
-from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, build_triplets, legendre, mlp, scatter_sum
+from stableff.models.base import EnergyNetwork
+from stableff.models.radial import RadialEmbedding
+from stableff.models.triplets import build_triplets, legendre
+from stableff.models.mlp import mlp
+from stableff.models.directional import INV_SQRT2, Residual, both_ends, edge_messages_to_atoms
+from stableff.models.scatter import scatter_sum
 
-INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
-
-class Residual(nn.Module):
+def silu_residual(width: int) -> Residual:
     """x + f(x), scaled by 1/sqrt(2), with f a two-layer SiLU MLP."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.net = mlp([width, width, width], final_activation=True)
-
-    def forward(self, x):
-        return (x + self.net(x)) * INV_SQRT2
+    return Residual(mlp([width, width, width], final_activation=True))
 
 
 class InteractionBlock(nn.Module):
     def __init__(self, edge_width: int, atom_width: int, triplet_width: int, num_radial: int, num_spherical: int, num_sph_radial: int):
         super().__init__()
-        self.pre = Residual(edge_width)
+        self.pre = silu_residual(edge_width)
         self.down = mlp([edge_width, triplet_width], final_activation=True, bias=False)
         self.radial_to_triplet = nn.Linear(num_radial, triplet_width, bias=False)
         self.angle_to_triplet = nn.Linear(num_spherical * num_sph_radial, triplet_width, bias=False)
         self.up = mlp([triplet_width, edge_width], final_activation=True, bias=False)
-        self.after_triplet = Residual(edge_width)
+        self.after_triplet = silu_residual(edge_width)
         self.radial_to_atom = nn.Linear(num_radial, edge_width, bias=False)
         self.edge_to_atom = mlp([edge_width, atom_width], final_activation=True)
-        self.atom_update = Residual(atom_width)
+        self.atom_update = silu_residual(atom_width)
         self.concat = mlp([2 * atom_width + edge_width, edge_width], final_activation=True)
-        self.post = Residual(edge_width)
+        self.post = silu_residual(edge_width)
 
     def forward(self, h, m, rbf, cbf, centre, neighbour, e_in, e_out, inv_sqrt_neighbors):
         skip = m
@@ -69,9 +63,9 @@ class InteractionBlock(nn.Module):
         m = (skip + self.up(aggregated)) * INV_SQRT2
         m = self.after_triplet(m)
         # atom self-interaction and the edge update from both ends
-        atom_messages = scatter_sum(m * self.radial_to_atom(rbf), centre, h.shape[0]) * inv_sqrt_neighbors
+        atom_messages = edge_messages_to_atoms(m, self.radial_to_atom(rbf), centre, h.shape[0], inv_sqrt_neighbors)
         h = (h + self.atom_update(self.edge_to_atom(atom_messages))) * INV_SQRT2
-        m = (m + self.concat(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), m], dim=-1))) * INV_SQRT2
+        m = (m + self.concat(both_ends(h, m, centre, neighbour))) * INV_SQRT2
         return h, self.post(m)
 
 
@@ -82,10 +76,10 @@ class OutputBlock(nn.Module):
         self.net = nn.Sequential(nn.Linear(edge_width, atom_width), nn.SiLU(), nn.Linear(atom_width, atom_width), nn.SiLU(), nn.Linear(atom_width, 1, bias=False))
 
     def forward(self, m, rbf, centre, num_atoms, inv_sqrt_neighbors):
-        return self.net(scatter_sum(m * self.radial(rbf), centre, num_atoms) * inv_sqrt_neighbors).squeeze(-1)
+        return self.net(edge_messages_to_atoms(m, self.radial(rbf), centre, num_atoms, inv_sqrt_neighbors)).squeeze(-1)
 
 
-class DimeNetPPLike(ForceField):
+class DimeNetPPLike(EnergyNetwork):
     """DimeNet++-style energy model with element-wise triplet interaction (r_max in Angstrom)."""
 
     model_name = "dimenet_pp_like"
@@ -103,10 +97,8 @@ class DimeNetPPLike(ForceField):
         num_sph_radial: int = 4,
         polynomial_p: float = 6.0,
         avg_num_neighbors: float = 1.0,
-        energy_scale=1.0,
-        energy_shift=0.0,
     ):
-        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
+        super().__init__(type_numbers, r_max, avg_num_neighbors)
         self.num_spherical = num_spherical
         self.num_sph_radial = min(num_sph_radial, num_radial)
         self.radial = RadialEmbedding(r_max, num_radial, polynomial_p)

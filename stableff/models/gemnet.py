@@ -42,10 +42,12 @@ import torch
 from torch import nn
 
 from stableff.data import keys
-from stableff.models.base import ForceField
-from stableff.models.blocks import RadialEmbedding, ScaledSiLU, build_triplets, legendre, reverse_edges, scatter_sum
+from stableff.models.base import EnergyNetwork
+from stableff.models.radial import RadialEmbedding
+from stableff.models.mlp import ScaledSiLU
+from stableff.models.triplets import build_triplets, legendre, reverse_edges
+from stableff.models.directional import INV_SQRT2, Residual, both_ends, edge_messages_to_atoms
 
-INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 def spherical_bessel_roots(num_spherical: int, num_radial: int) -> np.ndarray:
@@ -137,15 +139,9 @@ def dense(n_in: int, n_out: int, activation: bool = True, bias: bool = False) ->
     return nn.Sequential(layer, ScaledSiLU(1.0 / 0.6)) if activation else layer
 
 
-class ResidualLayer(nn.Module):
+def residual_layer(width: int) -> Residual:
     """(x + sigma(W2 sigma(W1 x))) / sqrt(2)."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.net = nn.Sequential(dense(width, width), dense(width, width))
-
-    def forward(self, x):
-        return (x + self.net(x)) * INV_SQRT2
+    return Residual(nn.Sequential(dense(width, width), dense(width, width)))
 
 
 class TripletInteraction(nn.Module):
@@ -186,22 +182,22 @@ class InteractionBlock(nn.Module):
         super().__init__()
         self.skip = dense(emb_size_edge, emb_size_edge)
         self.triplet = TripletInteraction(emb_size_edge, emb_size_trip, emb_size_rbf, emb_size_cbf, emb_size_bil_trip, num_radial, num_spherical)
-        self.before_skip = nn.Sequential(*[ResidualLayer(emb_size_edge) for _ in range(num_before_skip)])
-        self.after_skip = nn.Sequential(*[ResidualLayer(emb_size_edge) for _ in range(num_after_skip)])
+        self.before_skip = nn.Sequential(*[residual_layer(emb_size_edge) for _ in range(num_before_skip)])
+        self.after_skip = nn.Sequential(*[residual_layer(emb_size_edge) for _ in range(num_after_skip)])
         self.atom_rbf = nn.Linear(num_radial, emb_size_edge, bias=False)
         self.atom_dense = dense(emb_size_edge, emb_size_atom)
-        self.atom_residual = nn.Sequential(*[ResidualLayer(emb_size_atom) for _ in range(num_atom)])
+        self.atom_residual = nn.Sequential(*[residual_layer(emb_size_atom) for _ in range(num_atom)])
         self.concat = dense(2 * emb_size_atom + emb_size_edge, emb_size_edge)
-        self.concat_residual = nn.Sequential(*[ResidualLayer(emb_size_edge) for _ in range(num_concat)])
+        self.concat_residual = nn.Sequential(*[residual_layer(emb_size_edge) for _ in range(num_concat)])
 
     def forward(self, h, m, rbf, cbf_radial, sph, graph):
         centre, neighbour, e_in, e_out, ragged, kmax, reverse, inv_sqrt_neighbors, inv_sqrt_triplets = graph
         y = self.triplet(m, rbf, cbf_radial, sph, e_in, e_out, ragged, kmax, reverse, inv_sqrt_triplets)
         x = self.before_skip((self.skip(m) + y) * INV_SQRT2)
         m = self.after_skip((m + x) * INV_SQRT2)
-        atom_messages = scatter_sum(m * self.atom_rbf(rbf), centre, h.shape[0]) * inv_sqrt_neighbors
+        atom_messages = edge_messages_to_atoms(m, self.atom_rbf(rbf), centre, h.shape[0], inv_sqrt_neighbors)
         h = (h + self.atom_residual(self.atom_dense(atom_messages))) * INV_SQRT2
-        m2 = self.concat_residual(self.concat(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), m], dim=-1)))
+        m2 = self.concat_residual(self.concat(both_ends(h, m, centre, neighbour)))
         return h, (m + m2) * INV_SQRT2
 
 
@@ -210,15 +206,15 @@ class OutputBlock(nn.Module):
         super().__init__()
         self.rbf = nn.Linear(num_radial, emb_size_edge, bias=False)
         self.dense = dense(emb_size_edge, emb_size_atom)
-        self.residual = nn.Sequential(*[ResidualLayer(emb_size_atom) for _ in range(num_layers)])
+        self.residual = nn.Sequential(*[residual_layer(emb_size_atom) for _ in range(num_layers)])
         self.out = nn.Linear(emb_size_atom, 1, bias=False)
 
     def forward(self, m, rbf, centre, num_atoms, inv_sqrt_neighbors):
-        x = scatter_sum(m * self.rbf(rbf), centre, num_atoms) * inv_sqrt_neighbors
+        x = edge_messages_to_atoms(m, self.rbf(rbf), centre, num_atoms, inv_sqrt_neighbors)
         return self.out(self.residual(self.dense(x))).squeeze(-1)
 
 
-class GemNetT(ForceField):
+class GemNetT(EnergyNetwork):
     """GemNet-T energy model with the paper's hyper-parameter names (cutoff as r_max, in A)."""
 
     model_name = "gemnet_t"
@@ -242,10 +238,8 @@ class GemNetT(ForceField):
         num_atom: int = 2,
         envelope_exponent: float = 5.0,
         avg_num_neighbors: float = 1.0,
-        energy_scale=1.0,
-        energy_shift=0.0,
     ):
-        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
+        super().__init__(type_numbers, r_max, avg_num_neighbors)
         self.radial = RadialEmbedding(r_max, num_radial, envelope_exponent)
         self.spherical = SphericalBasis(r_max, num_spherical, num_radial)
         self.inv_sqrt_triplets = 1.0 / math.sqrt(max(float(avg_num_neighbors) - 1.0, 1.0))

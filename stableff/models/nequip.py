@@ -18,8 +18,11 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
 from stableff.data import keys
-from stableff.models.base import ForceField
-from stableff.models.blocks import InvariantChannels, RadialEmbedding, cached_while_frozen, linear_map_matrix, scatter_sum, scatter_sum_and_view, weights_frozen
+from stableff.models.base import EnergyNetwork
+from stableff.models.invariants import InvariantChannels, scatter_sum_and_view
+from stableff.models.radial import RadialEmbedding
+from stableff.models.frozen import cached_while_frozen, linear_map_matrix, weights_frozen
+from stableff.models.scatter import scatter_sum
 from stableff.models.tensor_products import EdgeMatrixTensorProduct
 
 
@@ -178,7 +181,7 @@ class InteractionLayer(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-class NequIP(ForceField):
+class NequIP(EnergyNetwork):
     """NequIP energy model. Hyper-parameters follow the upstream names (r_max in Angstrom)."""
 
     model_name = "nequip"
@@ -197,12 +200,10 @@ class NequIP(ForceField):
         radial_mlp_depth: int = 2,
         radial_mlp_width: int = 64,
         avg_num_neighbors: float = 1.0,
-        energy_scale=1.0,
-        energy_shift=0.0,
         resnet: bool = False,
         bessel_trainable: bool = False,
     ):
-        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift)
+        super().__init__(type_numbers, r_max, avg_num_neighbors)
         n = self.num_species
         self.irreps_edge = o3.Irreps.spherical_harmonics(l_max)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_edge, normalize=False, normalization="component")  # of unit vectors

@@ -80,3 +80,13 @@ class ZBLRepulsion(nn.Module):
         r = edge_lengths.double()
         pair = zbl_pair_energy(self.numbers[si], self.numbers[sj], r) * smootherstep_switch(r, self.inner[si, sj], self.outer[si, sj])
         return torch.zeros(species.shape[0], dtype=torch.float64, device=r.device).index_add_(0, centre, 0.5 * pair)
+
+
+def build_priors(type_numbers, r_max: float, zbl=False, zbl_inner=None, zbl_outer=None) -> list[nn.Module]:
+    """The prior modules the hyper-parameters switch on (checked, each error naming its key)."""
+    if not isinstance(zbl, bool):
+        raise ConfigError(f"model.zbl must be true or false (got {zbl!r})")
+    for name, value in (("zbl_inner", zbl_inner), ("zbl_outer", zbl_outer)):
+        if value is not None and (not zbl or not isinstance(value, (int, float))):
+            raise ConfigError(f"model.{name} needs zbl: true and a distance in A (got {value!r})")
+    return [ZBLRepulsion(type_numbers, r_max, zbl_inner, zbl_outer)] if zbl else []

@@ -41,8 +41,19 @@ def _is_codegen_constant(key: str) -> bool:
     return "._tensor_constant" in key
 
 
+def upgrade_state(state: dict) -> dict:
+    """Weights saved before models were composed (one module holding per_species_scale/shift and
+    the network's weights at the top level) under the composed model's names."""
+    if "per_species_scale" not in state:
+        return state
+    renamed = {"per_species_scale": "scale_shift.scale", "per_species_shift": "scale_shift.shift"}
+    return {renamed.get(k, f"network.{k}"): v for k, v in state.items()}
+
+
 def load_weights(model: torch.nn.Module, state: dict) -> None:
-    """load_state_dict that ignores only e3nn codegen constants, and is strict about everything else."""
+    """load_state_dict that ignores only e3nn codegen constants, and is strict about everything else
+    (weights of checkpoints written before the composition are renamed first)."""
+    state = upgrade_state(state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _is_codegen_constant(k)]
     unexpected = [k for k in unexpected if not _is_codegen_constant(k)]
@@ -61,7 +72,7 @@ def checkpoint_hyperparameters(checkpoint: dict) -> dict:
 
 def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = False):
     """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics);
-    ``compile``: energies and forces through torch.compile (:meth:`ForceField.compile_inference`).
+    ``compile``: energies and forces through torch.compile (:func:`stableff.models.compiled.compile_inference`).
 
     The model is for inference: its parameters do not require gradients, so forces (autograd with
     respect to positions) record no graph for the weights (training resumes through the trainer's
@@ -75,5 +86,7 @@ def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = Fals
     load_weights(model, checkpoint["model_state"])
     model.to(device).eval().requires_grad_(False)
     if compile:
-        model.compile_inference()
+        from stableff.models.compiled import compile_inference
+
+        compile_inference(model)
     return model, DatasetStatistics.from_dict(checkpoint["statistics"])
