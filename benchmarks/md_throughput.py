@@ -58,7 +58,8 @@ def main():
     from stableff import StableFFCalculator
     from stableff.data.io import read_frames
     from stableff.data.stats import compute_statistics
-    from stableff.md.run import MDSettings, run_md
+    from stableff.md.engines.ase import run_md
+    from stableff.md.settings import MDSettings
     from stableff.models import build_model
     from stableff.runtime import tune_allocator
 

@@ -54,7 +54,7 @@ def time_engine(engine: str, checkpoint: Path, atoms, replicas: int, steps: int,
     one replica at a time)."""
     from stableff.md.monitors import MonitorSettings
     from stableff.md.replicas import build_replica_tasks, run_replicas
-    from stableff.md.run import MDSettings
+    from stableff.md.settings import MDSettings
 
     settings = MDSettings(ensemble="langevin", temperature_K=1200, timestep_fs=1.0, steps=steps, keep_going=True, progress=False)
     tasks = build_replica_tasks(checkpoint, [("hfo2", atoms)], settings, replicas, MonitorSettings(), out, device, engine=engine)

@@ -1,4 +1,4 @@
-"""The batched MD engine (stableff.md.batched): forces equal to the calculator's, the same trajectories
+"""The batched MD engine (stableff.md.engines.batched): forces equal to the calculator's, the same trajectories
 as the ASE engine in NVE, thermostats that reach their temperature, failed replicas leaving the batch,
 and the same stability statistics as the ASE engine on a model that fails."""
 
@@ -10,10 +10,14 @@ import pytest
 import torch
 
 from stableff.data import keys
-from stableff.models.base import ForceField
-from stableff.md.batched import BatchedReplica, ReplicaBatch, run_batched
+from stableff.models import compose
+from stableff.models.base import EnergyNetwork
+from stableff.md.engines.batched import BatchedReplica, run_batched
+from stableff.md.engines.replica_batch import ReplicaBatch
 from stableff.md.calculator import StableFFCalculator
-from stableff.md.run import MDSettings, monitor_from_statistics, run_md
+from stableff.md.engines.ase import run_md
+from stableff.md.monitors import monitor_from_statistics
+from stableff.md.settings import MDSettings
 from test_md import acac_atoms, stableff_cli
 from test_physics import hfo2_like_cell, make_model
 
@@ -103,11 +107,11 @@ def test_nve_follows_the_ase_engine_and_conserves_energy_in_float64(tmp_path):
     assert len(frames) == 11 and np.allclose(frames[-1].get_forces(), ase.io.read(tmp_path / "ase" / "trajectory.extxyz", index=-1).get_forces(), atol=1e-6)
 
 
-class MorseCopper(ForceField):
+class MorseCopperNetwork(EnergyNetwork):
     """Girifalco-Weizer Morse copper with a smooth cutoff: a well-behaved crystal for thermostat tests."""
 
-    def __init__(self, type_numbers=(29,), r_max: float = 5.0, avg_num_neighbors: float = 1.0, energy_scale=1.0, energy_shift=0.0):
-        super().__init__(type_numbers, r_max, avg_num_neighbors, energy_scale, energy_shift, trainable_scale_shift=False)
+    def __init__(self, type_numbers=(29,), r_max: float = 5.0, avg_num_neighbors: float = 1.0):
+        super().__init__(type_numbers, r_max, avg_num_neighbors)
 
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         depth, stiffness, r0 = 0.3429, 1.3588, 2.866
@@ -118,15 +122,20 @@ class MorseCopper(ForceField):
         return energies, None
 
 
+def morse_copper():
+    """The Morse copper network with unit scale and zero shift, kept fixed."""
+    return compose(MorseCopperNetwork(), trainable_scale_shift=False)
+
+
 @pytest.mark.parametrize("ensemble", ["langevin", "bussi", "nose-hoover"])
 def test_thermostats_bring_replicas_from_60_to_600_K(ensemble, tmp_path, monkeypatch):
     from ase.build import bulk
 
-    from stableff.md import batched as engine
+    from stableff.md import integrators as engine
 
     original = engine.initialise_velocities
     monkeypatch.setattr(engine, "initialise_velocities", lambda atoms, temperature_K, seed: original(atoms, 60.0, seed))
-    model = MorseCopper().double()
+    model = morse_copper().double()
     crystal = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
     settings = MDSettings(ensemble=ensemble, temperature_K=600, timestep_fs=2.0, steps=500, friction_per_fs=0.05, damping_fs=25.0, log_interval=10, progress=False)
     replicas = [BatchedReplica(crystal, dataclasses.replace(settings, seed=r), str(tmp_path / f"r{r}")) for r in range(3)]

@@ -14,7 +14,8 @@ from stableff.analysis.survival import kaplan_meier
 from stableff.analysis.structure import compare_rdf, jensen_shannon, rdf, wright_factor
 from stableff.data.stats import DatasetStatistics
 from stableff.md.monitors import FailureMonitor, FrameState, MonitorSettings
-from stableff.md.run import MDSettings, run_md
+from stableff.md.engines.ase import run_md
+from stableff.md.settings import MDSettings
 
 
 def acac_atoms(index=0):
@@ -42,7 +43,7 @@ def test_langevin_reaches_the_target_temperature(tmp_path):
     settings = MDSettings(ensemble="langevin", temperature_K=50, timestep_fs=2.0, steps=600, friction_per_fs=0.05, log_interval=10, progress=False, seed=3)
     # start far below the target: Maxwell-Boltzmann at 50 K, thermostat to 600 K
     settings_hot = MDSettings(**{**settings.__dict__, "temperature_K": 600})
-    from stableff.md import run as md_run
+    from stableff.md.engines import ase as md_run
 
     original = md_run.initialise_velocities
     md_run.initialise_velocities = lambda atoms, temperature_K, seed: original(atoms, 50.0, seed)
@@ -233,7 +234,7 @@ def test_every_model_trains_with_decorrelation_evaluates_and_runs_md(name, tmp_p
     from conftest import SMALL_HYPERPARAMETERS
     from stableff import StableFFCalculator
     from stableff.measures.accuracy import evaluate_files
-    from stableff.md.run import monitor_from_statistics
+    from stableff.md.monitors import monitor_from_statistics
     from stableff.train.config import parse_config
     from stableff.train.loop import Trainer
 

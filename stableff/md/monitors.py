@@ -27,9 +27,6 @@ from stableff.data.neighbors import neighbor_list
 from stableff.data.species import pair_key, pair_label
 from stableff.data.stats import DatasetStatistics
 
-REASONS = ("non_finite", "temperature", "close_contact", "dissociation", "force_blowup", "energy_drift", "bond_length", "rdf")
-
-
 @dataclasses.dataclass
 class MonitorSettings:
     """Factors and windows of the criteria (the defaults of docs/method.md, defined only here)."""
@@ -195,3 +192,22 @@ class FailureMonitor:
                 shown = "none" if not np.isfinite(nearest[atom]) else f"{nearest[atom]:.2f} A"
                 return Failure("dissociation", f"{chemical_symbols[z]} atom {atom} has no neighbour within {limit:.2f} A (nearest: {shown})")
         return None
+
+
+def covalent_bonds(atoms) -> list[tuple[int, int, float]]:
+    """(i, j, length in A) of every pair i < j closer than the sum of their covalent radii (ASE's)."""
+    from ase.data import covalent_radii
+
+    radii = covalent_radii[np.asarray(atoms.numbers)]
+    i, j, _, d = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 2.0 * float(radii.max()), with_distances=True)
+    bonded = (d < radii[i] + radii[j]) & (i < j)
+    return [(int(a), int(b), float(x)) for a, b, x in zip(i[bonded], j[bonded], d[bonded])]
+
+
+def monitor_from_statistics(statistics, ensemble: str, temperature_K: float, settings: MonitorSettings | None = None, reference_atoms=None, structure_check=None) -> FailureMonitor:
+    """The monitor of one run: a FailureMonitor with the training-data thresholds, and the bonds of
+    ``reference_atoms`` for the bond check where it is on."""
+    bonds = None
+    if reference_atoms is not None and settings is not None and settings.check_bond_length:
+        bonds = covalent_bonds(reference_atoms)
+    return FailureMonitor(statistics, ensemble, temperature_K, settings, reference_bonds=bonds, structure_check=structure_check)

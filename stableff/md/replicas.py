@@ -10,11 +10,9 @@ runs the replica again.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import torch
@@ -22,8 +20,9 @@ import torch
 from stableff.errors import StableFFError
 from stableff.fingerprint import RESULT_FORMAT, atoms_hash, differences, file_hash
 from stableff.io import read_json
+from stableff.layout import SUMMARY_FILE
 from stableff.md.monitors import MonitorSettings
-from stableff.md.run import DEFAULT_ENGINE, ENGINES, MDSettings
+from stableff.md.settings import DEFAULT_ENGINE, ENGINES, MDSettings
 
 
 @dataclasses.dataclass
@@ -108,120 +107,10 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
     }
 
 
-def run_replica(task: ReplicaTask, fingerprint: dict | None = None) -> dict:
-    """Run one replica (in whatever process) and return its summary."""
-    from stableff.md.calculator import StableFFCalculator
-    from stableff.md.run import monitor_from_statistics, run_md
-
-    torch.set_num_threads(task.threads)
-    calculator = StableFFCalculator(task.model_path, device=task.device, compile=task.compile)
-    monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
-    identity = replica_identity(task, fingerprint)
-    return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}", metadata={**identity, "engine": "ase"})
-
-
 def replica_identity(task: ReplicaTask, fingerprint: dict | None = None) -> dict:
     """What a replica's summary.json says of where it came from."""
     folder = replica_dir(task.out_dir, task.start_label, task.replica)
     return {"start": task.start_label, "replica": task.replica, "path": str(folder), "fingerprint": fingerprint or replica_fingerprint(task)}
-
-
-def _chunks(members: list[int], sizes: list[int], max_atoms: int | None) -> list[list[int]]:
-    """Consecutive runs of ``members`` with at most ``max_atoms`` atoms (at least one member each)."""
-    if max_atoms is None:
-        return [members]
-    chunks, current, atoms = [], [], 0
-    for k in members:
-        if current and atoms + sizes[k] > max_atoms:
-            chunks.append(current)
-            current, atoms = [], 0
-        current.append(k)
-        atoms += sizes[k]
-    return chunks + ([current] if current else [])
-
-
-def _run_batched_shard(packed) -> list[dict]:
-    tasks, fingerprints, progress, states, threads = packed
-    torch.set_num_threads(threads)
-    return run_replicas_batched(tasks, fingerprints, progress, states)
-
-
-def run_replicas_batched(tasks: list[ReplicaTask], fingerprints: list[dict], progress: bool = True, states: list | None = None) -> list[dict]:
-    """Run tasks with the batched engine in this process: one batch per model, device, MD settings
-    (all but the seed) and step to resume from (``states``: saved states of interrupted replicas,
-    or None); on CPU, batches of at most ``CPU_BATCH_ATOMS`` atoms one after the other. Results in
-    the order of ``tasks``."""
-    from stableff.md.batched import CPU_BATCH_ATOMS, BatchedReplica, run_batched
-    from stableff.md.run import monitor_from_statistics
-    from stableff.models.saved import model_from_checkpoint
-
-    states = states or [None] * len(tasks)
-    groups: dict[tuple, list[int]] = {}
-    for k, task in enumerate(tasks):
-        step = states[k]["step"] if states[k] is not None else 0
-        key = (task.model_path, task.device, task.compile, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings), step)
-        groups.setdefault(key, []).append(k)
-    results: dict[int, dict] = {}
-    sizes = [len(task.atoms) for task in tasks]
-    for (model_path, device, compile, _, _, _), members in groups.items():
-        model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
-        for chunk in _chunks(members, sizes, CPU_BATCH_ATOMS if torch.device(device).type == "cpu" else None):
-            replicas = []
-            for k in chunk:
-                task = tasks[k]
-                monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
-                identity = replica_identity(task, fingerprints[k])
-                replicas.append(BatchedReplica(task.atoms, task.settings, identity["path"], monitor, f"{task.start_label} #{task.replica}", identity, states[k]))
-            for k, summary in zip(chunk, run_batched(model, replicas, progress=progress, device=device)):
-                results[k] = summary
-    return [results[k] for k in range(len(tasks))]
-
-
-def _run_packed(packed):
-    return run_replica(*packed)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Worker initialiser: end this process when the parent dies (a killed ``stability`` leaves no
-    orphans running MD): PR_SET_PDEATHSIG on Linux, and a watchdog thread everywhere. Also applies
-    the command line's allocator settings (``stableff.runtime``)."""
-    from stableff.runtime import tune_allocator
-
-    tune_allocator()
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-    def watch():
-        import time
-
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(1)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-@contextlib.contextmanager
-def _worker_pool(processes: int):
-    """A spawn pool whose workers die with this process: closed and joined after the work (so the
-    workers release their semaphores), terminated on any error or interruption."""
-    import multiprocessing
-
-    pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_die_with_parent, initargs=(os.getpid(),))
-    try:
-        yield pool
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
 
 
 def plan_replicas(tasks: list[ReplicaTask], fresh: bool = False, on_mismatch: str = "error") -> tuple[dict[int, dict], list[int], list[dict]]:
@@ -236,7 +125,7 @@ def plan_replicas(tasks: list[ReplicaTask], fresh: bool = False, on_mismatch: st
         fingerprint = replica_fingerprint(task, hashes[task.model_path])
         fingerprints.append(fingerprint)
         folder = replica_dir(task.out_dir, task.start_label, task.replica)
-        stored = read_json(folder / "summary.json")
+        stored = read_json(folder / SUMMARY_FILE)
         if stored is not None and not fresh:
             changed = differences(stored.get("fingerprint"), fingerprint)
             if not changed:
@@ -257,9 +146,13 @@ def plan_replicas(tasks: list[ReplicaTask], fresh: bool = False, on_mismatch: st
 def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress: bool = True, fresh: bool = False, on_mismatch: str = "error") -> list[dict]:
     """Run every task whose result is not stored with a matching fingerprint; matching ones are read
     back. Order of results = tasks. See :func:`plan_replicas` for ``fresh`` and ``on_mismatch``."""
-    from stableff.md.batched import read_state
+    from stableff.md.engines import batched as batched_engine
+    from stableff.md.engines.ase import run_replica
+    from stableff.md.state_file import read_state
+    from stableff.md.supervision import worker_pool
 
     results, pending, fingerprints = plan_replicas(tasks, fresh, on_mismatch)
+    identities = [replica_identity(task, fingerprint) for task, fingerprint in zip(tasks, fingerprints)]
     resume: dict[int, dict] = {}
     for k in pending:  # an old result must never be mistaken for this run's, even if it is killed
         folder = replica_dir(tasks[k].out_dir, tasks[k].start_label, tasks[k].replica)
@@ -282,12 +175,12 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         # GPU one process batching everything
         shards = [batched[i::workers] for i in range(workers)] if on_cpu and workers > 1 else [batched]
         shards = [shard for shard in shards if shard]
-        packed = [([tasks[k] for k in shard], [fingerprints[k] for k in shard], progress and i == 0, [resume.get(k) for k in shard], max(1, cores // len(shards)))
+        packed = [([tasks[k] for k in shard], [identities[k] for k in shard], progress and i == 0, [resume.get(k) for k in shard], max(1, cores // len(shards)))
                   for i, shard in enumerate(shards)]
         if len(shards) == 1:
-            outputs = [run_replicas_batched(*packed[0][:4])]
+            outputs = [batched_engine.run_tasks(*packed[0][:4])]
         else:
-            with _worker_pool(len(shards)) as pool:
+            with worker_pool(len(shards)) as pool:
                 outputs = pool.map(_run_batched_shard, packed)
         for shard, output in zip(shards, outputs):
             for k, summary in zip(shard, output):
@@ -301,15 +194,15 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     if workers == 1:
         for k in pending:
             tasks[k].settings.progress = progress
-            results[k] = run_replica(tasks[k], fingerprints[k])
+            results[k] = run_replica(tasks[k], identities[k])
             if bar is not None:
                 bar.update(1)
     elif pending:
         for k in pending:
             tasks[k].threads = max(1, cores // workers)
             tasks[k].settings.progress = False
-        with _worker_pool(workers) as pool:
-            for k, summary in zip(pending, pool.imap(_run_packed, [(tasks[k], fingerprints[k]) for k in pending])):
+        with worker_pool(workers) as pool:
+            for k, summary in zip(pending, pool.imap(_run_packed, [(tasks[k], identities[k]) for k in pending])):
                 results[k] = summary
                 if bar is not None:
                     bar.update(1)
@@ -317,3 +210,18 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     if bar is not None:
         bar.close()
     return [results[k] for k in range(len(tasks))]
+
+
+def _run_batched_shard(packed) -> list[dict]:
+    """A worker's share of the batched replicas (one thread per worker on CPU)."""
+    from stableff.md.engines import batched as batched_engine
+
+    tasks, identities, progress, states, threads = packed
+    torch.set_num_threads(threads)
+    return batched_engine.run_tasks(tasks, identities, progress, states)
+
+
+def _run_packed(packed):
+    from stableff.md.engines.ase import run_replica
+
+    return run_replica(*packed)

@@ -1,0 +1,153 @@
+"""What every MD engine writes for one run, and how: the per-replica files and the summary.
+
+A run's folder holds
+  trajectory.extxyz  frames every ``traj_interval`` steps (each frame written and flushed whole);
+  thermo.csv         time_ps, temperature_K, epot_eV, ekin_eV, etot_eV, max_force_eV_per_A, min_distance_A;
+  summary.json       failed, time_to_failure_ps, reason, detail, steps, ms_per_step, ... (atomic).
+
+:class:`FrameRecorder` turns one checked frame (the atoms with their momenta, the energy and forces
+of the engine's last model call) into a thermo row, a trajectory frame where due, the progress
+bar's text and the failure check; every engine calls it the same way.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stableff.data.neighbors import neighbor_list
+from stableff.io import write_json_atomic
+from stableff.layout import SUMMARY_FILE, THERMO_FILE, TRAJECTORY_FILE
+from stableff.md.monitors import FailureMonitor, FrameState
+from stableff.md.settings import MDSettings
+
+#: thermo.csv's columns (eV, A, K, ps)
+THERMO_COLUMNS = ("time_ps", "temperature_K", "epot_eV", "ekin_eV", "etot_eV", "max_force_eV_per_A", "min_distance_A")
+
+#: pairs closer than this are looked for in every checked frame (thermo.csv's min_distance_A)
+MIN_DISTANCE_CUTOFF_A = 3.0
+
+
+def open_run_files(out_dir: Path):
+    """thermo.csv (with its header) and trajectory.extxyz of a run, opened for writing."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    thermo = open(out_dir / THERMO_FILE, "w")
+    thermo.write(",".join(THERMO_COLUMNS) + "\n")
+    return thermo, open(out_dir / TRAJECTORY_FILE, "w")
+
+
+def reopen_run_files(out_dir: Path, thermo_bytes: int, trajectory_bytes: int):
+    """A resumed run's thermo.csv and trajectory.extxyz, cut back to the lengths its saved state
+    had written, opened for appending at that point."""
+    handles = []
+    for name, offset in ((THERMO_FILE, thermo_bytes), (TRAJECTORY_FILE, trajectory_bytes)):
+        handle = open(Path(out_dir) / name, "r+")
+        handle.truncate(offset)
+        handle.seek(offset)
+        handles.append(handle)
+    return tuple(handles)
+
+
+def frame_text(atoms, energy: float, forces) -> str:
+    """One extxyz frame: the atoms (without constraints) with their energy and forces."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    import ase.io
+
+    snapshot = atoms.copy()
+    snapshot.set_constraint()
+    snapshot.calc = SinglePointCalculator(snapshot, energy=energy, forces=forces)
+    buffer = io.StringIO()
+    ase.io.write(buffer, snapshot, format="extxyz")
+    return buffer.getvalue()
+
+
+class FrameRecorder:
+    """Records the checked frames of one run: a thermo row for each, a trajectory frame every
+    ``traj_interval`` steps, and the failure check, all from one neighbour list of the frame.
+
+    ``record(step, atoms, energy, forces)``: ``atoms`` carries the positions and momenta of the
+    frame (and the constraints that set its degrees of freedom); ``energy`` (eV) and ``forces``
+    (eV/A) are the engine's for those positions."""
+
+    def __init__(self, settings: MDSettings, monitor: FailureMonitor | None, thermo, trajectory, bar=None):
+        self.settings, self.monitor = settings, monitor
+        self.thermo, self.trajectory, self.bar = thermo, trajectory, bar
+        self.traj_every = max(1, round(settings.traj_interval / settings.log_interval))
+        self.cutoff = max(MIN_DISTANCE_CUTOFF_A, monitor.neighbor_cutoff if monitor is not None else 0.0)
+        self.records = 0
+        self.last_step = -1
+        self.failure, self.failure_step = None, None
+        self.t_start = time.perf_counter()
+
+    @property
+    def stop(self) -> bool:
+        return self.failure is not None and not self.settings.keep_going
+
+    def resume(self, state: dict) -> None:
+        """Continue from a saved state (records written, last step, failure found so far)."""
+        self.records, self.last_step = state["records"], state["step"]
+        self.failure, self.failure_step = state["failure"], state["failure_step"]
+
+    def record(self, step: int, atoms, energy: float, forces: np.ndarray) -> None:
+        if step == self.last_step:
+            return
+        with np.errstate(all="ignore"):
+            epot = float(energy)
+            ekin = float(atoms.get_kinetic_energy())
+            temperature = float(atoms.get_temperature())
+        finite = bool(np.all(np.isfinite(atoms.positions)))
+        pairs = None
+        if finite and len(atoms) > 1:
+            pairs = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff, with_distances=True)
+        distances = pairs[3] if pairs is not None else np.empty(0)
+        dmin = float(distances.min()) if len(distances) else float("nan")
+        time_fs = step * self.settings.timestep_fs
+        fmax = float(np.max(np.linalg.norm(forces, axis=1))) if np.all(np.isfinite(forces)) else float("nan")
+        self.thermo.write(f"{time_fs / 1000:.6f},{temperature:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{fmax:.4f},{dmin:.4f}\n")
+        self.thermo.flush()
+        if self.records % self.traj_every == 0 and finite:
+            self.trajectory.write(frame_text(atoms, epot, forces))
+            self.trajectory.flush()
+        self.records += 1
+        self.last_step = step
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            elapsed = time.perf_counter() - self.t_start
+            self.bar.set_postfix_str(f"t {time_fs / 1000:.3f} ps  T {temperature:.0f} K  {elapsed / max(step, 1) * 1000:.1f} ms/step", refresh=False)
+        if self.monitor is not None and self.failure is None:
+            neighbors = (pairs[0], pairs[1], pairs[3]) if pairs is not None else None
+            state = FrameState(time_fs, atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, forces, epot, ekin, temperature, neighbors)
+            found = self.monitor.check(state)
+            if found is not None:
+                self.failure, self.failure_step = found, step
+
+
+def md_summary(settings: MDSettings, n_atoms: int, recorder: FrameRecorder, steps: int, elapsed_s: float, label: str = "", metadata: dict | None = None) -> dict:
+    """The summary.json of one run (any engine): outcome, time to failure, cost, and ``metadata``."""
+    failure = recorder.failure
+    return {
+        "label": label,
+        "ensemble": settings.ensemble,
+        "temperature_K": settings.temperature_K,
+        "timestep_fs": settings.timestep_fs,
+        "seed": settings.seed,
+        "n_atoms": n_atoms,
+        "run_length_ps": settings.length_ps,
+        "failed": failure is not None,
+        "time_to_failure_ps": recorder.failure_step * settings.timestep_fs / 1000.0 if failure is not None else settings.length_ps,
+        "failure_step": recorder.failure_step,
+        "reason": failure.reason if failure is not None else None,
+        "detail": failure.detail if failure is not None else None,
+        "steps": steps,
+        "ms_per_step": 1000 * elapsed_s / max(steps, 1),
+        **(metadata or {}),
+    }
+
+
+def write_summary(summary: dict, out_dir) -> None:
+    """summary.json of a finished run (atomically: a reader never sees half of it)."""
+    write_json_atomic(summary, Path(out_dir) / SUMMARY_FILE)
