@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stableff"
 
 # layer of each top-level module or package of stableff (data flows from low to high numbers)
 LAYERS = {
-    "errors": 0, "runtime": 0, "io": 0.5, "fingerprint": 0.5,
+    "errors": 0, "runtime": 0, "io": 0.5, "fingerprint": 0.5, "layout": 0.5,
     "data": 1, "datasets": 1, "configs": 1,
     "models": 2,
     "measures": 3, "testing": 3,
@@ -72,3 +72,50 @@ def test_no_file_cites_a_document_outside_the_repository():
         assert "DESIGN.md" not in text and "CONVENTIONS.md" not in text, path
         if "docs/method.md" in text:
             assert (root / "docs" / "method.md").is_file()
+
+
+#: md/'s vocabulary: what every engine imports; none of it may reach an engine, the replica
+#: planner or the process supervision (a vocabulary module that ran an engine could not be shared)
+MD_VOCABULARY = ("settings", "records", "state_file", "monitors", "integrators")
+MD_RUNNERS = ("stableff.md.engines", "stableff.md.replicas", "stableff.md.supervision", "stableff.md.calculator")
+
+
+def test_md_vocabulary_runs_no_engine():
+    for name in MD_VOCABULARY:
+        path = PACKAGE / "md" / f"{name}.py"
+        assert path.is_file(), path
+        reached = [m for _, m in imports_of(path) if m.startswith(MD_RUNNERS)]
+        assert not reached, f"{path} imports {reached}"
+
+
+def test_engines_share_the_vocabulary_not_each_other():
+    engines = sorted((PACKAGE / "md" / "engines").glob("*.py"))
+    assert {p.stem for p in engines} >= {"ase", "batched", "replica_batch"}
+    for path in engines:
+        for _, module in imports_of(path):
+            if module.startswith("stableff.md.engines.") and path.stem != "batched":
+                raise AssertionError(f"{path} imports {module}: engines are independent of each other")
+            assert not module.startswith(("stableff.md.replicas", "stableff.md.supervision")), f"{path} reaches back to {module}"
+
+
+def test_networks_know_nothing_of_their_composition():
+    """The energy networks are composed by models/force_field.py; none of them imports it, the
+    compile handling or the checkpoint loading."""
+    for name in ("nequip", "allegro", "gemnet", "dimenet_like", "base"):
+        path = PACKAGE / "models" / f"{name}.py"
+        reached = [m for _, m in imports_of(path) if m in ("stableff.models.force_field", "stableff.models.compiled", "stableff.models.saved")]
+        assert not reached, f"{path} imports {reached}"
+
+
+def test_no_file_over_350_lines_unexplained():
+    """Files of stableff/ stay short enough to read whole; the exceptions say why in LONG_FILES."""
+    long = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    over = {k: n for k, n in long.items() if n > 350 and k not in LONG_FILES}
+    assert not over, over
+
+
+#: files allowed over 350 lines, and why
+LONG_FILES = {
+    "cli.py": "the argument parsers of nine commands and their printing; each command calls one layer",
+    "train/loop.py": "the trainer: setup, one epoch, validation, checkpoints and resumption belong to one object's state",
+}

@@ -95,6 +95,9 @@ def jensen_shannon(g, g_ref) -> float:
 
 #: frames of a reference structure file used for its RDF (the one place this number is set)
 REFERENCE_FRAMES = 500
+#: the RDF grid of the study and of ``stableff rdf`` (A, bins)
+RDF_R_MAX_A = 5.0
+RDF_BINS = 100
 
 _PAIR_SEPARATORS = re.compile(r"[\s\-_/:,]+")
 

@@ -54,20 +54,20 @@ def frame_to_graph(frame: Frame, type_numbers: Sequence[int], cutoff: float, dty
     return graph
 
 
-_PER_ATOM = (keys.POSITIONS, keys.ATOMIC_NUMBERS, keys.SPECIES, keys.FORCES)
-_PER_STRUCTURE = (keys.CELL, keys.PBC, keys.NUM_ATOMS, keys.TOTAL_ENERGY, keys.STRESS)
-
-
 def collate(graphs: Sequence[Graph]) -> Graph:
-    """Concatenate graphs of different sizes into one batch, offsetting edge indices.
+    """Concatenate graphs of different sizes into one batch, offsetting edge indices (every field
+    as :data:`keys.FIELDS` says; a field not listed there is refused, not dropped).
 
     A label is kept only if every graph has it. Adds ``keys.BATCH`` (structure index per atom).
     """
     if not graphs:
         raise ValueError("cannot collate an empty list of graphs")
+    unknown = sorted({key for g in graphs for key in g} - set(keys.FIELDS))
+    if unknown:
+        raise ValueError(f"cannot batch field(s) {unknown}: not in stableff.data.keys.FIELDS (say there whether each is per atom, per edge or per structure)")
     batch: Graph = {}
-    for key in _PER_ATOM + _PER_STRUCTURE + (keys.EDGE_CELL_SHIFT,):
-        if all(key in g for g in graphs):
+    for key in keys.FIELDS:
+        if key != keys.EDGE_INDEX and all(key in g for g in graphs):
             batch[key] = torch.cat([g[key] for g in graphs])
     offsets = torch.cumsum(torch.tensor([0] + [len(g[keys.POSITIONS]) for g in graphs[:-1]]), 0)
     batch[keys.EDGE_INDEX] = torch.cat([g[keys.EDGE_INDEX] + off for g, off in zip(graphs, offsets)], dim=1)
@@ -75,10 +75,6 @@ def collate(graphs: Sequence[Graph]) -> Graph:
         torch.arange(len(graphs)), torch.tensor([len(g[keys.POSITIONS]) for g in graphs])
     )
     return batch
-
-
-#: per-edge fields of a batch (edge axis first, EDGE_INDEX: second)
-_PER_EDGE = (keys.EDGE_CELL_SHIFT, keys.EDGE_VECTORS, keys.EDGE_LENGTHS)
 
 
 def edges_first(batch: Graph, edges: torch.Tensor) -> Graph:
@@ -92,8 +88,8 @@ def edges_first(batch: Graph, edges: torch.Tensor) -> Graph:
     order = torch.cat([edges, rest.nonzero().squeeze(1)])
     out = dict(batch)
     out[keys.EDGE_INDEX] = batch[keys.EDGE_INDEX].index_select(1, order)
-    for key in _PER_EDGE:
-        if key in batch:
+    for key, kind in keys.FIELDS.items():
+        if kind == keys.PER_EDGE and key != keys.EDGE_INDEX and key in batch:
             out[key] = batch[key].index_select(0, order)
     out[keys.EDGE_FEATURE_SAMPLE] = torch.tensor(edges.shape[0])
     return out

@@ -13,8 +13,6 @@ CELL = "cell"  # [B, 3, 3] float, Angstrom (rows are lattice vectors; zeros if n
 PBC = "pbc"  # [B, 3] bool
 EDGE_INDEX = "edge_index"  # [2, E] long; row 0 = centre i, row 1 = neighbour j (messages flow j -> i)
 EDGE_CELL_SHIFT = "edge_cell_shift"  # [E, 3] float, integer lattice shifts of the neighbour
-EDGE_VECTORS = "edge_vectors"  # [E, 3] float, r_j - r_i (+ shift @ cell), Angstrom
-EDGE_LENGTHS = "edge_lengths"  # [E] float, Angstrom
 
 TOTAL_ENERGY = "energy"  # [B] float, eV
 ATOMIC_ENERGIES = "atomic_energies"  # [N] float, eV
@@ -28,3 +26,13 @@ EDGE_FEATURE_SAMPLE = "edge_feature_sample"  # [] long, optional: E_s, a model c
 
 # labels a dataset may carry
 LABEL_KEYS = (TOTAL_ENERGY, FORCES, STRESS)
+
+# what each field of a graph is indexed by: batching (data.graph.collate) concatenates per-atom,
+# per-structure and per-edge fields along their first axis (EDGE_INDEX along its second, offset by
+# the atoms before it) and refuses a field that is not listed here
+PER_ATOM, PER_EDGE, PER_STRUCTURE = "per-atom", "per-edge", "per-structure"
+FIELDS = {
+    POSITIONS: PER_ATOM, ATOMIC_NUMBERS: PER_ATOM, SPECIES: PER_ATOM, FORCES: PER_ATOM,
+    CELL: PER_STRUCTURE, PBC: PER_STRUCTURE, NUM_ATOMS: PER_STRUCTURE, TOTAL_ENERGY: PER_STRUCTURE, STRESS: PER_STRUCTURE,
+    EDGE_CELL_SHIFT: PER_EDGE, EDGE_INDEX: PER_EDGE,
+}

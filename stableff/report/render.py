@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from stableff.io import read_json
+from stableff.layout import THERMO_FILE, StudyRun
+from stableff.study.conditions import Condition
 from stableff.report import plots
 
 
@@ -51,7 +53,7 @@ def terminal_table(summary: dict) -> str:
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.csv"
+    path = StudyRun(run_dir).metrics
     if not path.is_file():
         return []
     with open(path) as handle:
@@ -79,7 +81,7 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
     paths = []
     for r in [x for x in runs if x["seed"] == first_seed]:
         for kind in ("ID", "OOD"):
-            npz = Path(r["path"]) / f"parity_{kind}.npz"
+            npz = StudyRun(r["path"]).parity(kind)
             if npz.is_file() and kind in r["accuracy"]:
                 data = dict(np.load(npz))
                 prediction = {k: data.get(k) for k in ("energy_pred", "energy_ref", "num_atoms", "forces_pred", "forces_ref", "species")}
@@ -94,7 +96,7 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
             series[row["variant"]] = ([s["mean"] for s in row["corr_by_layer"]], [s["std"] for s in row["corr_by_layer"]])
         paths.append(plots.correlation_bars(series, plot_dir / f"correlation_bars_{model}.png", f"{model}: edge-feature correlation by layer (mean ± spread over seeds)"))
         for r in [x for x in runs if x["model"] == model and x["seed"] == first_seed]:
-            npz = Path(r["path"]) / "correlation_matrices.npz"
+            npz = StudyRun(r["path"]).correlation_matrices
             if npz.is_file():
                 data = np.load(npz)
                 matrices = [data[f"arr_{k}"] for k in range(len(data.files))]
@@ -106,7 +108,7 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
     for model, by_condition in summary.get("survival", {}).items():
         for condition, by_variant in by_condition.items():
             curves = {f"{variant} ({curve['n_runs']} runs)": curve for variant, curve in by_variant.items()}
-            paths.append(plots.survival_curves(curves, plot_dir / f"survival_{model}_{condition.replace('@', '_')}.png", f"{model}: survival, {condition.replace('@', ' at ')}"))
+            paths.append(plots.survival_curves(curves, plot_dir / f"survival_{model}_{Condition.parse(condition).file_part}.png", f"{model}: survival, {Condition.parse(condition).label}"))
     figures["Survival of MD runs (Kaplan-Meier)"] = paths
 
     # temperature and minimum-distance traces (first seed, each condition)
@@ -116,28 +118,28 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
             thermo = {}
             for r in [x for x in runs if x["model"] == model and x["seed"] == first_seed]:
                 for rep in r["stability"].get(condition, {}).get("replicas", [])[:4]:
-                    thermo[f"{r['variant']} {rep['start']} #{rep['replica']}"] = Path(rep["path"]) / "thermo.csv"
+                    thermo[f"{r['variant']} {rep['start']} #{rep['replica']}"] = Path(rep["path"]) / THERMO_FILE
             if thermo:
-                temperature = float(condition.split("@")[1][:-1])
-                paths.append(plots.md_traces(thermo, plot_dir / f"traces_{model}_{condition.replace('@', '_')}.png", temperature, f"{model}, {condition.replace('@', ' at ')} (seed {first_seed})"))
+                parsed = Condition.parse(condition)
+                paths.append(plots.md_traces(thermo, plot_dir / f"traces_{model}_{parsed.file_part}.png", parsed.temperature_K, f"{model}, {parsed.label} (seed {first_seed})"))
     figures["Temperature and closest-contact traces"] = paths
 
     # RDF of the MD runs against the reference data, as computed by the study's structure stage
     paths = []
     for r in [x for x in runs if x["seed"] == first_seed and x.get("structure")]:
-        stored = read_json(Path(r["path"]) / "structure.json")
+        stored = read_json(StudyRun(r["path"]).structure)
         if stored is None:
             continue
         s = stored["structure"]
         result = {"r_A": np.array(s["r_A"]), "g": {k: np.array(v) for k, v in s["g"].items()}, "periodic": s.get("periodic", True)}
         reference = {"r_A": np.array(s["reference_r_A"]), "g": {k: np.array(v) for k, v in s["reference_g"].items()}}
-        paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{r['model']}_{r['variant']}.png", reference, f"{r['model']} {r['variant']}: MD at {s['condition'].replace('@', ' ')} vs reference data"))
+        paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{r['model']}_{r['variant']}.png", reference, f"{r['model']} {r['variant']}: MD {Condition.parse(s['condition']).text} vs reference data"))
     figures["Structure of the MD runs (RDF)"] = paths
 
     # dimer probes (first seed): holes next to the failures they explain
     paths = []
     for r in [x for x in runs if x["seed"] == first_seed]:
-        stored = read_json(Path(r["path"]) / "probe.json")
+        stored = read_json(StudyRun(r["path"]).probe)
         if stored is not None:
             paths.append(plots.dimer_plot(stored["probe"]["dimers"], plot_dir / f"dimers_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): dimer curves"))
     figures["Dimer probes (holes: attraction below the closest training distance)"] = paths
@@ -179,7 +181,7 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
         body += f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{html.escape(_fmt(row.get(key), digits))}</td>" for row in summary["rows"]) + "</tr>\n"
     failures = ""
     for row in summary["rows"]:
-        parts = [f"{c.replace('@', ' at ')}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
+        parts = [f"{Condition.parse(c).label}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
         failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}; {html.escape(_holes_text(summary, row['model'], row['variant']))}</li>"
     verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in summary["verdicts"]) or "<li>only one variant: nothing to compare</li>"
     sections = ""

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stableff.io import write_json_atomic
+from stableff.models import DEFAULT_MODEL
+from stableff.layout import study_summary, study_run
 from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config
 from stableff.study.stages import accuracy_stage, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
 from stableff.study.summary import summarise_study
@@ -32,13 +34,14 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
     correlation_files = study.test.in_distribution or [study.training["data"]["train"]]
     runs = []
     for model in study.model_blocks():
-        model_name = model.get("name", "nequip")
+        model_name = model.get("name", DEFAULT_MODEL)
         for seed in study.seeds:
             for variant in study.variants:
-                run_dir = out_dir / model_name / variant / f"seed_{seed}"
+                files = study_run(out_dir, model_name, variant, seed)
+                run_dir = files.folder
                 log(f"[{model_name} / {variant} / seed {seed}]")
                 done = train_stage(variant_config(study, model, variant, seed), run_dir, log)
-                model_path = run_dir / "best.ckpt"
+                model_path = files.best_checkpoint
                 accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log)
                 correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log)
                 probe = probe_stage(model_path, done["model_hash"], run_dir, log)
@@ -51,5 +54,5 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                     "structure": {k: v for k, v in (structure or {}).items() if k in ("condition", "n_frames", "comparison")} or None,
                 })
     summary = summarise_study(study, runs)
-    write_json_atomic(summary, out_dir / "summary.json")
+    write_json_atomic(summary, study_summary(out_dir))
     return summary

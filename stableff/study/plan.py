@@ -5,11 +5,13 @@ error naming its key."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pydantic import Field, ValidationError, field_validator
 
 from stableff.errors import ConfigError
-from stableff.md.run import DEFAULT_ENGINE, ENGINES, ENSEMBLES
+from stableff.md.settings import DEFAULT_ENGINE, ENGINES, ENSEMBLES
+from stableff.models import DEFAULT_MODEL
+from stableff.train.config import StrictConfig
 
 #: the remedies a variant can switch on; a variant is "baseline" or remedies joined by "+"
 REMEDIES = ("decorrelated", "sam", "zbl")
@@ -26,16 +28,12 @@ def variant_remedies(variant: str) -> set[str]:
     return set(parts)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class StartStructures(_Strict):
+class StartStructures(StrictConfig):
     file: str
     frames: list[int] = [0]
 
 
-class StabilityPlan(_Strict):
+class StabilityPlan(StrictConfig):
     temperatures_K: list[float] = [300.0]
     replicas: int = Field(3, ge=1)
     time_ps: float = Field(1.0, gt=0)
@@ -58,18 +56,18 @@ class StabilityPlan(_Strict):
 
     def md_settings(self, temperature_K: float):
         """The MD settings of every replica at one temperature (replica seeds are added per replica)."""
-        from stableff.md.run import MDSettings, steps_for_time
+        from stableff.md.settings import MDSettings, steps_for_time
 
         return MDSettings(ensemble=self.ensemble, temperature_K=temperature_K, timestep_fs=self.timestep_fs,
                           steps=steps_for_time(self.time_ps, self.timestep_fs), seed=self.seed)
 
 
-class TestSets(_Strict):
+class TestSets(StrictConfig):
     in_distribution: list[str] = []
     out_of_distribution: list[str] = []
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictConfig):
     name: str = "study"
     training: dict  # a full `stableff train` config (data, model, loss, optimizer, scheduler, training, decorrelation)
     models: list[dict] | None = None  # model blocks to compare (default: the training config's model)
@@ -89,7 +87,7 @@ class StudyConfig(_Strict):
 
     def model_blocks(self) -> list[dict]:
         """The model blocks compared: ``models``, or the training config's model."""
-        return self.models or [self.training.get("model", {"name": "nequip"})]
+        return self.models or [self.training.get("model", {"name": DEFAULT_MODEL})]
 
 
 def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:

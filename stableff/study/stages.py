@@ -11,7 +11,6 @@ matches; otherwise it says what changed and computes it again.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -20,10 +19,8 @@ import numpy as np
 from stableff.data.io import content_hashes
 from stableff.fingerprint import RESULT_FORMAT, differences, file_hash
 from stableff.io import read_json, write_json_atomic
-
-#: files of a training run (removed when the run's inputs changed)
-TRAINING_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "done.json")
-
+from stableff.layout import TRAJECTORY_FILE, StudyRun
+from stableff.study.conditions import KINDS, Condition, sorted_conditions
 
 def training_fingerprint(config) -> dict:
     """The training configuration (with its seed) and the content of every data file it reads."""
@@ -58,21 +55,21 @@ def train_stage(config, run_dir: Path, log=print) -> dict:
     median_step_seconds, model_hash (of best.ckpt) and the fingerprint."""
     from stableff.train.loop import Trainer
 
+    outputs = StudyRun(run_dir)
     fingerprint = training_fingerprint(config)
-    done = _reuse(run_dir / "done.json", fingerprint, "trained model", log)
-    if done is not None and (run_dir / "best.ckpt").is_file() and done.get("model_hash") == file_hash(run_dir / "best.ckpt"):
+    done = _reuse(outputs.done, fingerprint, "trained model", log)
+    if done is not None and outputs.best_checkpoint.is_file() and done.get("model_hash") == file_hash(outputs.best_checkpoint):
         log("  trained before (reused)")
         return done
     resume = False
-    partial = read_json(run_dir / "started.json")
-    if (run_dir / "last.ckpt").is_file() and done is None and partial is not None and not differences(partial.get("fingerprint"), fingerprint):
+    partial = read_json(outputs.started)
+    if outputs.last_checkpoint.is_file() and done is None and partial is not None and not differences(partial.get("fingerprint"), fingerprint):
         resume = True
-    elif any((run_dir / name).exists() for name in TRAINING_FILES):
-        for name in TRAINING_FILES:
-            if (run_dir / name).exists():
-                (run_dir / name).unlink()
+    else:
+        for path in outputs.outputs():
+            path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic({"fingerprint": fingerprint}, run_dir / "started.json")
+    write_json_atomic({"fingerprint": fingerprint}, outputs.started)
     log(f"  {'resuming' if resume else 'training'} ...")
     t0 = time.perf_counter()
     trainer = Trainer(config, run_dir, resume=resume)
@@ -84,9 +81,9 @@ def train_stage(config, run_dir: Path, log=print) -> dict:
         "epochs": history[-1]["epoch"],
         "median_step_seconds": trainer.median_step_seconds(),
         "wall_seconds": time.perf_counter() - t0,
-        "model_hash": file_hash(run_dir / "best.ckpt"),
+        "model_hash": file_hash(outputs.best_checkpoint),
     }
-    write_json_atomic(done, run_dir / "done.json")
+    write_json_atomic(done, outputs.done)
     return done
 
 
@@ -96,7 +93,8 @@ def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[
     from stableff.measures.accuracy import evaluate_files, pooled_metrics
 
     fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "test": {kind: content_hashes(files) for kind, files in test_sets.items() if files}}
-    stored = _reuse(run_dir / "accuracy.json", fingerprint, "accuracy", log)
+    outputs = StudyRun(run_dir)
+    stored = _reuse(outputs.accuracy, fingerprint, "accuracy", log)
     if stored is not None:
         return stored["accuracy"]
     log("  evaluating accuracy")
@@ -106,8 +104,8 @@ def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[
             continue
         metrics, prediction = pooled_metrics(evaluate_files(model_path, files, progress=False))
         accuracy[kind] = metrics
-        np.savez_compressed(run_dir / f"parity_{kind}.npz", **{k: v for k, v in prediction.items() if v is not None})
-    write_json_atomic({"fingerprint": fingerprint, "accuracy": accuracy}, run_dir / "accuracy.json")
+        np.savez_compressed(outputs.parity(kind), **{k: v for k, v in prediction.items() if v is not None})
+    write_json_atomic({"fingerprint": fingerprint, "accuracy": accuracy}, outputs.accuracy)
     return accuracy
 
 
@@ -117,7 +115,8 @@ def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_d
     from stableff.measures.correlation import correlation_of_files
 
     fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "data": content_hashes(files)}
-    stored = _reuse(run_dir / "correlation.json", fingerprint, "correlation", log)
+    outputs = StudyRun(run_dir)
+    stored = _reuse(outputs.correlation, fingerprint, "correlation", log)
     if stored is not None:
         return stored["correlation"]
     log("  edge-feature correlation")
@@ -126,8 +125,8 @@ def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_d
         "corr_mean": result["corr_mean"], "corr_std": result["corr_std"], "n_channels": result["n_channels"],
         "mean_over_layers": float(np.nanmean(result["corr_mean"])),
     }
-    np.savez_compressed(run_dir / "correlation_matrices.npz", *result["matrices"])
-    write_json_atomic({"fingerprint": fingerprint, "correlation": correlation}, run_dir / "correlation.json")
+    np.savez_compressed(outputs.correlation_matrices, *result["matrices"])
+    write_json_atomic({"fingerprint": fingerprint, "correlation": correlation}, outputs.correlation)
     return correlation
 
 
@@ -141,54 +140,54 @@ def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print) ->
     stability = {}
     for temperature in plan.temperatures_K:
         tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
-                                    plan.replicas, MonitorSettings(), run_dir / "stability" / f"{temperature:g}K", engine=plan.engine, compile=plan.compile)
+                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), engine=plan.engine, compile=plan.compile)
         if not tasks:
             continue
         log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")
         replicas = run_replicas(tasks, workers=plan.workers, progress=True, on_mismatch="recompute")
         kinds = {label: kind for kind, label, _ in starts}
-        for kind in ("ID", "OOD"):
+        for kind in KINDS:
             chosen = [r for r in replicas if kinds[r["start"]] == kind]
             if chosen:
-                stability[f"{kind}@{temperature:g}K"] = stability_report(chosen)
+                stability[Condition(temperature, kind).key] = stability_report(chosen)
     return stability
 
 
-def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, log=print, max_reference_frames: int = 200) -> dict | None:
+def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, log=print) -> dict | None:
     """RDF of the MD trajectories of the first condition against the reference data (Wright's factor
     and JSD per species pair); g(r) of both saved in structure.json for the report."""
     import ase.io
 
-    from stableff.analysis.structure import REFERENCE_FRAMES, compare_rdf, rdf, reference_rdf
+    from stableff.analysis.structure import RDF_BINS, RDF_R_MAX_A, REFERENCE_FRAMES, compare_rdf, rdf, reference_rdf
 
     if not reference_files or not stability:
         return None
-    condition = sorted(stability, key=lambda c: (float(c.split("@")[1][:-1]), c))[0]
+    condition = sorted_conditions(stability)[0]
     replicas = stability[condition]["replicas"]
     fingerprint = {
         "format": RESULT_FORMAT, "stage": "structure-2", "condition": condition,
         "replicas": [r.get("fingerprint") for r in replicas], "reference": content_hashes(reference_files),
         "reference_frames": REFERENCE_FRAMES,
     }
-    stored = _reuse(run_dir / "structure.json", fingerprint, "structure", log)
+    stored = _reuse(StudyRun(run_dir).structure, fingerprint, "structure", log)
     if stored is not None:
         return stored["structure"]
     frames = []
     for rep in replicas:
-        trajectory = Path(rep["path"]) / "trajectory.extxyz"
+        trajectory = Path(rep["path"]) / TRAJECTORY_FILE
         if trajectory.is_file() and trajectory.stat().st_size:
             frames.extend(ase.io.read(trajectory, ":"))
     if not frames:
         return None
     log("  structure (RDF) of the MD runs")
-    reference = reference_rdf(reference_files, r_max=5.0, n_bins=100)
-    result = rdf(frames, r_max=5.0, n_bins=100)
+    reference = reference_rdf(reference_files, r_max=RDF_R_MAX_A, n_bins=RDF_BINS)
+    result = rdf(frames, r_max=RDF_R_MAX_A, n_bins=RDF_BINS)
     structure = {
         "condition": condition, "n_frames": len(frames), "periodic": bool(result["periodic"]), "comparison": compare_rdf(result, reference),
         "r_A": result["r_A"].tolist(), "g": {k: v.tolist() for k, v in result["g"].items()},
         "reference_g": {k: v.tolist() for k, v in reference["g"].items()}, "reference_r_A": reference["r_A"].tolist(),
     }
-    write_json_atomic({"fingerprint": fingerprint, "structure": structure}, run_dir / "structure.json")
+    write_json_atomic({"fingerprint": fingerprint, "structure": structure}, StudyRun(run_dir).structure)
     return structure
 
 
@@ -198,12 +197,12 @@ def probe_stage(model_path: Path, model_hash: str, run_dir: Path, log=print) -> 
     from stableff.models.saved import model_from_checkpoint
 
     fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "step_A": 0.02}
-    stored = _reuse(run_dir / "probe.json", fingerprint, "probe", log)
+    stored = _reuse(StudyRun(run_dir).probe, fingerprint, "probe", log)
     if stored is not None:
         return stored["probe"]
     log("  dimer probe")
     model, statistics = model_from_checkpoint(model_path)
     curves = dimer_curves(model, statistics, step=0.02)
     probe = {"dimers": curves, "holes": holes(curves)}
-    write_json_atomic({"fingerprint": fingerprint, "probe": probe}, run_dir / "probe.json")
+    write_json_atomic({"fingerprint": fingerprint, "probe": probe}, StudyRun(run_dir).probe)
     return probe

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from stableff.study.conditions import Condition, sorted_conditions
 from stableff.analysis.survival import bootstrap_rmst_difference, kaplan_meier, logrank_stratified, paired_difference, restricted_mean_survival
 
 #: significance level of every verdict
@@ -19,10 +20,6 @@ def _mean_std(values):
     return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def condition_order(condition: str):
-    return float(condition.split("@")[1][:-1]), condition
-
-
 def _replicas(runs, model, variant, condition) -> list[dict]:
     return [dict(rep, training_seed=r["seed"]) for r in runs if r["model"] == model and r["variant"] == variant
             for rep in r["stability"].get(condition, {}).get("replicas", [])]
@@ -30,7 +27,7 @@ def _replicas(runs, model, variant, condition) -> list[dict]:
 
 def summarise_study(study, runs: list[dict]) -> dict:
     """Rows per (model, variant), pooled survival per condition, comparisons and verdicts."""
-    conditions = sorted({k for r in runs for k in r["stability"]}, key=condition_order)
+    conditions = sorted_conditions({k for r in runs for k in r["stability"]})
     rows, survival = [], {}
     for model in dict.fromkeys(r["model"] for r in runs):
         base_steps = {r["seed"]: r["median_step_seconds"] for r in runs if r["model"] == model and r["variant"] == "baseline"}
@@ -169,7 +166,7 @@ def verdicts(comparisons: list[dict]) -> list[str]:
                 f"(95 % CI, paired t over {result['n_seeds']} seeds, p = {result['pvalue']:.2g}): {judged}."
             )
         for condition, s in entry["stability"].items():
-            where = condition.replace("@", " at ").replace("ID", "in distribution").replace("OOD", "out of distribution")
+            where = Condition.parse(condition).text
             numbers = (f"RMST {s['rmst_variant_ps']:.3g} vs {s['rmst_baseline_ps']:.3g} ps, difference {s['rmst_difference_ps']:+.3g} ps "
                        f"{_interval(s['rmst_difference_low_ps'], s['rmst_difference_high_ps'], 'ps')}, log-rank p = {s['logrank_pvalue']:.2g} "
                        f"({s['n_seeds']} seeds, {s['n_runs_variant']} + {s['n_runs_baseline']} runs, {s['failed_variant']} + {s['failed_baseline']} failed)")

@@ -10,13 +10,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stableff.errors import ConfigError
+from stableff.models import DEFAULT_MODEL
 
 
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """A configuration block that refuses keys it does not define (the base of every block)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictConfig):
     train: str | list[str]  # files (or embedded "acac:train_300K")
     validation: str | list[str] | None = None  # if None, val_fraction of train is held out
     test: str | list[str] | None = None  # if None, test_fraction of train is held out
@@ -32,7 +35,7 @@ class ModelConfig(BaseModel):
     """``name`` picks the architecture; every other key is a hyper-parameter of that model."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "nequip"
+    name: str = DEFAULT_MODEL
 
     @model_validator(mode="after")
     def _known_hyperparameters(self):
@@ -59,13 +62,13 @@ class ModelConfig(BaseModel):
         return int(value)
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictConfig):
     energy_weight: float = Field(1.0, ge=0)  # on per-atom energy MSE, eV^2/atom^2
     forces_weight: float = Field(1.0, ge=0)  # on force-component MSE, (eV/A)^2
     stress_weight: float = Field(0.0, ge=0)  # on stress-component MSE, (eV/A^3)^2
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictConfig):
     name: Literal["adam", "adamw", "sam"] = "adam"
     lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -74,7 +77,7 @@ class OptimizerConfig(_Strict):
     adaptive: bool = False  # ASAM
 
 
-class DecorrelationConfig(_Strict):
+class DecorrelationConfig(StrictConfig):
     """L = w_E L_E + w_F L_F (+ w_S L_S) + lambda(t) L_corr (docs/method.md)."""
 
     enabled: bool = False
@@ -101,14 +104,14 @@ class DecorrelationConfig(_Strict):
         return self
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictConfig):
     name: Literal["plateau", "cosine", "none"] = "plateau"
     factor: float = Field(0.5, gt=0, lt=1)  # plateau
     patience: int = Field(10, ge=0)  # plateau, epochs
     min_lr: float = Field(1e-6, ge=0)
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictConfig):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(4, ge=1)  # global batch (structures), split across processes
     seed: int = 0
@@ -120,7 +123,7 @@ class TrainingConfig(_Strict):
     num_threads: int | None = Field(None, ge=1)
 
 
-class Config(_Strict):
+class Config(StrictConfig):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()

@@ -26,6 +26,7 @@ from stableff.data.stats import compute_statistics
 from stableff.errors import StableFFError
 from stableff.models import build_model
 from stableff.io import save_torch_atomic, write_text_atomic
+from stableff.layout import TrainingRun
 from stableff.measures.accuracy import error_metrics, predict
 from stableff.measures.correlation import dataset_correlation
 from stableff.models.saved import FORMAT, checkpoint_hyperparameters, load_checkpoint, load_weights
@@ -146,7 +147,8 @@ class Trainer:
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.dtype = getattr(torch, training.dtype)
-        last = self.out_dir / "last.ckpt"
+        self.files = TrainingRun(self.out_dir)
+        last = self.files.last_checkpoint
         if resume and not last.is_file():
             raise StableFFError(f"{self.out_dir}: nothing to resume (no last.ckpt)")
         if not resume and last.is_file():
@@ -207,7 +209,7 @@ class Trainer:
 
             changed = differences(checkpoint_hyperparameters(self.resume_from), self.model.hyperparameters, prefix="model ")
             if changed:
-                raise StableFFError(f"{self.out_dir / 'last.ckpt'}: cannot resume: the model differs ({'; '.join(changed[:4])}); train into a new --out instead")
+                raise StableFFError(f"{self.files.last_checkpoint}: cannot resume: the model differs ({'; '.join(changed[:4])}); train into a new --out instead")
             state = self.resume_from["train_state"]
             load_weights(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -220,10 +222,10 @@ class Trainer:
             self.history = state["history"]
             self.train_seconds = state.get("train_seconds", 0.0)
             self.step_seconds = list(state.get("step_seconds", []))
-            self._log(f"resuming from {self.out_dir / 'last.ckpt'} after epoch {state['epoch'] + 1}")
+            self._log(f"resuming from {self.files.last_checkpoint} after epoch {state['epoch'] + 1}")
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(yaml.safe_dump(config_to_dict(self.config), sort_keys=False), self.out_dir / "config.yaml")
+            write_text_atomic(yaml.safe_dump(config_to_dict(self.config), sort_keys=False), self.files.config)
 
     def median_step_seconds(self) -> float | None:
         """Median wall time of one optimiser step (forward, backward, update), the first 3 steps
@@ -241,7 +243,7 @@ class Trainer:
         changed += differences(stored.get("data_hashes"), self.data_hashes, prefix="data file ")
         if changed:
             raise StableFFError(
-                f"{self.out_dir / 'last.ckpt'}: cannot resume with other data or model settings ({'; '.join(changed[:4])}); "
+                f"{self.files.last_checkpoint}: cannot resume with other data or model settings ({'; '.join(changed[:4])}); "
                 "train into a new --out instead"
             )
 
@@ -359,7 +361,7 @@ class Trainer:
         writer = csv.DictWriter(buffer, fieldnames=columns)
         writer.writeheader()
         writer.writerows(self.history)
-        write_text_atomic(buffer.getvalue(), self.out_dir / "metrics.csv")
+        write_text_atomic(buffer.getvalue(), self.files.metrics)
 
     def run(self) -> dict:
         """Train to the configured number of epochs (or early stop); return the last metrics row."""
@@ -402,8 +404,8 @@ class Trainer:
             if self.is_main:
                 checkpoint = self._checkpoint(epoch)
                 if improved:
-                    save_torch_atomic(checkpoint, self.out_dir / "best.ckpt")
-                save_torch_atomic(checkpoint, self.out_dir / "last.ckpt")
+                    save_torch_atomic(checkpoint, self.files.best_checkpoint)
+                save_torch_atomic(checkpoint, self.files.last_checkpoint)
                 self._write_metrics()
                 self._log(
                     f"epoch {epoch + 1:4d}/{training.epochs}  loss {row['train_loss']:.4g}  "
