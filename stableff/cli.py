@@ -13,7 +13,7 @@ import numpy as np
 
 from stableff.io import write_json_atomic
 from stableff.md.monitors import MonitorSettings
-from stableff.md.run import DEFAULT_ENGINE, ENGINES, ENSEMBLES, MDSettings
+from stableff.md.settings import DEFAULT_ENGINE, ENGINES, ENSEMBLES, MDSettings
 
 
 def _print_accuracy_table(results: list[dict], labels: list[str] | None = None) -> None:
@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
     trainer = Trainer(config, out, resume=args.resume)
     result = trainer.run()
     if result and trainer.is_main:
-        print(f"done: best model {out / 'best.ckpt'}, last {out / 'last.ckpt'}, metrics {out / 'metrics.csv'}")
+        print(f"done: best model {trainer.files.best_checkpoint}, last {trainer.files.last_checkpoint}, metrics {trainer.files.metrics}")
     return 0
 
 
@@ -121,14 +121,14 @@ def _check_outputs(args, inputs) -> None:
 
 def _md_settings(args) -> MDSettings:
     from stableff.errors import StableFFError
-    from stableff.md.run import steps_for_time
+    from stableff.md.settings import steps_for_time
 
     if args.time is not None and args.steps is not None:
-        raise StableFFError("give either --time (ps) or --steps, not both")
+        raise StableFFError("give either --time-ps or --steps, not both")
     if args.timestep <= 0:
-        raise StableFFError(f"--timestep must be positive (got {args.timestep:g} fs)")
+        raise StableFFError(f"--timestep-fs must be positive (got {args.timestep:g} fs)")
     if args.time is not None and args.time <= 0:
-        raise StableFFError(f"--time must be positive (got {args.time:g} ps)")
+        raise StableFFError(f"--time-ps must be positive (got {args.time:g} ps)")
     steps = args.steps if args.steps is not None else steps_for_time(args.time if args.time is not None else 1.0, args.timestep)
     settings = MDSettings(
         ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep, steps=steps,
@@ -170,7 +170,8 @@ def _structure_check(args, starts):
 
 def cmd_md(args) -> int:
     from stableff.md.calculator import StableFFCalculator
-    from stableff.md.run import monitor_from_statistics, run_md
+    from stableff.md.engines.ase import run_md
+    from stableff.md.monitors import monitor_from_statistics
 
     settings = _md_settings(args)
     _check_outputs(args, [args.model, args.start])
@@ -273,7 +274,7 @@ def cmd_probe(args) -> int:
     from stableff.models.saved import model_from_checkpoint
 
     _check_outputs(args, [args.model, *(args.eos or [])])
-    model, statistics = model_from_checkpoint(args.model, device=args.device)
+    model, statistics = model_from_checkpoint(args.model, device=args.device, compile=args.compile)
     eos_atoms = [(spec, _read_start(spec, 0)) for spec in args.eos or []]  # every file checked before work
     curves = dimer_curves(model, statistics, step=args.step)
     print(f"dimer curves of {args.model} ({len(curves)} species pairs, 0.3 A to {model.r_max:g} A, energies relative to the separated atoms)")
@@ -312,31 +313,38 @@ def _add_compile_argument(p) -> None:
 
 
 def _add_md_arguments(p) -> None:
+    """MD and failure-check options; each name carries its unit (the older unit-less names still
+    work: --temperature, --timestep, --time, --friction, --damping, --temperature-window,
+    --energy-drift, --rdf-window)."""
     p.add_argument("--index", type=int, default=0, help="frame of START to begin from (default 0)")
     md, monitor = MDSettings(), MonitorSettings()
-    p.add_argument("--ensemble", choices=ENSEMBLES, default=md.ensemble)
-    p.add_argument("--temperature", type=float, default=md.temperature_K, help=f"K (default {md.temperature_K:g})")
-    p.add_argument("--timestep", type=float, default=md.timestep_fs, help=f"fs (default {md.timestep_fs:g})")
-    p.add_argument("--time", type=float, help="run length in ps (default 1)")
-    p.add_argument("--steps", type=int, help="run length in steps (instead of --time)")
-    p.add_argument("--friction", type=float, default=md.friction_per_fs, help=f"Langevin friction, 1/fs (default {md.friction_per_fs:g})")
-    p.add_argument("--damping", type=float, default=md.damping_fs, help=f"Nose-Hoover / Bussi damping time, fs (default {md.damping_fs:g})")
-    p.add_argument("--seed", type=int, default=md.seed, help="velocity seed (replica r uses seed + r)")
-    p.add_argument("--log-interval", type=int, default=md.log_interval, help="steps between thermo rows and failure checks")
-    p.add_argument("--traj-interval", type=int, default=md.traj_interval, help="steps between trajectory frames")
+    p.add_argument("--ensemble", choices=ENSEMBLES, default=md.ensemble, help=f"(default {md.ensemble})")
+    p.add_argument("--temperature-K", "--temperature", dest="temperature", type=float, default=md.temperature_K, help=f"K (default {md.temperature_K:g})")
+    p.add_argument("--timestep-fs", "--timestep", dest="timestep", type=float, default=md.timestep_fs, help=f"fs (default {md.timestep_fs:g})")
+    p.add_argument("--time-ps", "--time", dest="time", type=float, help="run length in ps (default 1)")
+    p.add_argument("--steps", type=int, help="run length in steps (instead of --time-ps)")
+    p.add_argument("--friction-per-fs", "--friction", dest="friction", type=float, default=md.friction_per_fs, help=f"Langevin friction, 1/fs (default {md.friction_per_fs:g})")
+    p.add_argument("--damping-fs", "--damping", dest="damping", type=float, default=md.damping_fs, help=f"Nose-Hoover / Bussi damping time, fs (default {md.damping_fs:g})")
+    p.add_argument("--seed", type=int, default=md.seed, help=f"velocity seed; replica r uses seed + r (default {md.seed})")
+    p.add_argument("--log-interval", type=int, default=md.log_interval, help=f"steps between thermo rows and failure checks (default {md.log_interval})")
+    p.add_argument("--traj-interval", type=int, default=md.traj_interval, help=f"steps between trajectory frames, a multiple of --log-interval (default {md.traj_interval})")
     p.add_argument("--keep-going", action="store_true", help="record failures but run to the end")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     g = p.add_argument_group("failure thresholds (relative to the training data stored in the model)")
-    g.add_argument("--temperature-window", type=float, default=monitor.temperature_window_fs, help="fs window of the NVT temperature check")
-    g.add_argument("--close-contact-factor", type=float, default=monitor.close_contact_factor)
-    g.add_argument("--dissociation-factor", type=float, default=monitor.dissociation_factor)
-    g.add_argument("--force-factor", type=float, default=monitor.force_factor)
-    g.add_argument("--energy-drift", type=float, default=monitor.energy_drift_meV_per_atom, help="NVE limit, meV/atom")
-    g.add_argument("--check-bonds", action="store_true", help="also fail when a bond of the start structure deviates by > 0.5 A")
+    g.add_argument("--temperature-window-fs", "--temperature-window", dest="temperature_window", type=float, default=monitor.temperature_window_fs,
+                   help=f"window of the NVT mean-temperature check, fs (default {monitor.temperature_window_fs:g})")
+    g.add_argument("--close-contact-factor", type=float, default=monitor.close_contact_factor,
+                   help=f"fail below this x the closest training distance of a pair (default {monitor.close_contact_factor:g})")
+    g.add_argument("--dissociation-factor", type=float, default=monitor.dissociation_factor,
+                   help=f"fail when an atom has no neighbour within this x the largest training nearest-neighbour distance (default {monitor.dissociation_factor:g})")
+    g.add_argument("--force-factor", type=float, default=monitor.force_factor, help=f"fail above this x the largest training |F| (default {monitor.force_factor:g})")
+    g.add_argument("--energy-drift-meV-per-atom", "--energy-drift", dest="energy_drift", type=float, default=monitor.energy_drift_meV_per_atom,
+                   help=f"NVE limit of |E(t) - E(0)| / N, meV/atom (default {monitor.energy_drift_meV_per_atom:g})")
+    g.add_argument("--check-bonds", action="store_true", help=f"also fail when a bond of the start structure deviates by > {monitor.bond_length_deviation_A:g} A (off by default)")
     g.add_argument("--reference-rdf", help="reference structures or CSV of g(r): fail when the RDF over a window deviates")
-    g.add_argument("--rdf-threshold", type=float, default=1.0, help="mean over pairs of integral |g - g_ref| dr (A) (default 1.0)")
-    g.add_argument("--rdf-window", type=float, default=500.0, help="fs window of the RDF check (default 500)")
+    g.add_argument("--rdf-threshold", type=float, default=1.0, help="mean over pairs of integral |g - g_ref| dr, A (default 1.0)")
+    g.add_argument("--rdf-window-fs", "--rdf-window", dest="rdf_window", type=float, default=500.0, help="window of the RDF check, fs (default 500)")
 
 
 def _run_study_and_report(study, out: Path) -> dict:
@@ -402,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="labelled structure files (any ASE format, DeePMD npy folders, acac:NAME)")
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plot", help="write parity plots (PNG) into this folder")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8, help="structures per model call (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -413,8 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write per-layer correlation to this JSON file")
     p.add_argument("--plot", help="write heatmaps and a bar chart (PNG) into this folder")
     p.add_argument("--channels", choices=["all", "scalars"], default="all", help="invariant view of all channels (default) or l = 0 only")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=8, help="structures per batch; R is computed per batch (default 8)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); edge features are always evaluated eager (not compiled)")
     p.set_defaults(func=cmd_correlation)
 
     p = sub.add_parser("md", help="molecular dynamics with failure monitors")
@@ -429,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("start", nargs="+", help="start structure file(s)")
     p.add_argument("--out", default="stability", help="output folder (finished replicas with the same inputs are reused)")
     p.add_argument("--fresh", action="store_true", help="run every replica again, even where the folder holds results from other inputs")
-    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--replicas", type=int, default=4, help="replicas per start structure (default 4)")
     p.add_argument("--workers", type=int, help="parallel processes (default: number of cores; on CPU the batched engine shares its replicas among them)")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
                    help=f"batched: every replica advanced together in one model call per step; ase: one replica per process (default: {DEFAULT_ENGINE})")
@@ -441,12 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rdf", help="radial / angular distribution functions of a trajectory")
     p.add_argument("trajectory")
     p.add_argument("--reference", help="reference trajectory, or CSV of g(r) (columns r_A or 'r / Angstrom', then pairs as A-B, B-A or 'A B')")
-    p.add_argument("--r-max", type=float, default=6.0, help="A")
-    p.add_argument("--bins", type=int, default=120)
-    p.add_argument("--adf-cutoff", type=float, default=2.5, help="neighbour cutoff for angles, A")
-    p.add_argument("--frames", default=":", help="frames to use, e.g. ':' or '10:'")
-    p.add_argument("--json")
-    p.add_argument("--plot")
+    from stableff.analysis.structure import RDF_BINS, RDF_R_MAX_A
+
+    p.add_argument("--r-max", type=float, default=RDF_R_MAX_A, help=f"largest distance of g(r), A (default {RDF_R_MAX_A:g}, the study's)")
+    p.add_argument("--bins", type=int, default=RDF_BINS, help=f"bins of g(r) (default {RDF_BINS})")
+    p.add_argument("--adf-cutoff", type=float, default=2.5, help="neighbour cutoff for angles, A (default 2.5)")
+    p.add_argument("--frames", default=":", help="frames to use, e.g. ':' or '10:' (default: all)")
+    p.add_argument("--json", help="write g(r), the ADF and the comparison to this JSON file")
+    p.add_argument("--plot", help="write rdf.png into this folder")
     p.set_defaults(func=cmd_rdf)
 
     p = sub.add_parser("probe", help="dimer curves and equations of state: holes before MD finds them")
@@ -456,16 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=0.01, help="A between dimer points (default 0.01)")
     p.add_argument("--json", help="write the curves, holes and fits to this JSON file")
     p.add_argument("--plot", help="write dimers.png (and eos.png) into this folder")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_compile_argument(p)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("study", help="baseline vs decorrelated: accuracy, correlation and MD stability, with a report")
-    p.add_argument("config", help="study YAML (see configs/acac_study.yaml)")
+    p = sub.add_parser("study", help="variants of a model (baseline and remedies: decorrelated, sam, zbl and their combinations) over training seeds: accuracy, correlation, MD stability and structure, compared with survival statistics, with a report")
+    p.add_argument("config", help="study YAML (example: stableff/configs/demo_study_acac.yaml, the demo's)")
     p.add_argument("--out", help="output folder (default studies/<config name>); finished steps are reused")
     p.add_argument("overrides", nargs="*", help="overrides such as seeds=[0] stability.replicas=2")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("demo", help="the study on the embedded acetylacetone data")
+    p = sub.add_parser("demo", help="the study on the embedded acetylacetone data: NequIP baseline vs decorrelated, two seeds")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished steps")
     p.add_argument("overrides", nargs="*", help="config overrides such as training.epochs=5")

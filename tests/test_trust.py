@@ -159,7 +159,7 @@ def test_outputs_checked_before_any_work(trained_model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, fragments", [
-    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--timestep", "0"], ["--timestep must be positive"]),
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--timestep", "0"], ["--timestep-fs must be positive"]),
     (["stability", "{model}", "acac:test_MD_300K", "--out", "{tmp}/s", "--replicas", "0"], ["--replicas must be at least 1"]),
     (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--index", "9999"], ["there is no frame 9999", "650 frame(s)"]),
     (["md", "{model}", "acac:isolated_atoms", "--out", "{tmp}/md"], ["MD needs at least 2 atoms"]),
