@@ -222,3 +222,10 @@ def test_a_killed_batched_run_continues_from_its_saved_state_to_the_same_result(
         np.testing.assert_allclose(rows["etot_eV"], reference["etot_eV"], atol=1e-5)
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["steps"] == 800
+
+
+def test_every_ensemble_has_one_integrator():
+    from stableff.md.integrators import INTEGRATORS
+    from stableff.md.settings import ENSEMBLES
+
+    assert set(INTEGRATORS) == set(ENSEMBLES)

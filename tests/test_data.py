@@ -159,3 +159,26 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     code = main(["evaluate", str(tmp_path / "missing.ckpt"), str(bad)])
     err = capsys.readouterr().err
     assert code == 1 and "missing.ckpt: no such checkpoint file" in err and "Traceback" not in err
+
+
+def test_collate_refuses_a_field_it_does_not_know_and_batches_every_listed_one():
+    """Batching follows the field registry of data/keys.py: every listed field is kept, and a field
+    nobody listed is refused by name instead of being dropped silently."""
+    import pytest
+    import torch
+
+    from stableff.data import keys
+    from stableff.data.graph import collate
+
+    def graph(n):
+        return {keys.POSITIONS: torch.zeros(n, 3), keys.ATOMIC_NUMBERS: torch.ones(n, dtype=torch.long), keys.SPECIES: torch.zeros(n, dtype=torch.long),
+                keys.FORCES: torch.zeros(n, 3), keys.CELL: torch.zeros(1, 3, 3), keys.PBC: torch.zeros(1, 3, dtype=torch.bool),
+                keys.NUM_ATOMS: torch.tensor([n]), keys.TOTAL_ENERGY: torch.zeros(1), keys.STRESS: torch.zeros(1, 3, 3),
+                keys.EDGE_INDEX: torch.tensor([[0, 1], [1, 0]]), keys.EDGE_CELL_SHIFT: torch.zeros(2, 3)}
+
+    batch = collate([graph(2), graph(3)])
+    assert set(batch) == set(keys.FIELDS) | {keys.BATCH}
+    assert batch[keys.EDGE_INDEX].tolist() == [[0, 1, 2, 3], [1, 0, 3, 2]] and batch[keys.BATCH].tolist() == [0, 0, 1, 1, 1]
+    odd = dict(graph(2), charges=torch.zeros(2))
+    with pytest.raises(ValueError, match="charges"):
+        collate([odd, graph(2)])

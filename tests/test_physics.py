@@ -295,6 +295,28 @@ def test_allegro_checkpoint_from_before_mlp_normalization_loads_as_it_was_traine
     assert "model_revision" not in training_fingerprint(parse_config({**base, "model": {"name": "nequip"}}))
 
 
+def test_checkpoints_written_before_the_composition_load_as_they_were(acac_frames):
+    """Weights saved when one module held per_species_scale/shift and the network's weights at the
+    top level load under the composed model's names and give the same energies and forces; a state
+    that matches neither layout is refused."""
+    from stableff.errors import StableFFError
+    from stableff.models.saved import load_weights
+
+    frames = acac_frames[:2]
+    for name in ("nequip", "allegro"):
+        model = make_model(name)
+        renamed = {"scale_shift.scale": "per_species_scale", "scale_shift.shift": "per_species_shift"}
+        old_state = {renamed.get(k, k.removeprefix("network.")): v for k, v in model.state_dict().items()}
+        assert "per_species_scale" in old_state and not any(k.startswith("network.") for k in old_state)
+        loaded = make_model(name, seed=1)  # other weights until the old state is loaded
+        assert not torch.allclose(testing.evaluate(loaded, frames)[keys.TOTAL_ENERGY], testing.evaluate(model, frames)[keys.TOTAL_ENERGY])
+        load_weights(loaded, old_state)
+        for key in (keys.TOTAL_ENERGY, keys.FORCES):
+            torch.testing.assert_close(testing.evaluate(loaded, frames)[key], testing.evaluate(model, frames)[key], rtol=0, atol=0)
+    with pytest.raises(StableFFError, match="does not match the model"):
+        load_weights(make_model("nequip"), {"per_species_scale": old_state["per_species_scale"], "layers.99.weight": torch.zeros(1)})
+
+
 def test_allegro_inference_reuses_its_folded_matrices_only_while_the_weights_are_unchanged(acac_frames):
     """With frozen weights Allegro keeps the matrices it folds from its Linear's weight between
     calls; the same energies and forces as with trained weights, and new ones after a weight change."""

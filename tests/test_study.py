@@ -141,3 +141,18 @@ def test_remedies_compose_as_variants(mini_study, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     bad = run_cli("study", path, "--out", tmp_path / "out")
     assert bad.returncode == 1 and "unknown variant 'zbl+magic'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_condition_is_written_and_parsed_in_one_place():
+    import pytest
+
+    from stableff.study.conditions import Condition, sorted_conditions
+
+    condition = Condition.parse("OOD@1200K")
+    assert (condition.kind, condition.temperature_K) == ("OOD", 1200.0)
+    assert condition.key == "OOD@1200K" and Condition(1200.0, "OOD") == condition
+    assert condition.text == "out of distribution at 1200 K" and condition.file_part == "OOD_1200K"
+    assert sorted_conditions(["OOD@300K", "ID@1200K", "ID@300K"]) == ["ID@300K", "OOD@300K", "ID@1200K"]
+    for bad in ("ID1200K", "XX@300K", "ID@300"):
+        with pytest.raises(ValueError):
+            Condition.parse(bad)
