@@ -65,6 +65,18 @@ def test_energy_smooth_as_neighbour_crosses_cutoff(name):
     testing.assert_smooth_at_cutoff(make_model(name, type_numbers=(1, 8)))
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_physics_checks_hold_in_float32_too(name, acac_frames):
+    """The models run in float32 in production: the same checks at stableff.testing's float32
+    tolerances (the checks read the model's dtype)."""
+    model = make_model(name, dtype=torch.float32)
+    assert model.dtype == torch.float32
+    testing.assert_rotation_invariant(model, acac_frames[0], reflect=True)
+    testing.assert_translation_permutation_invariant(model, acac_frames[0])
+    testing.assert_forces_are_minus_gradient(model, acac_frames[0])
+    testing.assert_smooth_at_cutoff(make_model(name, type_numbers=(1, 8), dtype=torch.float32))
+
+
 def test_polynomial_cutoff_is_the_papers_polynomial_and_vanishes_smoothly_at_r_max():
     """u(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2) below r_max, 0 beyond, and
     its slope, which vanishes at r_max."""
@@ -349,3 +361,33 @@ def test_normalized_mlp_folds_its_constants_without_changing_the_function():
         for module in net:
             stepwise = module(stepwise)
         torch.testing.assert_close(net(x), stepwise, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("zbl", [False, True])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_structure_without_pairs_has_zero_forces_and_the_energy_of_its_separate_atoms(name, zbl):
+    """Isolated atoms, a cell in vacuum, an MD run that came apart, an empty rank of a domain
+    decomposition: no pair within r_max. Every model answers (no crash), with zero forces, the same
+    energy at any separation, and the sum of what each atom gives alone; strictly edge-based models
+    (Allegro, GemNet-T) give exactly the per-species shifts there."""
+    from ase import Atoms
+
+    from stableff.md.calculator import StableFFCalculator
+
+    model = make_model(name, zbl=zbl)
+    shifts = dict(zip(model.type_numbers, model.scale_shift.shift.tolist()))
+
+    def energy_forces(atoms):
+        atoms.calc = StableFFCalculator(model)
+        return atoms.get_potential_energy(), atoms.get_forces()
+
+    alone = {z: energy_forces(Atoms(numbers=[z], positions=[[0.0, 0.0, 0.0]]))[0] for z in (1, 8)}
+    for separation in (20.0, 35.0):
+        energy, forces = energy_forces(Atoms("HO", positions=[[0, 0, 0], [0, 0, separation]]))
+        assert np.all(forces == 0.0)
+        assert energy == pytest.approx(alone[1] + alone[8], abs=1e-12)
+    periodic = Atoms("HO", positions=[[0, 0, 0], [0, 0, 10.0]], cell=[20.0, 20.0, 20.0], pbc=True)
+    energy, forces = energy_forces(periodic)
+    assert np.all(forces == 0.0) and energy == pytest.approx(alone[1] + alone[8], abs=1e-12)
+    if name in ("allegro", "gemnet_t"):
+        assert alone[1] == pytest.approx(shifts[1], abs=1e-12) and alone[8] == pytest.approx(shifts[8], abs=1e-12)

@@ -59,7 +59,7 @@ def weighted_spherical_harmonics(linear: nn.Linear, rows: torch.Tensor, x: torch
     Linear's rows are repeated (``component_rows``) instead of the [E, U, d] weights gathered."""
     bias = None if linear.bias is None else linear.bias.index_select(0, rows)
     weights = torch.nn.functional.linear(x, linear.weight.index_select(0, rows), bias)
-    return weights.view(x.shape[0], -1, sh.shape[-1]) * sh.unsqueeze(1)
+    return weights.view(x.shape[0], weights.shape[-1] // sh.shape[-1], sh.shape[-1]) * sh.unsqueeze(1)
 
 
 class AllegroLayer(nn.Module):
@@ -110,12 +110,12 @@ class AllegroLayer(nn.Module):
         pairs = self.channel_tp.pairs(tensors, environment.index_select(0, centre))  # [E, U, P]
         num_edges = pairs.shape[0]
         folded, num_scalars = self.folded_matrix(need_tensors)
-        out = pairs.reshape(num_edges, -1) @ folded
+        out = pairs.reshape(num_edges, pairs.shape[1] * pairs.shape[2]) @ folded
         # split, not two slices: one gradient write for both parts instead of two zero-filled [E, columns]
         scalars, new_tensors = out.split([num_scalars, out.shape[1] - num_scalars], dim=1)
         update = self.latent_mlp([*earlier, latents, scalars])
         latents = (latents + update) * residual_scale
-        return latents, (new_tensors.reshape(num_edges, self.num_tensor, -1) if need_tensors else None)
+        return latents, (new_tensors.reshape(num_edges, self.num_tensor, new_tensors.shape[1] // self.num_tensor) if need_tensors else None)
 
     def folded_matrix(self, need_tensors: bool) -> tuple[torch.Tensor, int]:
         """[U * P, columns] matrix that maps the pairs to the product's scalars (the first columns,

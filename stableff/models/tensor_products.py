@@ -40,8 +40,8 @@ def from_channels(x: torch.Tensor, irreps, component_major: bool = False) -> tor
     """[n, U, d] channel layout (or [n, d, U] with ``component_major``) -> [n, irreps.dim] in e3nn's layout."""
     dims = [dim for _, dim in _blocks(irreps)]
     if component_major:
-        return torch.cat([p.transpose(1, 2).reshape(x.shape[0], -1) for p in torch.split(x, dims, dim=1)], dim=-1)
-    return torch.cat([p.reshape(x.shape[0], -1) for p in torch.split(x, dims, dim=-1)], dim=-1)
+        return torch.cat([p.transpose(1, 2).reshape(x.shape[0], p.shape[1] * p.shape[2]) for p in torch.split(x, dims, dim=1)], dim=-1)
+    return torch.cat([p.reshape(x.shape[0], p.shape[1] * p.shape[2]) for p in torch.split(x, dims, dim=-1)], dim=-1)
 
 
 def _one_multiplicity(*irreps_list) -> int:
@@ -138,13 +138,13 @@ class EdgeMatrixTensorProduct(_ExactConstants):
         [E, weight_numel] -> messages [E, D * U] (component-major)."""
         num_edges, u = edge_sh.shape[0], self.mul
         x = to_channels(node_features, self.in_blocks, component_major=True).index_select(0, neighbour)  # [E, d_in, U]
-        a = (edge_sh @ self.constants).view(num_edges, -1, x.shape[1])  # [E, D, d_in]
+        a = (edge_sh @ self.constants).view(num_edges, self.constants.shape[1] // x.shape[1], x.shape[1])  # [E, D, d_in]
         w = weights.view(num_edges, self.num_paths, u).index_select(1, self.path_of_component)  # [E, D, U]
-        return (torch.bmm(a, x) * w).reshape(num_edges, -1)
+        return (torch.bmm(a, x) * w).reshape(num_edges, a.shape[1] * u)
 
     def to_irreps(self, rows: torch.Tensor) -> torch.Tensor:
         """[n, D * U] component-major rows -> [n, irreps_out] in e3nn's layout."""
-        return from_channels(rows.view(rows.shape[0], -1, self.mul), self.out_blocks, component_major=True)
+        return from_channels(rows.view(rows.shape[0], rows.shape[1] // self.mul, self.mul), self.out_blocks, component_major=True)
 
 
 class ChannelwiseTensorProduct(_ExactConstants):
@@ -178,9 +178,9 @@ class ChannelwiseTensorProduct(_ExactConstants):
         """[E, U, P]: x_i y_j for the P component pairs that reach an output (``forward`` is this
         times ``constants``; a caller may contract the pairs with a product of constants instead)."""
         rows = x.shape[0] * x.shape[1]
-        first = x.reshape(rows, -1) @ self.select_first
-        second = y.reshape(rows, -1) @ self.select_second
-        return (first * second).view(x.shape[0], x.shape[1], -1)
+        first = x.reshape(rows, self.select_first.shape[0]) @ self.select_first
+        second = y.reshape(rows, self.select_second.shape[0]) @ self.select_second
+        return (first * second).view(x.shape[0], x.shape[1], self.select_first.shape[1])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.pairs(x, y) @ self.constants
@@ -214,4 +214,4 @@ class ChannelLinear(_ExactConstants):
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """[E, U, d_in] -> [E, U, d_out]."""
-        return (x.reshape(x.shape[0], -1) @ self.matrix(weight)).view(x.shape[0], self.mul, -1)
+        return (x.reshape(x.shape[0], self.shape[0]) @ self.matrix(weight)).view(x.shape[0], self.mul, self.shape[1] // self.mul)
