@@ -140,11 +140,18 @@ def _md_settings(args) -> MDSettings:
 
 
 def _monitor_settings(args) -> MonitorSettings:
-    return MonitorSettings(
+    from stableff.errors import StableFFError
+
+    settings = MonitorSettings(
         temperature_window_fs=args.temperature_window, close_contact_factor=args.close_contact_factor,
         dissociation_factor=args.dissociation_factor, force_factor=args.force_factor,
         energy_drift_meV_per_atom=args.energy_drift, check_bond_length=args.check_bonds,
     )
+    settings.validate()
+    for name in ("rdf_threshold", "rdf_window"):
+        if not getattr(args, name) > 0:
+            raise StableFFError(f"--{name.replace('_', '-')} must be positive (got {getattr(args, name):g})")
+    return settings
 
 
 def _read_start(spec: str, index: int):
@@ -154,6 +161,17 @@ def _read_start(spec: str, index: int):
     frame = read_frames(spec, index=index, check_distances=True)[0]
     if len(frame) < 2:
         raise DataError(spec, "MD needs at least 2 atoms (a single atom has no temperature once its momentum is removed)", frame.index)
+    return frame.to_atoms()
+
+
+def _read_eos_cell(spec: str):
+    """A cell for an energy-volume curve: periodic in all three directions (a molecule has no volume)."""
+    from stableff.data.io import read_frames
+    from stableff.errors import DataError
+
+    frame = read_frames(spec, index=0, check_distances=True)[0]
+    if not all(frame.pbc):
+        raise DataError(spec, "an equation of state needs a cell periodic in all three directions (this structure is not)", frame.index)
     return frame.to_atoms()
 
 
@@ -174,6 +192,7 @@ def cmd_md(args) -> int:
     from stableff.md.monitors import monitor_from_statistics
 
     settings = _md_settings(args)
+    _monitor_settings(args)  # every threshold checked before any work
     _check_outputs(args, [args.model, args.start])
     atoms = _read_start(args.start, args.index)
     calculator = StableFFCalculator(args.model, device=args.device, compile=args.compile)
@@ -190,13 +209,16 @@ def cmd_md(args) -> int:
 
 
 def cmd_stability(args) -> int:
-    from stableff.analysis.stability import stability_report
+    from stableff.analysis.stability import median_of, stability_report
     from stableff.errors import StableFFError
     from stableff.md.replicas import build_replica_tasks, run_replicas, unique_start_labels
 
     settings = _md_settings(args)
     if args.replicas < 1:
         raise StableFFError(f"--replicas must be at least 1 (got {args.replicas})")
+    if args.workers is not None and args.workers < 1:
+        raise StableFFError(f"--workers must be at least 1 (got {args.workers})")
+    _monitor_settings(args)  # every threshold checked before any work
     _check_outputs(args, [args.model, *args.start])
     from stableff.models.saved import load_checkpoint
 
@@ -215,10 +237,10 @@ def cmd_stability(args) -> int:
     print()
     for label, s in report["by_start"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()) or "none"
-        print(f"{label}: stability index {s['stability_index']:.3f}, median t_fail {s['median_time_to_failure_ps']:.3f} ps, "
+        print(f"{label}: stability index {s['stability_index']:.3f}, median t_fail (Kaplan-Meier, 95 % CI) {median_of(s)}, "
               f"RMST {s['rmst_ps']:.3f} ps, {s['n_failed']}/{s['n_replicas']} failed (by reason: {reasons})")
     print(f"overall stability index {report['stability_index']:.3f} (1 = every run stable for {report['run_length_ps']:g} ps), "
-          f"median time to failure {report['median_time_to_failure_ps']:.3f} ps, RMST {report['rmst_ps']:.3f} ps")
+          f"median time to failure (Kaplan-Meier, 95 % CI) {median_of(report)}, RMST {report['rmst_ps']:.3f} ps")
     if args.plot:
         from stableff.report.plots import md_traces, survival_curves
 
@@ -275,7 +297,7 @@ def cmd_probe(args) -> int:
 
     _check_outputs(args, [args.model, *(args.eos or [])])
     model, statistics = model_from_checkpoint(args.model, device=args.device, compile=args.compile)
-    eos_atoms = [(spec, _read_start(spec, 0)) for spec in args.eos or []]  # every file checked before work
+    eos_atoms = [(spec, _read_eos_cell(spec)) for spec in args.eos or []]  # every file checked before work
     curves = dimer_curves(model, statistics, step=args.step)
     print(f"dimer curves of {args.model} ({len(curves)} species pairs, 0.3 A to {model.r_max:g} A, energies relative to the separated atoms)")
     print(f"{'pair':<8} {'closest in training (A)':>24} {'E there (eV)':>13}  hole")
@@ -355,7 +377,7 @@ def _run_study_and_report(study, out: Path) -> dict:
     summary = run_study(study, out)
     html_path, md_path = write_study_report(summary, out)
     print()
-    print(f"Summary (mean ± std over seeds {summary['seeds']}; ID/OOD = in/out of distribution; SI = stability index; RMST = restricted mean survival time):")
+    print(f"Summary (mean ± std over seeds {summary['seeds']}, or pooled over every run of all seeds where the row says so; ID/OOD = in/out of distribution; SI = stability index; median t_fail = Kaplan-Meier median [95 % CI]; RMST = restricted mean survival time):")
     print(terminal_table(summary))
     print()
     print("Comparisons with the baseline (effect, 95 % interval, test):")
@@ -368,26 +390,30 @@ def _run_study_and_report(study, out: Path) -> dict:
 
 def cmd_study(args) -> int:
     from stableff.io import check_output_dir
+    from stableff.layout import mark_output_folder
     from stableff.study import load_study_config
 
     study = load_study_config(args.config, args.overrides)
     out = check_output_dir(Path(args.out) if args.out else Path("studies") / Path(args.config).stem)
+    mark_output_folder(out, "study")
     _run_study_and_report(study, out)
     return 0
 
 
 def cmd_demo(args) -> int:
     """The study on the embedded acetylacetone data: baseline vs decorrelated NequIP."""
-    import shutil
-
     from stableff.io import check_output_dir
+    from stableff.layout import mark_output_folder, remove_own_files
     from stableff.study import load_study_config
 
     config_path = Path(str(resources.files("stableff.configs") / "demo_study_acac.yaml"))
     study = load_study_config(config_path, args.overrides)
     out = check_output_dir(args.out)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
+    if args.fresh:
+        kept = remove_own_files(out)  # only a folder stableff made, and only the files it wrote
+        if kept:
+            print(f"--fresh: kept {len(kept)} file(s) in {out} that stableff did not write (e.g. {kept[0]})")
+    mark_output_folder(out, "demo")
     print(f"stableff demo: NequIP on acetylacetone (embedded BOTNet DFT data, MIT licence), baseline vs decorrelated, "
           f"seeds {study.seeds}; output in {out}/ (finished steps are reused when run again)")
     _run_study_and_report(study, out)

@@ -139,7 +139,30 @@ def test_stability_index_and_kaplan_meier_with_censoring():
     summary = summarise_replicas([
         {"run_length_ps": 1.0, "time_to_failure_ps": x, "failed": f, "reason": "close_contact" if f else None} for x, f in zip(times, failed)
     ])
-    assert summary["median_time_to_failure_ps"] == pytest.approx(0.75) and summary["failures_by_reason"] == {"close_contact": 2}
+    # the Kaplan-Meier median (S first <= 1/2 at 0.5 ps), not the median of min(t, T) (0.75 ps)
+    assert summary["median_time_to_failure_ps"] == pytest.approx(0.5) and summary["median_time_to_failure_reached"]
+    assert summary["failures_by_reason"] == {"close_contact": 2}
+
+
+def test_median_time_to_failure_is_kaplan_meiers_and_not_reached_when_most_runs_survive():
+    """With censoring the median of min(t, T) is not a failure time: the KM median is, with the
+    Brookmeyer-Crowley interval from the same band the report draws; when S(t) stays above 1/2 it is
+    "not reached" (None and a flag), never the run length."""
+    from stableff.analysis.survival import median_survival
+
+    rows = lambda times, failed: [{"run_length_ps": 1.0, "time_to_failure_ps": t, "failed": f, "reason": "temperature" if f else None} for t, f in zip(times, failed)]
+    survivors = summarise_replicas(rows([0.3, 1.0, 1.0, 1.0, 1.0], [True, False, False, False, False]))
+    assert survivors["median_time_to_failure_ps"] is None and survivors["median_time_to_failure_reached"] is False
+    assert survivors["median_time_to_failure_interval_ps"] == [pytest.approx(0.3), None]  # the band holds 1/2 from 0.3 ps on
+    # 20 runs failing at 0.05, 0.10, ..., 1.0 ps: S(t) = 1 - k/20, first <= 1/2 at the 10th failure
+    times = [0.05 * (k + 1) for k in range(20)]
+    median = median_survival(times, [True] * 20)
+    assert median["median_ps"] == pytest.approx(0.5) and median["reached"]
+    curve = kaplan_meier(times, [True] * 20)
+    upper_first = next(t for t, u in zip(curve["time_ps"], curve["upper"]) if u <= 0.5)
+    lower_first = next(t for t, lo in zip(curve["time_ps"], curve["lower"]) if lo <= 0.5)
+    assert median["low_ps"] == pytest.approx(lower_first) and median["high_ps"] == pytest.approx(upper_first)
+    assert median["low_ps"] < median["median_ps"] < median["high_ps"]
 
 
 def test_rdf_of_a_perfect_crystal_peaks_at_its_neighbour_shells():

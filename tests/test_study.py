@@ -52,9 +52,12 @@ def test_miniature_study_end_to_end(mini_study):
     assert [r["variant"] for r in summary["rows"]] == ["baseline", "decorrelated"]
     for row in summary["rows"]:
         for key in ("emae_ID_meV_per_atom", "emae_OOD_meV_per_atom", "fmae_ID_meV_per_A", "fmae_OOD_meV_per_A", "corr_mean_over_layers",
-                    "stability_index_ID@300K", "stability_index_OOD@300K", "median_time_to_failure_ps_ID@300K",
-                    "median_time_to_failure_ps_OOD@300K", "rmst_ps_ID@300K", "train_seconds", "median_step_ms", "step_time_ratio"):
+                    "stability_index_ID@300K", "stability_index_OOD@300K", "rmst_ps_per_seed_ID@300K", "train_seconds", "median_step_ms", "step_time_ratio"):
             assert row[key] is not None and "mean" in row[key] and "std" in row[key], key
+        # figures over every run of all seeds are labelled pooled, not dressed as a one-seed mean
+        for key in ("median_time_to_failure_ps_ID@300K", "median_time_to_failure_ps_OOD@300K", "rmst_ps_ID@300K"):
+            assert row[key]["pooled"] is True and "std" not in row[key] and row[key]["n_runs"] >= 1, key
+        assert "reached" in row["median_time_to_failure_ps_ID@300K"]
         assert 0.0 <= row["stability_index_ID@300K"]["mean"] <= 1.0
     assert any("from 1 seed(s): no interval can be given, the data cannot decide" in v for v in summary["verdicts"])
     (comparison,) = summary["comparisons"]
@@ -156,3 +159,48 @@ def test_a_condition_is_written_and_parsed_in_one_place():
     for bad in ("ID1200K", "XX@300K", "ID@300"):
         with pytest.raises(ValueError):
             Condition.parse(bad)
+
+
+def test_a_study_names_its_device_once_and_every_stage_uses_it(tmp_path, monkeypatch):
+    """``device:`` of a study reaches training and every stage (accuracy, correlation, probes, MD);
+    a device this machine does not have, or a training.device that contradicts it, is refused
+    before any work, naming the key."""
+    import torch
+
+    import stableff.study as study_module
+    from stableff.errors import ConfigError
+    from stableff.study import load_study_config, run_study
+
+    base = ("training: {data: {train: acac:train_300K, max_train_frames: 8}, model: {name: nequip, num_layers: 1, num_features: 4}}\n"
+            "variants: [baseline]\nseeds: [0]\ntest: {in_distribution: [acac:test_MD_300K]}\n"
+            "stability: {temperatures_K: [300], replicas: 1, time_ps: 0.005, in_distribution: [{file: acac:test_MD_300K, frames: [0]}]}\n")
+    config = tmp_path / "study.yaml"
+    if not torch.cuda.is_available():
+        config.write_text(base + "device: cuda\n")
+        with pytest.raises(ConfigError, match=r"device: Value error, 'cuda' is not available here"):
+            load_study_config(config)
+    config.write_text(base + "device: gpu0\n")
+    with pytest.raises(ConfigError, match=r"device: Value error, 'gpu0' is not a device"):
+        load_study_config(config)
+    config.write_text(base.replace("max_train_frames: 8}", "max_train_frames: 8}, training: {device: cpu}") + "device: cpu:0\n")
+    with pytest.raises(ConfigError, match="training.device is 'cpu' but the study's device is 'cpu:0'"):
+        load_study_config(config)
+    config.write_text(base + "device: cpu:0\n")
+    study = load_study_config(config)
+    seen = {}
+
+    def recorder(name, result):
+        def stage(*args, **kwargs):
+            seen[name] = kwargs.get("device")
+            return result
+        return stage
+
+    monkeypatch.setattr(study_module, "train_stage", lambda cfg, run_dir, log: seen.setdefault("train", cfg.training.device) and {"model_hash": "x", "train_seconds": 1.0})
+    monkeypatch.setattr(study_module, "accuracy_stage", recorder("accuracy", {}))
+    monkeypatch.setattr(study_module, "correlation_stage", recorder("correlation", {"corr_mean": [0.1], "mean_over_layers": 0.1}))
+    monkeypatch.setattr(study_module, "probe_stage", recorder("probe", {"holes": {}}))
+    monkeypatch.setattr(study_module, "stability_stage", recorder("stability", {}))
+    monkeypatch.setattr(study_module, "structure_stage", lambda *args, **kwargs: None)
+    monkeypatch.setattr(study_module, "summarise_study", lambda study, runs: {})
+    run_study(study, tmp_path / "out", log=lambda *_: None)
+    assert seen == {"train": "cpu:0", "accuracy": "cpu:0", "correlation": "cpu:0", "probe": "cpu:0", "stability": "cpu:0"}

@@ -104,3 +104,24 @@ def test_paired_difference_uses_the_same_seeds_and_refuses_an_interval_from_one(
     assert result["pvalue"] == pytest.approx(expected.pvalue) and result["low"] < 1.0 < result["high"]
     single = paired_difference({0: 1.0}, {0: 2.0})
     assert single["difference"] == -1.0 and single["low"] is None and single["pvalue"] is None
+
+
+def test_the_equivalence_test_shows_equivalence_and_can_fail():
+    """Two one-sided tests on the RMST: samples of one distribution are equivalent within a margin
+    of 10 % of the horizon; samples whose failure times differ by 40 % are not (the test can fail)."""
+    from stableff.analysis.survival import ENGINE_EQUIVALENCE_MARGIN, rmst_equivalence
+
+    rng = np.random.default_rng(3)
+    horizon = 1.0
+    margin = ENGINE_EQUIVALENCE_MARGIN * horizon
+
+    def runs(scale, n=400):
+        times = rng.exponential(scale, n)
+        return np.minimum(times, horizon), times < horizon
+
+    same = rmst_equivalence(*runs(0.4), *runs(0.4), horizon, margin, n_boot=1000)
+    assert same["equivalent"] and same["low_ps"] > -margin and same["high_ps"] < margin and same["confidence"] == pytest.approx(0.9)
+    different = rmst_equivalence(*runs(0.56), *runs(0.4), horizon, margin, n_boot=1000)
+    assert not different["equivalent"] and different["difference_ps"] > 0.05
+    few = rmst_equivalence(*runs(0.4, 6), *runs(0.4, 6), horizon, margin, n_boot=1000)
+    assert not few["equivalent"]  # too little data: equivalence cannot be claimed

@@ -11,7 +11,7 @@ import collections
 
 import numpy as np
 
-from stableff.analysis.survival import kaplan_meier, restricted_mean_survival
+from stableff.analysis.survival import kaplan_meier, median_survival, median_text, restricted_mean_survival
 
 
 def stability_index(times_ps, run_length_ps: float) -> float:
@@ -20,7 +20,9 @@ def stability_index(times_ps, run_length_ps: float) -> float:
 
 
 def summarise_replicas(replicas: list[dict]) -> dict:
-    """SI, median / mean t_fail, failures by reason, and KM curve for a set of replica summaries."""
+    """SI, the Kaplan-Meier median time to failure (with its 95 % interval; None and
+    ``median_time_to_failure_reached: false`` where S(t) stays above 1/2), mean of min(t_fail, T),
+    RMST, failures by reason, and the KM curve of a set of replica summaries."""
     if not replicas:
         return {}
     run_length = max(r["run_length_ps"] for r in replicas)
@@ -28,7 +30,7 @@ def summarise_replicas(replicas: list[dict]) -> dict:
     failed = [bool(r["failed"]) for r in replicas]
     return {
         "stability_index": stability_index(times, run_length),
-        "median_time_to_failure_ps": float(np.median(times)),
+        **_median_entries(median_survival(times, failed)),
         "mean_time_to_failure_ps": float(np.mean(times)),
         "rmst_ps": restricted_mean_survival(times, failed, run_length),
         "run_length_ps": run_length,
@@ -37,6 +39,18 @@ def summarise_replicas(replicas: list[dict]) -> dict:
         "failures_by_reason": dict(collections.Counter(r["reason"] for r in replicas if r["failed"])),
         "kaplan_meier": kaplan_meier(times, failed),
     }
+
+
+def _median_entries(median: dict) -> dict:
+    return {"median_time_to_failure_ps": median["median_ps"], "median_time_to_failure_reached": median["reached"],
+            "median_time_to_failure_interval_ps": [median["low_ps"], median["high_ps"]]}
+
+
+def median_of(summary: dict) -> str:
+    """The Kaplan-Meier median of a summary as printed (``0.250 ps [0.200, 0.500]``, or ``not reached``)."""
+    low, high = summary["median_time_to_failure_interval_ps"]
+    median = {"median_ps": summary["median_time_to_failure_ps"], "low_ps": low, "high_ps": high, "reached": summary["median_time_to_failure_reached"]}
+    return median_text(median, summary["run_length_ps"])
 
 
 def stability_report(replicas: list[dict]) -> dict:

@@ -51,6 +51,35 @@ def kaplan_meier(times, failed, confidence: float = 0.95) -> dict:
     return out
 
 
+def median_survival(times, failed, confidence: float = 0.95) -> dict:
+    """The Kaplan-Meier median time to failure: the first time S(t) <= 1/2, with the interval of
+    times whose pointwise band holds 1/2 (Brookmeyer and Crowley 1982: from the first time the
+    band's lower limit is <= 1/2 to the first time its upper limit is), all in ps. Where S(t) stays above 1/2
+    up to the end of the runs the median is not reached: ``median_ps`` None and ``reached`` False
+    (and an interval end that is not reached is None too).
+
+    Returns {"median_ps", "low_ps", "high_ps", "reached", "confidence"}."""
+    curve = kaplan_meier(times, failed, confidence)
+    time_ps = np.asarray(curve["time_ps"])
+
+    def first_at_or_below_half(values) -> float | None:
+        below = np.nonzero(np.asarray(values) <= 0.5)[0]
+        return float(time_ps[below[0]]) if len(below) else None
+
+    median = first_at_or_below_half(curve["survival"])
+    return {"median_ps": median, "low_ps": first_at_or_below_half(curve["lower"]), "high_ps": first_at_or_below_half(curve["upper"]),
+            "reached": median is not None, "confidence": confidence}
+
+
+def median_text(median: dict, run_length_ps: float) -> str:
+    """``0.250 ps [0.200, 0.500]`` or ``not reached (S > 0.5 at 0.4 ps)``: the KM median as printed."""
+    if not median["reached"]:
+        return f"not reached (S > 0.5 at {run_length_ps:g} ps)"
+    high = f"{median['high_ps']:.3f}" if median["high_ps"] is not None else "not reached"
+    low = f"{median['low_ps']:.3f}" if median["low_ps"] is not None else "-"
+    return f"{median['median_ps']:.3f} ps [{low}, {high}]"
+
+
 def restricted_mean_survival(times, failed, horizon: float) -> float:
     """RMST up to ``horizon``: the area under the Kaplan-Meier curve from 0 to the horizon (ps)."""
     times, failed = np.asarray(times, float), np.asarray(failed, bool)
@@ -137,6 +166,30 @@ def bootstrap_rmst_difference(groups_a: dict, groups_b: dict, horizon: float, n_
     alpha = (1 - confidence) / 2
     low, high = np.quantile(draws, [alpha, 1 - alpha])
     return {"difference_ps": float(estimate), "low_ps": float(low), "high_ps": float(high), "n_seeds": len(seeds), "n_boot": n_boot}
+
+
+#: the equivalence margin of two MD engines: RMST difference within +-10 % of the run length
+ENGINE_EQUIVALENCE_MARGIN = 0.10
+
+
+def rmst_equivalence(times_a, failed_a, times_b, failed_b, horizon: float, margin_ps: float, alpha: float = 0.05, n_boot: int = 4000, seed: int = 0) -> dict:
+    """Two one-sided tests (TOST) that RMST(a) - RMST(b) lies within +-``margin_ps``: equivalent
+    at level ``alpha`` when the (1 - 2 alpha) percentile-bootstrap interval of the difference
+    (replicas resampled within each group) lies inside the margin. Absence of a difference is not
+    evidence of equivalence; this is. ``p_value``: the larger of the two one-sided bootstrap
+    p-values (the fraction of draws beyond each margin)."""
+    a = (np.asarray(times_a, float), np.asarray(failed_a, bool))
+    b = (np.asarray(times_b, float), np.asarray(failed_b, bool))
+    estimate = _rmst_steps(*a, horizon) - _rmst_steps(*b, horizon)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for k in range(n_boot):
+        pa, pb = rng.integers(0, len(a[0]), len(a[0])), rng.integers(0, len(b[0]), len(b[0]))
+        draws[k] = _rmst_steps(a[0][pa], a[1][pa], horizon) - _rmst_steps(b[0][pb], b[1][pb], horizon)
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    p_value = float(max(np.mean(draws <= -margin_ps), np.mean(draws >= margin_ps)))
+    return {"difference_ps": float(estimate), "low_ps": float(low), "high_ps": float(high), "margin_ps": float(margin_ps),
+            "confidence": 1 - 2 * alpha, "p_value": p_value, "equivalent": bool(-margin_ps < low and high < margin_ps)}
 
 
 def paired_difference(values_a: dict, values_b: dict, confidence: float = 0.95) -> dict | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stableff.analysis.survival import median_text
 from stableff.io import read_json
 from stableff.layout import THERMO_FILE, StudyRun
 from stableff.study.conditions import Condition
@@ -18,6 +19,10 @@ from stableff.report import plots
 def _fmt(stat, digits=1) -> str:
     if not stat:
         return "-"
+    if stat.get("pooled"):  # one figure over every run of all seeds (not a mean over seeds)
+        if "median_ps" in stat:
+            return median_text(stat, stat["run_length_ps"]).replace(" ps", "")
+        return f"{stat['value']:.{digits}f}"
     if stat.get("n", 1) > 1:
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
     return f"{stat['mean']:.{digits}f}"
@@ -32,8 +37,9 @@ def table_columns(summary: dict) -> list[tuple[str, str, int]]:
     ]
     for condition in summary["conditions"]:
         columns.append((f"stability_index_{condition}", f"SI {condition}", 2))
-        columns.append((f"median_time_to_failure_ps_{condition}", f"median t_fail {condition} (ps)", 3))
+        columns.append((f"median_time_to_failure_ps_{condition}", f"median t_fail {condition}, pooled KM [95 % CI] (ps)", 3))
         columns.append((f"rmst_ps_{condition}", f"RMST {condition}, pooled (ps)", 3))
+        columns.append((f"rmst_ps_per_seed_{condition}", f"RMST {condition}, per seed (ps)", 3))
     columns += [("train_seconds", "training time (s)", 1), ("median_step_ms", "median time per step (ms)", 1),
                 ("step_time_ratio", "step time / baseline's", 3)]
     return columns
@@ -168,7 +174,9 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
         f"Study <b>{html.escape(summary['name'])}</b>: variants {', '.join(summary['variants'])}; training seeds "
         f"{', '.join(map(str, summary['seeds']))} (same seeds and budget for every variant). Stability: {plan['replicas']} replicas per start "
         f"structure, {plan['time_ps']:g} ps of {plan['ensemble']} MD at {', '.join(f'{t:g} K' for t in plan['temperatures_K'])}, "
-        "reference-free failure criteria. Numbers are mean ± standard deviation over training seeds. SI = stability index "
+        "reference-free failure criteria. Numbers are mean ± standard deviation over training seeds, except those marked pooled "
+        "(one figure over every run of all seeds and starts). Median t_fail = the Kaplan-Meier median with its 95 % interval "
+        "(not reached: more than half the runs survived). SI = stability index "
         "(1 = every run survived the whole run); RMST = restricted mean survival time up to the run length (area under the "
         "Kaplan-Meier curve, all seeds and starts pooled); ID / OOD = in / out of distribution. Verdicts: RMST difference with a "
         "95 % hierarchical-bootstrap interval (training seeds, then replicas), log-rank test stratified by start structure; "

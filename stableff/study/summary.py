@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from stableff.study.conditions import Condition, sorted_conditions
-from stableff.analysis.survival import bootstrap_rmst_difference, kaplan_meier, logrank_stratified, paired_difference, restricted_mean_survival
+from stableff.analysis.survival import bootstrap_rmst_difference, kaplan_meier, logrank_stratified, median_survival, paired_difference, restricted_mean_survival
 
 #: significance level of every verdict
 ALPHA = 0.05
@@ -42,13 +42,18 @@ def summarise_study(study, runs: list[dict]) -> dict:
             for condition in conditions:
                 reports = [r["stability"].get(condition) for r in chosen if r["stability"].get(condition)]
                 row[f"stability_index_{condition}"] = _mean_std([s["stability_index"] for s in reports])
-                row[f"median_time_to_failure_ps_{condition}"] = _mean_std([s["median_time_to_failure_ps"] for s in reports])
                 replicas = _replicas(runs, model, variant, condition)
                 if replicas:
                     times = [x["time_to_failure_ps"] for x in replicas]
                     failed = [x["failed"] for x in replicas]
                     horizon = min(x["run_length_ps"] for x in replicas)
-                    row[f"rmst_ps_{condition}"] = {"mean": restricted_mean_survival(times, failed, horizon), "std": 0.0, "n": 1}
+                    # pooled over every run of every seed and start (labelled so), with the per-seed spread beside it
+                    row[f"median_time_to_failure_ps_{condition}"] = {"pooled": True, "n_runs": len(replicas), "run_length_ps": horizon, **median_survival(times, failed)}
+                    row[f"rmst_ps_{condition}"] = {"pooled": True, "value": restricted_mean_survival(times, failed, horizon), "n_runs": len(replicas)}
+                    seeds = dict.fromkeys(x["training_seed"] for x in replicas)
+                    row[f"rmst_ps_per_seed_{condition}"] = _mean_std([
+                        restricted_mean_survival([x["time_to_failure_ps"] for x in replicas if x["training_seed"] == s],
+                                                 [x["failed"] for x in replicas if x["training_seed"] == s], horizon) for s in seeds])
                     survival.setdefault(model, {}).setdefault(condition, {})[variant] = {**kaplan_meier(times, failed), "run_length_ps": horizon, "n_runs": len(replicas)}
                 reasons: dict[str, int] = {}
                 for s in reports:
