@@ -96,3 +96,66 @@ def study_run(out_dir, model: str, variant: str, seed: int) -> StudyRun:
 
 def study_summary(out_dir) -> Path:
     return Path(out_dir) / "summary.json"
+
+
+# what stableff deletes: only what it wrote (``--fresh``, a replica run again)
+#: the marker file of a folder stableff made as a command's output
+MARKER_FILE = ".stableff"
+#: names (fnmatch patterns) of the files stableff writes in its output folders
+OWN_FILES = (
+    "best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "started.json", "done.json",
+    "accuracy.json", "parity_*.npz", "correlation.json", "correlation_matrices.npz", "probe.json", "structure.json",
+    TRAJECTORY_FILE, THERMO_FILE, SUMMARY_FILE, STATE_FILE, "report.html", "report.md", "*.png", MARKER_FILE,
+    "*.tmp",  # an atomic write cut short
+)
+
+
+#: what one MD run writes in its folder
+MD_RUN_FILES = (TRAJECTORY_FILE, THERMO_FILE, SUMMARY_FILE, STATE_FILE, "*.tmp")
+
+
+def is_own_file(path, patterns=OWN_FILES) -> bool:
+    import fnmatch
+
+    return any(fnmatch.fnmatch(Path(path).name, pattern) for pattern in patterns)
+
+
+def mark_output_folder(folder, command: str) -> None:
+    """Mark ``folder`` as made by stableff (``--fresh`` may later clear it)."""
+    import json
+
+    from stableff import __version__
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / MARKER_FILE
+    if not marker.exists():
+        marker.write_text(json.dumps({"made_by": "stableff", "command": command, "version": __version__}) + "\n")
+
+
+def remove_own_files(folder, require_marker: bool = True, patterns=OWN_FILES) -> list[Path]:
+    """Delete the files stableff wrote in ``folder`` (and the folders that are then empty); returns
+    the files left because stableff did not write them. ``require_marker``: refuse (StableFFError)
+    a folder without stableff's marker, i.e. one stableff did not make."""
+    from stableff.errors import StableFFError
+
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise StableFFError(f"{folder} is not a folder: refusing to delete it")
+    if require_marker and not (folder / MARKER_FILE).is_file():
+        raise StableFFError(f"{folder} was not made by stableff (no {MARKER_FILE} marker in it): refusing to delete anything there; "
+                            "choose another --out, or delete it yourself")
+    kept = []
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_symlink() or path.is_file():
+            if is_own_file(path, patterns) and not path.is_symlink():
+                path.unlink()
+            else:
+                kept.append(path)
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+    return sorted(kept)

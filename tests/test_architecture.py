@@ -34,22 +34,29 @@ def unit_of(path: Path) -> str:
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
 
 
+def layer_violations(path: Path, unit: str) -> list[str]:
+    """The imports of ``path`` (a module of the top-level unit ``unit``) that break the layering: a
+    module of a higher layer, or a sibling of the same layer."""
+    violations = []
+    for line, module in imports_of(path):
+        parts = module.split(".")
+        if parts[0] != "stableff" or len(parts) == 1:
+            continue
+        target = parts[1]
+        if target == unit:
+            continue
+        assert target in LAYERS, f"{path}:{line} imports unknown stableff.{target}"
+        if LAYERS[target] >= LAYERS[unit]:
+            violations.append(f"{path}:{line}: {unit} (layer {LAYERS[unit]}) imports stableff.{target} (layer {LAYERS[target]})")
+    return violations
+
+
 def test_no_module_imports_a_layer_above_it():
     violations = []
     for path in sorted(PACKAGE.rglob("*.py")):
         unit = unit_of(path)
         assert unit in LAYERS, f"{path}: add this module to the layer table (and to the README)"
-        for line, module in imports_of(path):
-            parts = module.split(".")
-            if parts[0] != "stableff" or len(parts) == 1:
-                continue
-            target = parts[1]
-            if target == unit:
-                continue
-            assert target in LAYERS, f"{path}:{line} imports unknown stableff.{target}"
-            same_layer_sibling = LAYERS[target] == LAYERS[unit]
-            if LAYERS[target] > LAYERS[unit] or same_layer_sibling:
-                violations.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {unit} (layer {LAYERS[unit]}) imports stableff.{target} (layer {LAYERS[target]})")
+        violations += layer_violations(path, unit)
     assert not violations, "\n".join(violations)
 
 
@@ -60,9 +67,17 @@ def test_md_analysis_and_report_never_reach_training_code():
 
 
 def test_the_checker_sees_a_violation(tmp_path):
+    """The layer rule itself, on deliberately wrong imports (inside a function too): md reaching
+    train (same layer), models reaching md (above), data reaching the study; a correct one passes."""
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from stableff.train.loop import Trainer\n")
-    assert ("stableff.train.loop" in [m for _, m in imports_of(bad)])
+    assert len(layer_violations(bad, "md")) == 1
+    bad.write_text("import stableff.md.settings\n")
+    assert layer_violations(bad, "models") and layer_violations(bad, "md") == []
+    bad.write_text("from stableff.study.conditions import Condition\n")
+    assert layer_violations(bad, "data")
+    bad.write_text("from stableff.data import keys\nfrom stableff.layout import StudyRun\n")
+    assert layer_violations(bad, "study") == []
 
 
 def test_no_file_cites_a_document_outside_the_repository():

@@ -162,3 +162,37 @@ def test_two_process_data_parallel_gradients_match_single_process():
         assert loss == pytest.approx(loss_single, rel=1e-10)
         for name, grad in grads_single.items():
             np.testing.assert_allclose(grads[name], grad, rtol=1e-9, atol=1e-12)
+
+
+def test_validation_loss_has_the_stress_term_training_has(tmp_path):
+    """The validation loss (best.ckpt, the plateau scheduler, early stopping) is the training loss's
+    weighted sum on the validation frames, stress included where loss.stress_weight > 0."""
+    import ase.io
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from stableff.train.loop import Trainer
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(12):
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.04 * rng.standard_normal(), cubic=True)
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        frames.append(atoms)
+    ase.io.write(tmp_path / "cu.extxyz", frames)
+    base = {"data": {"train": str(tmp_path / "cu.extxyz"), "val_fraction": 0.25, "train_stress": True},
+            "model": {"name": "nequip", "r_max": 3.0, "num_layers": 1, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+            "training": {"epochs": 1, "batch_size": 3, "seed": 0, "num_threads": 1}}
+    losses = {}
+    for weight in (0.0, 100.0):
+        config = parse_config({**base, "loss": {"stress_weight": weight}})
+        trainer = Trainer(config, tmp_path / f"w{weight:g}", progress=False)
+        trainer.run()
+        metrics = trainer._validate()
+        assert "srmse_meV_per_A3" in metrics
+        expected = (metrics["ermse_meV_per_atom"] / 1000) ** 2 + (metrics["frmse_meV_per_A"] / 1000) ** 2 + weight * (metrics["srmse_meV_per_A3"] / 1000) ** 2
+        assert metrics["loss"] == pytest.approx(expected, rel=1e-12)
+        losses[weight] = metrics
+    assert losses[100.0]["loss"] > (losses[100.0]["ermse_meV_per_atom"] / 1000) ** 2 + (losses[100.0]["frmse_meV_per_A"] / 1000) ** 2

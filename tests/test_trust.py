@@ -167,6 +167,13 @@ def test_outputs_checked_before_any_work(trained_model, tmp_path, capsys):
     (["train", "{config}", "--out", "{tmp}/t", "=5"], ["override '=5'", "is not a key"]),
     (["train", "{config}", "--out", "{tmp}/t", "decorrelation.layers=[4]"], ["decorrelation.layers [4] out of range for a model with 3"]),
     (["rdf", "acac:test_MD_300K", "--reference", "{tmp}/missing.csv"], ["missing.csv", "no such file"]),
+    # bad numbers are refused before any work, not run into a model "failure"
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--friction", "-1"], ["friction_per_fs must be positive"]),
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--ensemble", "bussi", "--damping-fs", "-5"], ["damping_fs must be positive"]),
+    (["stability", "{model}", "acac:test_MD_300K", "--out", "{tmp}/s", "--workers", "0"], ["--workers must be at least 1"]),
+    (["stability", "{model}", "acac:test_MD_300K", "--out", "{tmp}/s", "--close-contact-factor", "-0.5"], ["close_contact_factor must be positive"]),
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--energy-drift-meV-per-atom", "0"], ["energy_drift_meV_per_atom must be positive"]),
+    (["probe", "{model}", "--eos", "acac:test_MD_300K"], ["test_MD_300K", "needs a cell periodic in all three directions"]),
 ])
 def test_user_errors_end_in_one_line(argv, fragments, trained_model, tmp_path, capsys):
     config = tmp_path / "c.yaml"
@@ -247,3 +254,58 @@ def test_calculator_equals_the_evaluation_path_in_float64(tmp_path, acac_frames)
         assert atoms.get_potential_energy() == pytest.approx(prediction["energy_pred"][k], abs=1e-6)
         np.testing.assert_allclose(atoms.get_forces(), prediction["forces_pred"][offset : offset + len(frame)], atol=1e-6)
         offset += len(frame)
+
+
+def test_fresh_deletes_only_what_stableff_made(tmp_path, capsys):
+    """--fresh never deletes a folder stableff did not make (``demo --out . --fresh`` in a project
+    folder), and inside one of its own deletes only the files it wrote; a replica run again keeps a
+    file the user put beside its outputs."""
+    from stableff.layout import MARKER_FILE, mark_output_folder, remove_own_files
+
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "notes.txt").write_text("mine")
+    (project / "summary.json").write_text("{}")
+    one_line_error(capsys, ["demo", "--out", project, "--fresh"], "was not made by stableff", "refusing to delete")
+    assert (project / "src" / "notes.txt").read_text() == "mine" and (project / "summary.json").exists()
+    ours = tmp_path / "ours"
+    mark_output_folder(ours, "demo")
+    run = ours / "nequip" / "baseline" / "seed_0"
+    run.mkdir(parents=True)
+    for name in ("best.ckpt", "metrics.csv", "accuracy.json", "parity_ID.npz"):
+        (run / name).write_text("x")
+    (run / "my_analysis.py").write_text("print(1)")
+    kept = remove_own_files(ours)
+    assert kept == [run / "my_analysis.py"] and not (run / "best.ckpt").exists() and not (ours / MARKER_FILE).exists()
+
+
+def test_a_replica_run_again_keeps_the_users_files(tmp_path):
+    from stableff.layout import MD_RUN_FILES, remove_own_files
+
+    replica = tmp_path / "start_0" / "replica_000"
+    replica.mkdir(parents=True)
+    for name in ("trajectory.extxyz", "thermo.csv", "summary.json", "state.pt"):
+        (replica / name).write_text("old")
+    (replica / "plot.png").write_text("user's")
+    assert remove_own_files(replica, require_marker=False, patterns=MD_RUN_FILES) == [replica / "plot.png"]
+    assert sorted(p.name for p in replica.iterdir()) == ["plot.png"]
+
+
+def test_empty_seeds_or_variants_and_a_list_config_are_configuration_errors(tmp_path):
+    from stableff.errors import ConfigError
+    from stableff.study import load_study_config
+    from stableff.train.config import load_config
+
+    study = tmp_path / "study.yaml"
+    for key, text in (("seeds", "seeds: []"), ("variants", "variants: []")):
+        study.write_text(f"training: {{data: {{train: acac:train_300K}}}}\n{text}\n")
+        with pytest.raises(ConfigError, match=rf"{key}: Value error, list at least one"):
+            load_study_config(study)
+    study.write_text("training: {data: {train: acac:train_300K}}\nseeds: [0, 0]\n")
+    with pytest.raises(ConfigError, match="seeds: Value error, a seed is listed twice"):
+        load_study_config(study)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- data: {train: acac:train_300K}\n")
+    for overrides in ([], ["training.epochs=1"]):
+        with pytest.raises(ConfigError, match="list.yaml: a configuration is a mapping of keys to values"):
+            load_config(listed, overrides)

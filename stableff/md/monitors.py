@@ -42,6 +42,15 @@ class MonitorSettings:
     bond_length_deviation_A: float = 0.5
     check_bond_length: bool = False  # opt-in: proton hopping and hot methyl groups are physics
 
+    def validate(self) -> None:
+        """Every factor and window positive (a negative threshold would never, or always, fire)."""
+        from stableff.errors import StableFFError
+
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type in (float, "float") and not value > 0:
+                raise StableFFError(f"{field.name} must be positive (got {value})")
+
 
 @dataclasses.dataclass
 class Failure:

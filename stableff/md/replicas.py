@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from stableff.errors import StableFFError
 from stableff.fingerprint import RESULT_FORMAT, atoms_hash, differences, file_hash
 from stableff.io import read_json
-from stableff.layout import SUMMARY_FILE
+from stableff.layout import MD_RUN_FILES, SUMMARY_FILE, remove_own_files
 from stableff.md.monitors import MonitorSettings
 from stableff.md.settings import DEFAULT_ENGINE, ENGINES, MDSettings
 
@@ -102,6 +101,7 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
         "md": md,
         "engine": task.engine,  # the engines draw different random numbers: same statistics, not the same runs
         "compiled": task.compile,  # compiled code rounds differently: the same physics, not the same trajectory
+        **({} if task.device == "cpu" else {"device": task.device}),  # so does another device (absent: the CPU, as before)
         "monitor": dataclasses.asdict(task.monitor_settings),
         "structure_check": check.fingerprint() if check is not None else None,
     }
@@ -159,8 +159,8 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
         state = read_state(folder, fingerprints[k]) if tasks[k].engine == "batched" and not fresh else None
         if state is not None:  # an interrupted batched replica with the same inputs: continue it
             resume[k] = state
-        elif folder.exists():
-            shutil.rmtree(folder)
+        elif folder.exists():  # only the files a replica writes: anything a user put there stays
+            remove_own_files(folder, require_marker=False, patterns=MD_RUN_FILES)
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(pending) or 1, cores))
     if progress and len(tasks) - len(pending):

@@ -45,9 +45,10 @@ class MDSettings:
     def validate(self) -> None:
         if self.ensemble not in ENSEMBLES:
             raise StableFFError(f"unknown ensemble '{self.ensemble}' (choose from {', '.join(ENSEMBLES)})")
-        for name in ("timestep_fs", "steps", "log_interval", "traj_interval"):
-            if getattr(self, name) <= 0:
-                raise StableFFError(f"{name} must be positive (got {getattr(self, name)})")
+        for name in ("timestep_fs", "steps", "log_interval", "traj_interval", "friction_per_fs", "damping_fs"):
+            value = getattr(self, name)
+            if not value > 0:  # also refuses NaN
+                raise StableFFError(f"{name} must be positive (got {value})")
         if self.temperature_K < 0:
             raise StableFFError(f"temperature must be >= 0 K (got {self.temperature_K})")
 

@@ -7,7 +7,6 @@ errors, a per-species MAE over every atom of every file), never by averaging per
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -78,7 +77,9 @@ def error_metrics(prediction: dict) -> dict:
             for z in np.unique(prediction["species"])
         }
     if prediction["stress_ref"] is not None:
-        metrics["smae_meV_per_A3"] = float(1000 * np.mean(np.abs(prediction["stress_pred"] - prediction["stress_ref"])))
+        stress_error = prediction["stress_pred"] - prediction["stress_ref"]
+        metrics["smae_meV_per_A3"] = float(1000 * np.mean(np.abs(stress_error)))
+        metrics["srmse_meV_per_A3"] = float(1000 * np.sqrt(np.mean(stress_error**2)))
     return metrics
 
 

@@ -42,10 +42,11 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 log(f"[{model_name} / {variant} / seed {seed}]")
                 done = train_stage(variant_config(study, model, variant, seed), run_dir, log)
                 model_path = files.best_checkpoint
-                accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log)
-                correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log)
-                probe = probe_stage(model_path, done["model_hash"], run_dir, log)
-                stability = stability_stage(model_path, plan, starts, run_dir, log)
+                device = study.device
+                accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log, device=device)
+                correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log, device=device)
+                probe = probe_stage(model_path, done["model_hash"], run_dir, log, device=device)
+                stability = stability_stage(model_path, plan, starts, run_dir, log, device=device)
                 structure = structure_stage(stability, study.test.in_distribution, run_dir, log)
                 runs.append({
                     "model": model_name, "variant": variant, "seed": seed, "path": str(run_dir),

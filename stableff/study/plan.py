@@ -76,10 +76,38 @@ class StudyConfig(StrictConfig):
     sam: dict = {"rho": 0.005}
     test: TestSets = TestSets()
     stability: StabilityPlan = StabilityPlan()
+    # where every stage runs (training, accuracy, correlation, probes, MD): named once for the study
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _usable_device(cls, value):
+        import torch
+
+        try:
+            device = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"'{value}' is not a device (cpu, cuda or cuda:N)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"'{value}' is not available here (this torch has no CUDA device)")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"'{value}' is not supported (cpu, cuda or cuda:N)")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, value):
+        if not value:
+            raise ValueError("list at least one training seed (e.g. [0, 1, 2])")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a seed is listed twice in {value}")
+        return value
 
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, value):
+        if not value:
+            raise ValueError("list at least one variant (e.g. [baseline, decorrelated])")
         remedies = [frozenset(variant_remedies(v)) for v in value]
         if len(set(remedies)) != len(remedies):
             raise ValueError(f"the same variant is listed twice in {value}")
@@ -111,6 +139,10 @@ def variant_config(study: StudyConfig, model: dict, variant: str, seed: int, sou
     raw = copy.deepcopy(study.training)
     raw["model"] = copy.deepcopy(model)
     raw.setdefault("training", {})["seed"] = seed
+    named = raw["training"].get("device")
+    if named is not None and named != study.device and "device" in study.model_fields_set:
+        raise ConfigError(f"{source}: training.device is '{named}' but the study's device is '{study.device}': name the device once, as device:")
+    raw["training"]["device"] = study.device if (named is None or "device" in study.model_fields_set) else named
     remedies = variant_remedies(variant)
     raw.setdefault("decorrelation", {})["enabled"] = "decorrelated" in remedies
     if "sam" in remedies:

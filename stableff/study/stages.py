@@ -87,12 +87,18 @@ def train_stage(config, run_dir: Path, log=print) -> dict:
     return done
 
 
-def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[str]], run_dir: Path, log=print) -> dict:
+def _device_key(device: str) -> dict:
+    """The device in a stage's fingerprint (results on another device round differently); absent
+    for the CPU, as in fingerprints written before studies named their device."""
+    return {} if device == "cpu" else {"device": device}
+
+
+def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[str]], run_dir: Path, log=print, device: str = "cpu") -> dict:
     """EMAE/FMAE (and RMSEs, per-species FMAE) per kind of test set ("ID", "OOD"), pooled over its
     files; parity data saved as parity_<kind>.npz."""
     from stableff.measures.accuracy import evaluate_files, pooled_metrics
 
-    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "test": {kind: content_hashes(files) for kind, files in test_sets.items() if files}}
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "test": {kind: content_hashes(files) for kind, files in test_sets.items() if files}, **_device_key(device)}
     outputs = StudyRun(run_dir)
     stored = _reuse(outputs.accuracy, fingerprint, "accuracy", log)
     if stored is not None:
@@ -102,25 +108,25 @@ def accuracy_stage(model_path: Path, model_hash: str, test_sets: dict[str, list[
     for kind, files in test_sets.items():
         if not files:
             continue
-        metrics, prediction = pooled_metrics(evaluate_files(model_path, files, progress=False))
+        metrics, prediction = pooled_metrics(evaluate_files(model_path, files, device=device, progress=False))
         accuracy[kind] = metrics
         np.savez_compressed(outputs.parity(kind), **{k: v for k, v in prediction.items() if v is not None})
     write_json_atomic({"fingerprint": fingerprint, "accuracy": accuracy}, outputs.accuracy)
     return accuracy
 
 
-def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_dir: Path, log=print) -> dict:
+def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_dir: Path, log=print, device: str = "cpu") -> dict:
     """Per-layer corr_l over ``files`` (mean, spread over batches), the mean over layers; R matrices
     saved as correlation_matrices.npz."""
     from stableff.measures.correlation import correlation_of_files
 
-    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "data": content_hashes(files)}
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "data": content_hashes(files), **_device_key(device)}
     outputs = StudyRun(run_dir)
     stored = _reuse(outputs.correlation, fingerprint, "correlation", log)
     if stored is not None:
         return stored["correlation"]
     log("  edge-feature correlation")
-    result = correlation_of_files(model_path, files, progress=False)
+    result = correlation_of_files(model_path, files, device=device, progress=False)
     correlation = {
         "corr_mean": result["corr_mean"], "corr_std": result["corr_std"], "n_channels": result["n_channels"],
         "mean_over_layers": float(np.nanmean(result["corr_mean"])),
@@ -130,7 +136,7 @@ def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_d
     return correlation
 
 
-def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print) -> dict:
+def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, device: str = "cpu") -> dict:
     """Replicas at every temperature from every start; returns {"ID@1200K": stability report, ...}.
     Replicas whose inputs changed are run again (each replica is keyed by its own fingerprint)."""
     from stableff.analysis.stability import stability_report
@@ -140,7 +146,7 @@ def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print) ->
     stability = {}
     for temperature in plan.temperatures_K:
         tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
-                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), engine=plan.engine, compile=plan.compile)
+                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), device=device, engine=plan.engine, compile=plan.compile)
         if not tasks:
             continue
         log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")
@@ -191,17 +197,17 @@ def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, 
     return structure
 
 
-def probe_stage(model_path: Path, model_hash: str, run_dir: Path, log=print) -> dict:
+def probe_stage(model_path: Path, model_hash: str, run_dir: Path, log=print, device: str = "cpu") -> dict:
     """Dimer curves of every species pair and their holes (probe.json)."""
     from stableff.analysis.probes import dimer_curves, holes
     from stableff.models.saved import model_from_checkpoint
 
-    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "step_A": 0.02}
+    fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "step_A": 0.02, **_device_key(device)}
     stored = _reuse(StudyRun(run_dir).probe, fingerprint, "probe", log)
     if stored is not None:
         return stored["probe"]
     log("  dimer probe")
-    model, statistics = model_from_checkpoint(model_path)
+    model, statistics = model_from_checkpoint(model_path, device=device)
     curves = dimer_curves(model, statistics, step=0.02)
     probe = {"dimers": curves, "holes": holes(curves)}
     write_json_atomic({"fingerprint": fingerprint, "probe": probe}, StudyRun(run_dir).probe)

@@ -201,6 +201,8 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = 
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys to values (this file holds a {type(raw).__name__})")
     return apply_overrides(raw, overrides or [])
 
 

@@ -24,7 +24,7 @@ from stableff.data import keys
 from stableff.data.graph import collate, edges_first, frame_to_graph, to_device
 from stableff.data.stats import compute_statistics
 from stableff.errors import StableFFError
-from stableff.models import build_model
+from stableff.models import MODELS, build_model
 from stableff.io import save_torch_atomic, write_text_atomic
 from stableff.layout import TrainingRun
 from stableff.measures.accuracy import error_metrics, predict
@@ -34,7 +34,7 @@ from stableff.train.config import Config, config_to_dict
 from stableff.train.data import data_hashes, load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
 from stableff.train.decorrelation import coefficient, correlation_loss, sample_edges
-from stableff.train.losses import loss_sums, weighted_loss
+from stableff.train.losses import combine_terms, loss_sums, loss_weights, weighted_loss
 from stableff.train.sam import SAM
 
 
@@ -76,7 +76,7 @@ def gradient_step(model, local_graphs, config: Config, world: int, device, dtype
     With decorrelation enabled, adds lambda_corr * L_corr (L_corr on this process's edges, averaged
     over processes). Returns (total loss, per-term values, per-layer corr_l or None).
     """
-    weights = {"energy": config.loss.energy_weight, "forces": config.loss.forces_weight, "stress": config.loss.stress_weight}
+    weights = loss_weights(config.loss)
     use_stress = config.loss.stress_weight > 0
     decorrelation = config.decorrelation
     l_corr, measures = None, None
@@ -173,7 +173,7 @@ class Trainer:
 
             self.statistics = DatasetStatistics.from_dict(self.resume_from["statistics"])
         else:
-            r_max = float(config.model.hyperparameters().get("r_max", 5.0))
+            r_max = float(config.model.hyperparameters().get("r_max", MODELS[config.model.name].default_hyperparameter("r_max")))
             self.statistics = compute_statistics(splits["train"], r_max, isolated_atoms=isolated)
         self.model = build_from_statistics(config, self.statistics).to(device=self.device, dtype=self.dtype)
         cutoff = self.model.r_max
@@ -315,9 +315,11 @@ class Trainer:
         load_weights(self.eval_model, self.inference_state())
         prediction = predict(self.eval_model, self.graphs["validation"], batch_size=max(self.config.training.batch_size, 8), device=self.device)
         metrics = error_metrics(prediction)
-        energy_mse = (metrics["ermse_meV_per_atom"] / 1000) ** 2
-        force_mse = (metrics["frmse_meV_per_A"] / 1000) ** 2
-        metrics["loss"] = self.config.loss.energy_weight * energy_mse + self.config.loss.forces_weight * force_mse
+        # the training loss's weighted terms, on the validation frames (stress where it is trained)
+        terms = {"energy": (metrics["ermse_meV_per_atom"] / 1000) ** 2, "forces": (metrics["frmse_meV_per_A"] / 1000) ** 2}
+        if self.config.loss.stress_weight > 0 and "srmse_meV_per_A3" in metrics:
+            terms["stress"] = (metrics["srmse_meV_per_A3"] / 1000) ** 2
+        metrics["loss"] = combine_terms(terms, loss_weights(self.config.loss))
         correlation = dataset_correlation(
             self.eval_model, self.graphs["validation"], batch_size=max(self.config.training.batch_size, 8), device=self.device,
             channels=self.config.decorrelation.channels,

@@ -27,12 +27,21 @@ def loss_sums(prediction: dict, batch: dict, use_stress: bool) -> dict[str, torc
     return sums
 
 
+def loss_weights(loss_config) -> dict[str, float]:
+    """w_E, w_F, w_S of a ``loss:`` block (the weights of training and of validation alike)."""
+    return {"energy": loss_config.energy_weight, "forces": loss_config.forces_weight, "stress": loss_config.stress_weight}
+
+
+def combine_terms(terms: dict, weights: dict[str, float]):
+    """sum_k w_k * MSE_k: the one weighted loss, over whichever terms are there (tensors while
+    training, floats in validation)."""
+    total = 0.0
+    for name, term in terms.items():
+        total = total + weights.get(name, 0.0) * term
+    return total
+
+
 def weighted_loss(sums: dict, global_counts: dict[str, float], weights: dict[str, float]) -> tuple[torch.Tensor, dict]:
     """Total loss sum_k w_k * SSE_k / count_k (count over the global batch) and the per-term values."""
-    total = 0.0
-    terms = {}
-    for name, (sse, _) in sums.items():
-        term = sse / max(global_counts[name], 1.0)
-        terms[name] = term
-        total = total + weights.get(name, 0.0) * term
-    return total, terms
+    terms = {name: sse / max(global_counts[name], 1.0) for name, (sse, _) in sums.items()}
+    return combine_terms(terms, weights), terms
