@@ -56,6 +56,10 @@ class MDSettings:
     def length_ps(self) -> float:
         return self.steps * self.timestep_fs / 1000.0
 
+    def shared_part(self) -> "MDSettings":
+        """These settings without what differs between replicas of one run (seed, progress display)."""
+        return dataclasses.replace(self, seed=0, progress=False)
+
     def same_run(self, other: "MDSettings") -> bool:
         """True when ``other`` differs at most in its seed and progress display (replicas of one run)."""
-        return dataclasses.replace(self, seed=0, progress=False) == dataclasses.replace(other, seed=0, progress=False)
+        return self.shared_part() == other.shared_part()

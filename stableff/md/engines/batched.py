@@ -235,7 +235,7 @@ def run_tasks(tasks: list, identities: list[dict], progress: bool = True, states
     groups: dict[tuple, list[int]] = {}
     for k, task in enumerate(tasks):
         step = states[k]["step"] if states[k] is not None else 0
-        key = (task.model_path, task.device, task.compile, repr(dataclasses.replace(task.settings, seed=0, progress=False)), repr(task.monitor_settings), step)
+        key = (task.model_path, task.device, task.compile, repr(task.settings.shared_part()), repr(task.monitor_settings), step)
         groups.setdefault(key, []).append(k)
     results: dict[int, dict] = {}
     sizes = [len(task.atoms) for task in tasks]
