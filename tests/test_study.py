@@ -44,9 +44,16 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "stableff", *map(str, args)], capture_output=True, text=True)
 
 
-def test_miniature_study_end_to_end(mini_study):
+@pytest.fixture(scope="module")
+def finished_study(mini_study):
+    """The miniature study run once (its output folder read by the tests that start from it)."""
     tmp, config = mini_study
-    result = run_cli("study", config, "--out", tmp / "out")
+    return run_cli("study", config, "--out", tmp / "out")
+
+
+def test_miniature_study_end_to_end(mini_study, finished_study):
+    tmp, config = mini_study
+    result = finished_study
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp / "out" / "summary.json").read_text())
     assert [r["variant"] for r in summary["rows"]] == ["baseline", "decorrelated"]
@@ -89,12 +96,15 @@ def test_killed_study_resumes_without_redoing_finished_steps(mini_study):
     assert again.returncode == 0 and "training ..." not in again.stdout and "evaluating accuracy" not in again.stdout
 
 
-def test_changed_temperature_keeps_the_models_and_recomputes_stability(mini_study, tmp_path):
+def test_changed_temperature_keeps_the_models_and_recomputes_stability(mini_study, finished_study, tmp_path):
     """A study rerun with another MD temperature reuses its trained models, accuracy and correlation,
     and runs its MD again: never the old replicas reported under the new temperature."""
+    import shutil
+
     tmp, config = mini_study
+    assert finished_study.returncode == 0, finished_study.stderr[-3000:]
     out = tmp_path / "study"
-    assert run_cli("study", config, "--out", out).returncode == 0
+    shutil.copytree(tmp / "out", out)  # a copy of the finished study (its files keep their times)
     checkpoint = out / "nequip" / "baseline" / "seed_0" / "best.ckpt"
     before = checkpoint.stat().st_mtime_ns
     raw = yaml.safe_load(config.read_text())
