@@ -35,6 +35,7 @@ embeddings m after each interaction block.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -144,6 +145,32 @@ def residual_layer(width: int) -> Residual:
     return Residual(nn.Sequential(dense(width, width), dense(width, width)))
 
 
+def _triplet_sum(x_in: torch.Tensor, sph: torch.Tensor, e_out: torch.Tensor, ragged: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """S[e, l, f] = sum over the triplets t of edge e (e_out(t) = e) of Y_l(t) x_in[t, f], as one
+    batched product of padded [E, L, k_max] and [E, k_max, F] blocks (``ragged``: the place of each
+    triplet in its edge's row, ``counts``: triplets per edge)."""
+    num_edges = counts.shape[0]
+    kmax = 1
+    if e_out.shape[0] > 0:
+        kmax = max(int(counts.max()), 1)
+    padded_x = x_in.new_zeros((num_edges, kmax, x_in.shape[1]))
+    padded_x[e_out, ragged] = x_in
+    padded_sph = sph.new_zeros((num_edges, sph.shape[1], kmax))
+    padded_sph[e_out, :, ragged] = sph
+    return torch.bmm(padded_sph, padded_x)
+
+
+@functools.cache
+def _scripted_triplet_sum():
+    """The same function compiled by TorchScript, for a traced export (stableff.models.export): there
+    k_max is data, not a constant frozen into the trace."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_triplet_sum)
+
+
 class TripletInteraction(nn.Module):
     """GemNet-T's efficient triplet interaction (down-projection, basis transformation, bilinear
     layer, up-projection for the edge and for its reverse)."""
@@ -160,16 +187,12 @@ class TripletInteraction(nn.Module):
         self.up_ji = dense(emb_size_bil_trip, emb_size_edge)
         self.up_ij = dense(emb_size_bil_trip, emb_size_edge)
 
-    def forward(self, m, rbf, cbf_radial, sph, e_in, e_out, ragged, kmax, reverse, inv_sqrt_triplets):
+    def forward(self, m, rbf, cbf_radial, sph, e_in, e_out, ragged, counts, reverse, inv_sqrt_triplets):
         x = self.dense_kj(m) * self.rbf_kj(rbf)
         x = self.down(x)  # [E, F]
-        num_edges = m.shape[0]
         # sum over k first: S[e, l, f] = sum_{t: e_out = e} Y_l(theta_t) x[e_in(t), f]
-        padded_x = x.new_zeros((num_edges, kmax, x.shape[1]))
-        padded_x[e_out, ragged] = x.index_select(0, e_in)
-        padded_sph = sph.new_zeros((num_edges, sph.shape[1], kmax))
-        padded_sph[e_out, :, ragged] = sph
-        summed = torch.bmm(padded_sph, padded_x) * inv_sqrt_triplets  # [E, L, F]
+        padded_sum = _scripted_triplet_sum() if torch.jit.is_tracing() else _triplet_sum
+        summed = padded_sum(x.index_select(0, e_in), sph, e_out, ragged, counts) * inv_sqrt_triplets  # [E, L, F]
         radial = torch.einsum("eln,lnc->elc", cbf_radial, self.cbf_weight)  # [E, L, C]
         mixed = torch.einsum("elc,elf->efc", radial, summed)  # [E, F, C]
         y = torch.einsum("efc,fco->eo", mixed, self.bilinear)
@@ -191,8 +214,8 @@ class InteractionBlock(nn.Module):
         self.concat_residual = nn.Sequential(*[residual_layer(emb_size_edge) for _ in range(num_concat)])
 
     def forward(self, h, m, rbf, cbf_radial, sph, graph):
-        centre, neighbour, e_in, e_out, ragged, kmax, reverse, inv_sqrt_neighbors, inv_sqrt_triplets = graph
-        y = self.triplet(m, rbf, cbf_radial, sph, e_in, e_out, ragged, kmax, reverse, inv_sqrt_triplets)
+        centre, neighbour, e_in, e_out, ragged, counts, reverse, inv_sqrt_neighbors, inv_sqrt_triplets = graph
+        y = self.triplet(m, rbf, cbf_radial, sph, e_in, e_out, ragged, counts, reverse, inv_sqrt_triplets)
         x = self.before_skip((self.skip(m) + y) * INV_SQRT2)
         m = self.after_skip((m + x) * INV_SQRT2)
         atom_messages = edge_messages_to_atoms(m, self.atom_rbf(rbf), centre, h.shape[0], inv_sqrt_neighbors)
@@ -262,15 +285,14 @@ class GemNetT(EnergyNetwork):
         e_in, e_out = build_triplets(edge_index, shifts, num_atoms)
         num_edges = edge_index.shape[1]
         counts = torch.bincount(e_out, minlength=num_edges)
-        ragged = torch.arange(len(e_out), device=e_out.device) - (torch.cumsum(counts, 0) - counts)[e_out]
-        kmax = int(counts.max().item()) if len(e_out) else 0
+        ragged = torch.arange(e_out.shape[0], device=e_out.device) - (torch.cumsum(counts, 0) - counts)[e_out]
         reverse = reverse_edges(edge_index, shifts, num_atoms)
         rbf, envelope = self.radial(edge_lengths)
         cbf_radial = self.spherical.radial(edge_lengths, envelope)
         # angle at j between j -> i (= -vector of edge i <- j) and j -> k (= vector of edge j <- k)
         cos_theta = (-edge_vectors.index_select(0, e_out) * edge_vectors.index_select(0, e_in)).sum(-1) / (edge_lengths.index_select(0, e_out) * edge_lengths.index_select(0, e_in))
         sph = self.spherical.angular(cos_theta.clamp(-1.0, 1.0))
-        graph = (centre, neighbour, e_in, e_out, ragged, max(kmax, 1), reverse, self.inv_sqrt_neighbors, self.inv_sqrt_triplets)
+        graph = (centre, neighbour, e_in, e_out, ragged, counts, reverse, self.inv_sqrt_neighbors, self.inv_sqrt_triplets)
         h = self.atom_embedding(batch[keys.SPECIES])
         m = self.edge_embedding(torch.cat([h.index_select(0, centre), h.index_select(0, neighbour), self.edge_rbf(rbf)], dim=-1))
         energies = self.outputs[0](m, rbf, centre, num_atoms, self.inv_sqrt_neighbors)

@@ -16,8 +16,8 @@ def build_triplets(edge_index: torch.Tensor, shifts: torch.Tensor, num_atoms: in
     counts = torch.bincount(centre, minlength=num_atoms)
     starts = torch.cumsum(counts, 0) - counts
     per_edge = counts[neighbour]  # edges centred on j, for every edge i <- j
-    e_out = torch.repeat_interleave(torch.arange(len(neighbour), device=centre.device), per_edge)
-    offsets = torch.arange(len(e_out), device=centre.device) - torch.repeat_interleave(torch.cumsum(per_edge, 0) - per_edge, per_edge)
+    e_out = torch.repeat_interleave(torch.arange(neighbour.shape[0], device=centre.device), per_edge)
+    offsets = torch.arange(e_out.shape[0], device=centre.device) - torch.repeat_interleave(torch.cumsum(per_edge, 0) - per_edge, per_edge)
     e_in = order[starts[neighbour[e_out]] + offsets]
     # drop k = i through the same periodic image: edge j <- i with the opposite shift
     back = (neighbour[e_in] == centre[e_out]) & torch.all(shifts[e_in] == -shifts[e_out], dim=-1)
