@@ -4,6 +4,7 @@ the work; user errors end in one message on stderr and exit status 1."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib import resources
@@ -186,7 +187,29 @@ def _structure_check(args, starts):
     return check
 
 
+def _print_md_outcome(summary: dict) -> None:
+    if summary["failed"]:
+        print(f"FAILED at {summary['time_to_failure_ps']:.4f} ps (step {summary['failure_step']}): {summary['reason']} - {summary['detail']}")
+    else:
+        print(f"stable for the whole run ({summary['run_length_ps']:g} ps)")
+    print(f"{summary['steps']} steps, {summary['ms_per_step']:.1f} ms/step; files: trajectory.extxyz, thermo.csv, summary.json")
+
+
+def _md_in_lammps(args, settings, atoms) -> int:
+    """``stableff md --engine lammps``: the run as one replica of the lammps engine."""
+    from stableff.md.replicas import build_replica_tasks, engine_runner, start_label
+
+    (task,) = build_replica_tasks(args.model, [(start_label(args.start, args.index), atoms)], settings, 1, _monitor_settings(args), args.out,
+                                  args.device, _structure_check(args, [atoms]), "lammps", args.compile, args.ranks)
+    task.threads = max(1, (os.cpu_count() or 1))
+    print(f"MD in LAMMPS on {args.ranks} MPI rank(s): {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
+          f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
+    _print_md_outcome(engine_runner("lammps")(task, {"start": task.start_label, "replica": 0, "path": str(args.out)}))
+    return 0
+
+
 def cmd_md(args) -> int:
+    from stableff.errors import StableFFError
     from stableff.md.calculator import StableFFCalculator
     from stableff.md.engines.ase import run_md
     from stableff.md.monitors import monitor_from_statistics
@@ -195,16 +218,15 @@ def cmd_md(args) -> int:
     _monitor_settings(args)  # every threshold checked before any work
     _check_outputs(args, [args.model, args.start])
     atoms = _read_start(args.start, args.index)
+    if args.engine == "lammps":
+        return _md_in_lammps(args, settings, atoms)
+    if args.ranks != 1:
+        raise StableFFError(f"--ranks {args.ranks}: MPI ranks are a setting of --engine lammps")
     calculator = StableFFCalculator(args.model, device=args.device, compile=args.compile)
     monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms, _structure_check(args, [atoms]))
     print(f"MD: {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
-    summary = run_md(atoms, calculator, settings, args.out, monitor, label="MD")
-    if summary["failed"]:
-        print(f"FAILED at {summary['time_to_failure_ps']:.4f} ps (step {summary['failure_step']}): {summary['reason']} - {summary['detail']}")
-    else:
-        print(f"stable for the whole run ({summary['run_length_ps']:g} ps)")
-    print(f"{summary['steps']} steps, {summary['ms_per_step']:.1f} ms/step; files: trajectory.extxyz, thermo.csv, summary.json")
+    _print_md_outcome(run_md(atoms, calculator, settings, args.out, monitor, label="MD"))
     return 0
 
 
@@ -225,9 +247,9 @@ def cmd_stability(args) -> int:
     load_checkpoint(args.model)  # a bad model file stops here, not in every worker
     atoms = [_read_start(spec, args.index) for spec in args.start]
     starts = list(zip(unique_start_labels(args.start, args.index), atoms))
-    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine, args.compile)
+    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine, args.compile, args.ranks)
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
-          f"{settings.length_ps:g} ps each, {args.engine} engine, output in {args.out}/")
+          f"{settings.length_ps:g} ps each, {args.engine} engine{f' on {args.ranks} MPI rank(s) per replica' if args.engine == 'lammps' else ''}, output in {args.out}/")
     replicas = run_replicas(tasks, workers=args.workers, fresh=args.fresh)
     report = stability_report(replicas)
     print(f"\n{'start':<20} {'replica':>7} {'seed':>5} {'t_fail (ps)':>12} {'status':<10} reason")
@@ -442,6 +464,37 @@ def cmd_lammps(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The model as a force client of i-PI (or any server of its socket protocol), through ASE's SocketClient."""
+    from ase.calculators.socketio import SocketClient
+
+    from stableff.errors import StableFFError
+    from stableff.md.calculator import StableFFCalculator
+
+    address = args.ipi
+    if address.startswith("unix:"):
+        host, port, unix = None, None, address[len("unix:"):]
+    else:
+        host, _, port_text = address.rpartition(":")
+        if not port_text.isdigit():
+            raise StableFFError(f"--ipi {address}: give HOST:PORT (e.g. localhost:31415) or unix:NAME")
+        host, port, unix = host or "localhost", int(port_text), None
+    atoms = _read_start(args.structure, args.index)
+    atoms.calc = StableFFCalculator(args.model, device=args.device, compile=args.compile)
+    print(f"stableff serve: {args.model} for the {len(atoms)} atoms of {args.structure} [{args.index}] (species in this order), i-PI at {address}", flush=True)
+    try:
+        client = SocketClient(host=host or "localhost", port=port, unixsocket=unix)
+    except OSError as exc:
+        raise StableFFError(f"--ipi {address}: no i-PI server to connect to ({exc})") from None
+    client.run(atoms, use_stress=bool(all(atoms.pbc)))
+    print("stableff serve: the server closed the connection", flush=True)
+    return 0
+
+
+def _add_ranks_argument(p) -> None:
+    p.add_argument("--ranks", type=int, default=1, help="MPI ranks of each LAMMPS run (--engine lammps; default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stableff", description="Stable graph-neural-network force fields: train, evaluate, run MD, measure stability.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -477,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (best.ckpt)")
     p.add_argument("start", help="start structure (any ASE format, acac:NAME)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--engine", choices=["ase", "lammps"], default="ase", help="ase: ASE's integrators in this process; lammps: LAMMPS with pair_style stableff (default ase)")
+    _add_ranks_argument(p)
     _add_md_arguments(p)
     p.set_defaults(func=cmd_md)
 
@@ -488,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=4, help="replicas per start structure (default 4)")
     p.add_argument("--workers", type=int, help="parallel processes (default: number of cores; on CPU the batched engine shares its replicas among them)")
     p.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
-                   help=f"batched: every replica advanced together in one model call per step; ase: one replica per process (default: {DEFAULT_ENGINE})")
+                   help=f"batched: every replica advanced together in one model call per step; ase: one replica per process; lammps: each replica in LAMMPS (default: {DEFAULT_ENGINE})")
+    _add_ranks_argument(p)
     p.add_argument("--json", help="write the report to this JSON file")
     p.add_argument("--plot", help="write survival curves and traces (PNG) into this folder")
     _add_md_arguments(p)
@@ -529,6 +585,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="build folder (default: a cache folder keyed by the sources and versions)")
     p.add_argument("--force", action="store_true", help="build again even where a built plugin exists")
     p.set_defaults(func=cmd_lammps)
+
+    p = sub.add_parser("serve", help="the model as a force client of i-PI (path-integral, replica-exchange MD; start one client per i-PI socket client)")
+    p.add_argument("model", help="checkpoint (best.ckpt)")
+    p.add_argument("--ipi", required=True, help="the i-PI server's address: HOST:PORT or unix:NAME (i-PI's <ffsocket> address)")
+    p.add_argument("--structure", required=True, help="a structure with the atoms in i-PI's order (i-PI sends positions and cell only)")
+    p.add_argument("--index", type=int, default=0, help="frame of STRUCTURE (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    _add_compile_argument(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("study", help="variants of a model (baseline and remedies: decorrelated, sam, zbl and their combinations) over training seeds: accuracy, correlation, MD stability and structure, compared with survival statistics, with a report")
     p.add_argument("config", help="study YAML (example: stableff/configs/demo_study_acac.yaml, the demo's)")

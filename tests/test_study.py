@@ -82,6 +82,11 @@ def test_miniature_study_end_to_end(mini_study, finished_study):
 
 def test_killed_study_resumes_without_redoing_finished_steps(mini_study):
     tmp, config = mini_study
+    raw = yaml.safe_load(config.read_text())
+    raw["variants"] = ["baseline"]  # one model is enough to be killed after
+    raw["stability"]["out_of_distribution"] = []
+    config = tmp / "killed.yaml"
+    config.write_text(yaml.safe_dump(raw))
     out = tmp / "killed"
     first = out / "nequip" / "baseline" / "seed_0" / "done.json"
     kill_when([sys.executable, "-m", "stableff", "study", config, "--out", out], first.exists)
@@ -109,6 +114,7 @@ def test_changed_temperature_keeps_the_models_and_recomputes_stability(mini_stud
     before = checkpoint.stat().st_mtime_ns
     raw = yaml.safe_load(config.read_text())
     raw["stability"]["temperatures_K"] = [350]
+    raw["stability"]["engine"] = "lammps"  # and in another engine: the study reads the lammps engine's files
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(raw))
     result = run_cli("study", changed, "--out", out)
@@ -120,6 +126,7 @@ def test_changed_temperature_keeps_the_models_and_recomputes_stability(mini_stud
     assert summary["conditions"] == ["ID@350K", "OOD@350K"]
     replicas = summary["runs"][0]["stability"]["ID@350K"]["replicas"]
     assert all(r["temperature_K"] == 350 and r["fingerprint"]["md"]["temperature_K"] == 350 for r in replicas)
+    assert all(r["fingerprint"]["engine"] == "lammps" for r in replicas) and "SI ID@350K" in (out / "report.html").read_text()
     # a changed training budget retrains (and says why)
     raw["training"]["training"]["epochs"] = 1
     changed.write_text(yaml.safe_dump(raw))

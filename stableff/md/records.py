@@ -52,6 +52,14 @@ def reopen_run_files(out_dir: Path, thermo_bytes: int, trajectory_bytes: int):
     return tuple(handles)
 
 
+def constrained_forces(atoms, forces: np.ndarray) -> np.ndarray:
+    """The forces as ``atoms.get_forces()`` reports them (adjusted by the atoms' constraints, as the
+    ASE engine's FixCom for Langevin): what every engine records."""
+    for constraint in atoms.constraints:
+        constraint.adjust_forces(atoms, forces)
+    return forces
+
+
 def frame_text(atoms, energy: float, forces) -> str:
     """One extxyz frame: the atoms (without constraints) with their energy and forces."""
     from ase.calculators.singlepoint import SinglePointCalculator

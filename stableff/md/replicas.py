@@ -38,6 +38,7 @@ class ReplicaTask:
     structure_check: object = None  # optional reference-based check (see FailureMonitor)
     engine: str = DEFAULT_ENGINE
     compile: bool = False  # the model evaluated through torch.compile
+    ranks: int = 1  # MPI ranks of one replica (the lammps engine)
 
 
 def replica_seed(seed: int, replica: int) -> int:
@@ -71,18 +72,22 @@ def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
     return labels
 
 
-def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False) -> list[ReplicaTask]:
+def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False, ranks: int = 1) -> list[ReplicaTask]:
     """One task per (start, replica): ``starts`` is a list of (label, ase.Atoms); replica r of every
     start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``."""
     if replicas < 1:
         raise StableFFError(f"the number of replicas must be at least 1 (got {replicas})")
     if engine not in ENGINES:
         raise StableFFError(f"unknown MD engine '{engine}' (choose from {', '.join(ENGINES)})")
+    if ranks < 1 or (ranks > 1 and engine != "lammps"):
+        raise StableFFError(f"--ranks {ranks}: MPI ranks are a setting of the lammps engine (at least 1)")
+    if engine == "lammps" and (compile or torch.device(device).type != "cpu"):
+        raise StableFFError("the lammps engine runs the exported model on the CPU, uncompiled: drop --compile / --device")
     tasks = []
     for label, atoms in starts:
         for r in range(replicas):
             replica_settings = dataclasses.replace(settings, seed=replica_seed(settings.seed, r))
-            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile))
+            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile, ranks=ranks))
     return tasks
 
 
@@ -102,6 +107,7 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
         "engine": task.engine,  # the engines draw different random numbers: same statistics, not the same runs
         "compiled": task.compile,  # compiled code rounds differently: the same physics, not the same trajectory
         **({} if task.device == "cpu" else {"device": task.device}),  # so does another device (absent: the CPU, as before)
+        **({"ranks": task.ranks} if task.engine == "lammps" else {}),  # each rank draws its own thermostat noise
         "monitor": dataclasses.asdict(task.monitor_settings),
         "structure_check": check.fingerprint() if check is not None else None,
     }
@@ -147,7 +153,6 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     """Run every task whose result is not stored with a matching fingerprint; matching ones are read
     back. Order of results = tasks. See :func:`plan_replicas` for ``fresh`` and ``on_mismatch``."""
     from stableff.md.engines import batched as batched_engine
-    from stableff.md.engines.ase import run_replica
     from stableff.md.state_file import read_state
     from stableff.md.supervision import worker_pool
 
@@ -186,6 +191,28 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
             for k, summary in zip(shard, output):
                 results[k] = summary
         pending = [k for k in pending if k not in set(batched)]
+    in_lammps = [k for k in pending if tasks[k].engine == "lammps"]
+    if in_lammps:
+        from stableff.md.engines import lammps as lammps_engine
+
+        lammps_engine.prepare([tasks[k] for k in in_lammps])
+        # one LAMMPS process group per worker, each taking `ranks` cores and running its share in turn
+        ranks = max(tasks[k].ranks for k in in_lammps)
+        groups = max(1, min(workers, cores // ranks, len(in_lammps)))
+        shards = [in_lammps[i::groups] for i in range(groups)]
+        for shard in shards:
+            for k in shard:
+                tasks[k].threads = max(ranks, cores // groups)
+        packed = [([tasks[k] for k in shard], [identities[k] for k in shard], progress and i == 0) for i, shard in enumerate(shards)]
+        if len(shards) == 1:
+            outputs = [lammps_engine.run_tasks(*packed[0])]
+        else:
+            with worker_pool(len(shards)) as pool:
+                outputs = pool.map(_run_lammps_shard, packed)
+        for shard, output in zip(shards, outputs):
+            for k, summary in zip(shard, output):
+                results[k] = summary
+        pending = [k for k in pending if k not in set(in_lammps)]
     bar = None
     if progress and pending:
         from tqdm import tqdm
@@ -194,7 +221,7 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     if workers == 1:
         for k in pending:
             tasks[k].settings.progress = progress
-            results[k] = run_replica(tasks[k], identities[k])
+            results[k] = engine_runner(tasks[k].engine)(tasks[k], identities[k])
             if bar is not None:
                 bar.update(1)
     elif pending:
@@ -221,7 +248,20 @@ def _run_batched_shard(packed) -> list[dict]:
     return batched_engine.run_tasks(tasks, identities, progress, states)
 
 
-def _run_packed(packed):
-    from stableff.md.engines.ase import run_replica
+def _run_lammps_shard(packed) -> list[dict]:
+    from stableff.md.engines import lammps as lammps_engine
 
-    return run_replica(*packed)
+    return lammps_engine.run_tasks(*packed)
+
+
+def engine_runner(engine: str):
+    """``run_replica(task, identity) -> summary`` of a one-replica-per-process engine."""
+    if engine == "lammps":
+        from stableff.md.engines.lammps import run_replica
+    else:
+        from stableff.md.engines.ase import run_replica
+    return run_replica
+
+
+def _run_packed(packed):
+    return engine_runner(packed[0].engine)(*packed)

@@ -15,8 +15,9 @@ ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
 
 #: the engines of replica runs: ``batched`` advances all replicas of a model together, one batched
 #: model call per step (stableff.md.engines.batched); ``ase`` runs one replica per process with
-#: ASE's integrators (stableff.md.engines.ase)
-ENGINES = ("batched", "ase")
+#: ASE's integrators (stableff.md.engines.ase); ``lammps`` runs each replica in LAMMPS on one or more
+#: MPI ranks through pair_style stableff (stableff.md.engines.lammps, the ``lammps`` extra)
+ENGINES = ("batched", "ase", "lammps")
 #: the faster of the two on CPU and on GPU (benchmarks/replica_throughput.py)
 DEFAULT_ENGINE = "batched"
 

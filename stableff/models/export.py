@@ -16,6 +16,7 @@ frozen into the trace is caught at export, not in production.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -186,7 +187,7 @@ def export_model(checkpoint_path: str | Path, out: str | Path, dtype: str = "flo
     metadata = export_metadata(model, checkpoint_path, torch_dtype)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
+    partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
     torch.jit.save(traced, str(partial), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1), PLUGIN_METADATA_FILE: plugin_metadata(metadata)})
     loaded = torch.jit.load(str(partial))
     worst = check_export(loaded, model, structures, torch_dtype)

@@ -43,8 +43,9 @@ class StabilityPlan(StrictConfig):
     in_distribution: list[StartStructures] = []
     out_of_distribution: list[StartStructures] = []
     workers: int | None = Field(None, ge=1)  # processes (default: one per core)
-    engine: str = DEFAULT_ENGINE  # batched | ase
+    engine: str = DEFAULT_ENGINE  # batched | ase | lammps
     compile: bool = False  # MD through torch.compile (slower on CPU today: benchmarks/compile_speed.py)
+    ranks: int = Field(1, ge=1)  # MPI ranks of each replica (engine: lammps)
 
     @field_validator("engine", "ensemble")
     @classmethod

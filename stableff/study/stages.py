@@ -146,7 +146,7 @@ def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, de
     stability = {}
     for temperature in plan.temperatures_K:
         tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
-                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), device=device, engine=plan.engine, compile=plan.compile)
+                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), device=device, engine=plan.engine, compile=plan.compile, ranks=plan.ranks)
         if not tasks:
             continue
         log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")

@@ -30,7 +30,7 @@ from stableff.errors import StableFFError
 from stableff.md import integrators
 from stableff.md.engines.replica_batch import ReplicaBatch
 from stableff.md.monitors import monitor_from_statistics
-from stableff.md.records import FrameRecorder, md_summary, open_run_files, reopen_run_files, write_summary
+from stableff.md.records import constrained_forces, FrameRecorder, md_summary, open_run_files, reopen_run_files, write_summary
 from stableff.md.settings import MDSettings
 from stableff.md.state_file import CHECKPOINT_RECORDS, remove_state, save_state
 
@@ -58,14 +58,6 @@ def _shared_settings(settings: list[MDSettings]) -> MDSettings:
         if not settings[0].same_run(s):
             raise StableFFError("replicas of one batch must share their MD settings (all but the seed)")
     return settings[0]
-
-
-def _constrained(atoms, forces: np.ndarray) -> np.ndarray:
-    """The forces as ``atoms.get_forces()`` reports them (adjusted by the atoms' constraints, as the
-    ASE engine's FixCom for Langevin)."""
-    for constraint in atoms.constraints:
-        constraint.adjust_forces(atoms, forces)
-    return forces
 
 
 def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, progress: bool = True, device: str = "cpu") -> list[dict]:
@@ -171,7 +163,7 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
             atoms = systems[k]
             atoms.arrays["positions"][:] = q_all[start:start + n]
             atoms.arrays["momenta"] = p_all[start:start + n].copy()
-            recorders[k].record(step, atoms, float(e_all[row]), _constrained(atoms, f_all[start:start + n].copy()))
+            recorders[k].record(step, atoms, float(e_all[row]), constrained_forces(atoms, f_all[start:start + n].copy()))
             keep.append(not recorders[k].stop)
             if recorders[k].stop:
                 finish(k, step)
