@@ -49,6 +49,7 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, args.overrides)
     out = check_output_dir(Path(args.out) if args.out else Path("runs") / Path(args.config).stem)
+    _lock_output(out, "train")
     trainer = Trainer(config, out, resume=args.resume)
     result = trainer.run()
     if result and trainer.is_main:
@@ -108,6 +109,16 @@ def cmd_correlation(args) -> int:
     return 0
 
 
+def _lock_output(out, command: str) -> None:
+    """Hold the output folder's lock (one writer at a time; a data-parallel run's rank 0 holds it)."""
+    from stableff.layout import lock_output_dir
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        note = lock_output_dir(out, command)
+        if note:
+            print(note)
+
+
 def _check_outputs(args, inputs) -> None:
     """Every output path of a command, checked before any work starts."""
     from stableff.io import check_output_dir, check_output_file
@@ -118,6 +129,8 @@ def _check_outputs(args, inputs) -> None:
         check_output_dir(args.plot, "--plot folder")
     if getattr(args, "out", None):
         check_output_dir(args.out, "--out folder")
+        if args.command in ("md", "stability"):
+            _lock_output(args.out, args.command)
 
 
 def _md_settings(args) -> MDSettings:
@@ -417,6 +430,7 @@ def cmd_study(args) -> int:
 
     study = load_study_config(args.config, args.overrides)
     out = check_output_dir(Path(args.out) if args.out else Path("studies") / Path(args.config).stem)
+    _lock_output(out, "study")
     mark_output_folder(out, "study")
     _run_study_and_report(study, out)
     return 0
@@ -431,6 +445,7 @@ def cmd_demo(args) -> int:
     config_path = Path(str(resources.files("stableff.configs") / "demo_study_acac.yaml"))
     study = load_study_config(config_path, args.overrides)
     out = check_output_dir(args.out)
+    _lock_output(out, "demo")
     if args.fresh:
         kept = remove_own_files(out)  # only a folder stableff made, and only the files it wrote
         if kept:
@@ -615,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from stableff.errors import StableFFError
+    from stableff.layout import release_output_locks
     from stableff.runtime import tune_allocator
 
     tune_allocator()  # glibc keeps freed tensor memory instead of faulting it in again each step
@@ -639,6 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"stableff {args.command}: interrupted (files written so far are complete)", file=sys.stderr)
         return 130
+    finally:
+        release_output_locks()
 
 
 if __name__ == "__main__":

@@ -149,6 +149,8 @@ def remove_own_files(folder, require_marker: bool = True, patterns=OWN_FILES) ->
                             "choose another --out, or delete it yourself")
     kept = []
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.name == LOCK_FILE:  # the lock of a running command (this one, while it clears)
+            continue
         if path.is_symlink() or path.is_file():
             if is_own_file(path, patterns) and not path.is_symlink():
                 path.unlink()
@@ -159,3 +161,65 @@ def remove_own_files(folder, require_marker: bool = True, patterns=OWN_FILES) ->
     if not any(folder.iterdir()):
         folder.rmdir()
     return sorted(kept)
+
+
+#: the lock file of an output folder while a command writes into it
+LOCK_FILE = ".stableff.lock"
+_held_locks: list = []  # release functions of the locks this process holds (the kernel frees them when it ends)
+
+
+def lock_output_dir(folder, command: str):
+    """Hold ``folder``'s lock for the rest of this process: a second stableff command into the same
+    folder refuses with one line naming the running one (its pid and command); a lock left by a run
+    that is gone (killed, crashed) is taken over with a note. Returns the note, or None.
+
+    The lock is an ``flock`` on ``folder/.stableff.lock``: the kernel releases it when the process
+    ends, however it ends, so a stale lock can never block a folder."""
+    import atexit
+    import fcntl
+    import time
+
+    import os
+
+    from stableff.errors import StableFFError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StableFFError(f"{folder} is in use by a running stableff ({holder}): wait for it to end, or choose another output folder") from None
+    handle.seek(0)
+    previous = handle.read().strip()
+    note = None
+    if previous:  # the file of a run that ended without removing it (killed): its lock is free
+        note = f"{folder}: took over the lock of a run that is no longer running ({previous})"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, stableff {command}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+
+    def release() -> None:
+        if handle.closed:
+            return
+        try:
+            path.unlink()  # still ours: nobody else can hold it while we do
+        except OSError:
+            pass
+        handle.close()  # closing the file releases the flock
+
+    _held_locks.append(release)
+    atexit.register(release)
+    return note
+
+
+def release_output_locks() -> None:
+    """Release every output-folder lock this process holds (a command that returns, not only one
+    whose process ends, frees its folders)."""
+    while _held_locks:
+        _held_locks.pop()()

@@ -17,6 +17,13 @@ SMALL_HYPERPARAMETERS = {
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# one cache (the LAMMPS plugin built once, exported models) for the session and its subprocesses,
+# not the user's ~/.cache/stableff
+if "STABLEFF_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["STABLEFF_CACHE"] = tempfile.mkdtemp(prefix="stableff-test-cache-")
+
 
 def requires_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present (../shared/data is not beside this checkout)")

@@ -29,8 +29,9 @@ TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory):
-    return build_plugin(tmp_path_factory.mktemp("plugin"), log=lambda text: None)
+def plugin():
+    """Built from this checkout's sources into the session's cache (shared with the lammps engine's tests)."""
+    return build_plugin(log=lambda text: None)
 
 
 def hfo2_cell():

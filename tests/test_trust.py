@@ -309,3 +309,31 @@ def test_empty_seeds_or_variants_and_a_list_config_are_configuration_errors(tmp_
     for overrides in ([], ["training.epochs=1"]):
         with pytest.raises(ConfigError, match="list.yaml: a configuration is a mapping of keys to values"):
             load_config(listed, overrides)
+
+
+def test_a_second_run_into_a_busy_folder_refuses_and_a_dead_runs_lock_is_taken_over(trained_model, tmp_path):
+    """Two stability runs into one --out: the second refuses with one line naming the first's pid;
+    once the first is killed, its leftover lock is taken over with a note."""
+    out = tmp_path / "busy"
+    lock = out / ".stableff.lock"
+
+    def command(*extra):
+        return [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_300K", "--replicas", "2",
+                "--temperature", "300", "--workers", "1", "--out", str(out), *extra]
+
+    first = subprocess.Popen(command("--time", "5"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (lock.exists() and "pid" in lock.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run(command("--time", "0.3"), capture_output=True, text=True)
+        assert second.returncode == 1 and f"is in use by a running stableff (pid {first.pid}, stableff stability" in second.stderr, second.stderr
+        assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    assert lock.exists()  # a killed run cannot clean up; its lock is free all the same
+    third = subprocess.run(command("--time", "0.01", "--fresh"), capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert f"took over the lock of a run that is no longer running (pid {first.pid}" in third.stdout
+    assert not lock.exists()  # released at the end of the run
