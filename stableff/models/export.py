@@ -35,7 +35,7 @@ METADATA_FILE = "metadata.json"
 #: the same, as "key value..." lines the LAMMPS plugin reads without a JSON parser
 PLUGIN_METADATA_FILE = "lammps.txt"
 #: the keys of PLUGIN_METADATA_FILE
-PLUGIN_KEYS = ("format", "elements", "r_max_A", "receptive_field_A", "dtype", "model")
+PLUGIN_KEYS = ("format", "elements", "r_max_A", "receptive_field_A", "parallel_edges", "dtype", "model")
 #: what the self-check accepts, by dtype: (energy, forces) relative to the energy and to the largest
 #: force (at least 1 eV/A) of the structure; float32 is the rounding of a different summation order
 EXPORT_TOLERANCES = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 2e-5)}
@@ -82,6 +82,14 @@ def receptive_field(model: ForceField) -> float:
     raise StableFFError(f"export: no receptive field is known for model '{name}'")
 
 
+def accepts_parallel_edges(model: ForceField) -> bool:
+    """Whether the model is exact on a graph with several edges between one pair of atoms (the
+    periodic images of a neighbour merged into its one node, as an engine does for images of its own
+    atoms): true for NequIP and Allegro, which sum over edges; false for the triplet models, which
+    pair each edge with its reverse by (centre, neighbour) and so need every image as its own node."""
+    return model.network.model_name in ("nequip", "allegro")
+
+
 def export_metadata(model: ForceField, checkpoint_path: str | Path, dtype: torch.dtype) -> dict:
     """What an engine needs beside the graph: elements of the species (in species order), r_max,
     receptive field, dtype, kind, the checkpoint's fingerprint, the stableff and format versions."""
@@ -96,6 +104,7 @@ def export_metadata(model: ForceField, checkpoint_path: str | Path, dtype: torch
         "atomic_numbers": list(model.type_numbers),
         "r_max_A": float(model.r_max),
         "receptive_field_A": float(receptive_field(model)),
+        "parallel_edges": "yes" if accepts_parallel_edges(model) else "no",
         "dtype": str(dtype).replace("torch.", ""),
         "model": model.model_name,
         "priors": [type(p).__name__ for p in model.priors],

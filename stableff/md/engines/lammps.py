@@ -39,17 +39,18 @@ PS = 1000.0 * units.fs
 
 def exported_model(model_path: str, dtype: str | None = None) -> Path:
     """The TorchScript export of a checkpoint (in its own dtype unless given), made once per checkpoint
-    content in the cache folder of :mod:`stableff.md.lammps`."""
+    content and exporting code in the cache folder of :mod:`stableff.md.lammps`."""
     from stableff.fingerprint import file_hash
     from stableff.md.lammps import cache_folder
-    from stableff.models.export import export_model
+    from stableff.models import export
     from stableff.models.saved import load_checkpoint
 
     dtype = dtype or load_checkpoint(model_path).get("dtype", "float32")
     digest = file_hash(model_path).split(":")[1][:24]
-    path = cache_folder() / "exports" / f"{digest}-{dtype}.pt"
+    code = file_hash(export.__file__).split(":")[1][:8]  # an export made by other code is made again
+    path = cache_folder() / "exports" / f"{digest}-{code}-{dtype}.pt"
     if not path.is_file():
-        export_model(model_path, path, dtype)
+        export.export_model(model_path, path, dtype)
     return path
 
 

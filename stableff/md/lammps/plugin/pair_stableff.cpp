@@ -10,12 +10,18 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <unordered_map>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -36,6 +42,18 @@ PairStableFF::PairStableFF(LAMMPS *lmp) : Pair(lmp)
   single_enable = 0;
   ghostneigh = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
+#if defined(__GLIBC__)
+  // The model allocates and frees per-edge tensors of several MB on every step; glibc serves those
+  // with fresh mmap calls (or trims its heap after them), so each step pays page faults for memory
+  // it just gave back (10-15 % of a step). Served from the heap and kept, as stableff's own engines
+  // do (stableff.runtime.tune_allocator); STABLEFF_MALLOC_TUNING=0 leaves malloc as it is.
+  const char *tuning = std::getenv("STABLEFF_MALLOC_TUNING");
+  if (tuning == nullptr || std::strcmp(tuning, "0") != 0) {
+    mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
+    mallopt(M_MMAP_MAX, 0);
+  }
+#endif
 }
 
 PairStableFF::~PairStableFF()
@@ -95,6 +113,11 @@ void PairStableFF::load(const std::string &file)
       while (words >> element) elements.push_back(element);
     } else if (key == "r_max_A") words >> r_max;
     else if (key == "receptive_field_A") words >> receptive_field;
+    else if (key == "parallel_edges") {
+      std::string value;
+      words >> value;
+      parallel_edges = value == "yes";
+    }
     else if (key == "dtype") words >> dtype_name;
     else if (key == "model") words >> model_kind;
   }
@@ -105,6 +128,7 @@ void PairStableFF::load(const std::string &file)
   else error->all(FLERR, "pair_style stableff: {} names an unknown dtype '{}'", file, dtype_name);
   if (elements.empty() || r_max <= 0.0 || receptive_field < r_max)
     error->all(FLERR, "pair_style stableff: {} has incomplete metadata (elements, r_max, receptive field)", file);
+  hops = std::max(1, (int) std::lround(receptive_field / r_max));
   path = file;
   loaded = true;
 }
@@ -143,9 +167,17 @@ void PairStableFF::init_style()
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style stableff requires newton pair on (forces on ghost atoms are sent to their owners)");
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style stableff requires atom IDs");
-  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  // One domain (one rank) and a model that takes parallel edges: every ghost is an image of a local
+  // atom and merges into its node, so the graph is the local atoms' and the ghosts need only reach
+  // r_max, without neighbour lists of their own. Otherwise each rank evaluates its atoms with a
+  // ghost shell out to the receptive field and the ghosts' neighbour lists.
+  ghost_lists = !(parallel_edges && comm->nprocs == 1);
+  ghostneigh = ghost_lists ? 1 : 0;
+  if (!ghost_lists && comm->me == 0)
+    utils::logmesg(lmp, "pair_style stableff: one domain: periodic images merge into their atoms' nodes (the {} model takes parallel edges), ghosts to r_max = {:.4g} A\n", model_kind, r_max);
+  neighbor->add_request(this, ghost_lists ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST : NeighConst::REQ_FULL);
   // the ghost shell must reach the model's receptive field for exact energies of local atoms
-  if (comm->cutghostuser < receptive_field) {
+  if (ghost_lists && comm->cutghostuser < receptive_field) {
     if (comm->me == 0)
       utils::logmesg(lmp, "pair_style stableff: ghost cutoff set to the receptive field of the {} model, {:.4g} A (comm_modify cutoff)\n", model_kind, receptive_field);
     comm->cutghostuser = receptive_field;
@@ -168,27 +200,86 @@ void PairStableFF::compute(int eflag, int vflag)
   double **x = atom->x;
   double **f = atom->f;
   int *type = atom->type;
+  tagint *tag = atom->tag;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const int inum = list->inum;
-  const int gnum = list->gnum;
+  const int gnum = ghost_lists ? list->gnum : 0;
   int *ilist = list->ilist;
   int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
   const double cut2 = r_max * r_max;
 
-  // the graph: every local and ghost atom a node, every ordered pair within r_max an edge
-  std::vector<long> centres, neighbours;
+  // graph nodes: the local atoms first (node = index), then the ghosts that are needed. A ghost
+  // that is an image of a local atom is that atom's node when the model takes parallel edges (its
+  // features are the local atom's, exact); other ghosts are nodes of their own.
+  node.assign(nall, -1);
+  for (int i = 0; i < nlocal; i++) node[i] = i;
+  if (parallel_edges) {
+    owner.clear();
+    owner.reserve(2 * nlocal);
+    for (int i = 0; i < nlocal; i++) owner[tag[i]] = i;
+    for (int i = nlocal; i < nall; i++) {
+      auto found = owner.find(tag[i]);
+      if (found != owner.end()) node[i] = found->second;
+      else if (!ghost_lists) error->one(FLERR, "pair_style stableff: ghost atom {} has no local owner on a single-domain run", tag[i]);
+    }
+  }
+  // hops from the local atoms over pairs within r_max: only edges whose centre is at most hops - 1
+  // away reach a local atom's energy (and, for models that pair each edge with its reverse, the
+  // reverse of those); a strictly local model (one hop) needs the local atoms' edges only
+  const int last_hop = hops - 1;
+  hop.assign(nall, INT_MAX);
+  std::vector<int> frontier, next;
+  for (int ii = 0; ii < inum; ii++) {
+    hop[ilist[ii]] = 0;
+    frontier.push_back(ilist[ii]);
+  }
+  for (int h = 1; h <= last_hop && !frontier.empty() && ghost_lists; h++) {
+    next.clear();
+    for (int i : frontier) {
+      const int *jlist = firstneigh[i];
+      for (int jj = 0; jj < numneigh[i]; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        if (hop[j] != INT_MAX) continue;
+        const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+        if (dx * dx + dy * dy + dz * dz < cut2) {
+          hop[j] = h;
+          next.push_back(j);
+        }
+      }
+    }
+    frontier.swap(next);
+  }
+
+  std::vector<long> centres, neighbours;  // atom indices (forces go to these)
+  std::vector<long> edge_from, edge_to;   // node indices (the model's graph)
   std::vector<double> vectors;
+  int num_nodes = nlocal;
+  auto node_of = [&](int a) {
+    if (node[a] < 0) {
+      node[a] = num_nodes++;
+      node_atoms.push_back(a);
+    }
+    return (long) node[a];
+  };
+  node_atoms.assign(nlocal, 0);
+  for (int i = 0; i < nlocal; i++) node_atoms[i] = i;
   for (int ii = 0; ii < inum + gnum; ii++) {
     const int i = ilist[ii];
+    if (i >= nlocal && parallel_edges && node[i] >= 0 && node[i] < nlocal) continue;  // an image of a local atom: its edges are that atom's
+    const bool centre_needed = hop[i] <= last_hop;
+    if (!centre_needed && parallel_edges) continue;
     const int *jlist = firstneigh[i];
     for (int jj = 0; jj < numneigh[i]; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
+      if (!centre_needed && hop[j] > last_hop) continue;  // neither this edge nor its reverse is needed
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
       if (dx * dx + dy * dy + dz * dz < cut2) {
         centres.push_back(i);
         neighbours.push_back(j);
+        edge_from.push_back(node_of(i));
+        edge_to.push_back(node_of(j));
         vectors.push_back(dx);
         vectors.push_back(dy);
         vectors.push_back(dz);
@@ -196,13 +287,13 @@ void PairStableFF::compute(int eflag, int vflag)
     }
   }
   const long num_edges = (long) centres.size();
-  auto species = torch::empty({nall}, torch::kLong);
+  auto species = torch::empty({num_nodes}, torch::kLong);
   auto species_a = species.accessor<long, 1>();
-  for (int i = 0; i < nall; i++) species_a[i] = type_to_species[type[i]];
+  for (int n = 0; n < num_nodes; n++) species_a[n] = type_to_species[type[node_atoms[n]]];
   auto edge_index = torch::empty({2, num_edges}, torch::kLong);
   if (num_edges > 0) {
-    std::memcpy(edge_index[0].data_ptr<long>(), centres.data(), num_edges * sizeof(long));
-    std::memcpy(edge_index[1].data_ptr<long>(), neighbours.data(), num_edges * sizeof(long));
+    std::memcpy(edge_index[0].data_ptr<long>(), edge_from.data(), num_edges * sizeof(long));
+    std::memcpy(edge_index[1].data_ptr<long>(), edge_to.data(), num_edges * sizeof(long));
   }
   auto edge_vectors = torch::from_blob(vectors.data(), {num_edges, 3}, torch::kFloat64).to(dtype).clone().requires_grad_(true);
 
@@ -219,7 +310,7 @@ void PairStableFF::compute(int eflag, int vflag)
     }
   } catch (const std::exception &exc) {
     std::string what = exc.what();
-    error->one(FLERR, "pair_style stableff: the model {} failed on {} atoms and {} edges: {}", path, nall, num_edges, what.substr(0, what.find('\n')));
+    error->one(FLERR, "pair_style stableff: the model {} failed on {} atoms and {} edges: {}", path, num_nodes, num_edges, what.substr(0, what.find('\n')));
   }
 
   // F_i = +dE/dv_ij, F_j = -dE/dv_ij for v_ij = x_j - x_i
