@@ -250,7 +250,11 @@ def validate_frame(frame: Frame, require: Iterable[str] = (), check_distances: b
     if check_distances and n > 1:
         from stableff.data.neighbors import neighbor_list
 
-        i, j, _, d = neighbor_list(frame.positions, frame.cell, frame.pbc, MIN_ALLOWED_DISTANCE, with_distances=True)
+        # a cell list of 0.1 A cells is ~60x slower than one of 1 A (26 against 0.4 ms per
+        # acetylacetone frame): search to 1 A and keep the pairs closer than the limit
+        i, j, _, d = neighbor_list(frame.positions, frame.cell, frame.pbc, max(MIN_ALLOWED_DISTANCE, 1.0), with_distances=True)
+        close = d < MIN_ALLOWED_DISTANCE
+        i, j, d = i[close], j[close], d[close]
         if len(i):
             k = int(np.argmin(d))
             raise DataError(
