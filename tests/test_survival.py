@@ -79,7 +79,8 @@ def test_stratified_logrank_sums_strata_and_differs_from_pooling():
 
 def test_bootstrap_interval_covers_the_true_difference_in_at_least_90_of_100_trials():
     """Synthetic studies with a known effect: 4 training seeds x 12 replicas per variant, exponential
-    failure times (mean 0.3 ps vs 0.6 ps) censored at 1 ps, and a random seed-to-seed effect."""
+    failure times (mean 0.3 ps vs 0.6 ps) censored at 1 ps, every seed alike (no seed-to-seed effect:
+    that is the next test)."""
     horizon = 1.0
     true_rmst = lambda mean: mean * (1 - np.exp(-horizon / mean))  # E[min(T, horizon)] for T ~ Exp(mean)
     rng = np.random.default_rng(123)
@@ -125,3 +126,34 @@ def test_the_equivalence_test_shows_equivalence_and_can_fail():
     assert not different["equivalent"] and different["difference_ps"] > 0.05
     few = rmst_equivalence(*runs(0.4, 6), *runs(0.4, 6), horizon, margin, n_boot=1000)
     assert not few["equivalent"]  # too little data: equivalence cannot be claimed
+
+
+def test_hierarchical_bootstrap_covers_a_seed_to_seed_effect_that_a_replica_bootstrap_misses():
+    """Training seeds differ: each seed's model has its own mean failure time (log-normal frailty,
+    sigma 0.6, drawn for every seed and variant), 5 seeds x 20 replicas per variant. The estimand is
+    the RMST difference over the population of seeds. Resampling seeds, then replicas (the
+    hierarchical bootstrap) must cover it nearly at its nominal 95 %; resampling replicas alone
+    (all of them treated as one seed) must under-cover, since it ignores the seed-to-seed spread."""
+    horizon, sigma, n_seeds, n_replicas, trials = 1.0, 0.6, 5, 20, 60
+    rmst = lambda mean: mean * (1 - np.exp(-horizon / mean))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)  # E over z ~ N(0, 1)
+    expected = lambda mean: float(np.sum(weights * rmst(mean * np.exp(sigma * nodes))) / np.sqrt(2 * np.pi))
+    truth = expected(0.6) - expected(0.3)
+    rng = np.random.default_rng(7)
+    hierarchical = replicas_only = 0
+    for trial in range(trials):
+        groups = {}
+        for name, mean in (("a", 0.6), ("b", 0.3)):
+            groups[name] = {}
+            for seed in range(n_seeds):
+                times = rng.exponential(mean * np.exp(sigma * rng.standard_normal()), n_replicas)
+                groups[name][seed] = (np.minimum(times, horizon), times < horizon)
+        result = bootstrap_rmst_difference(groups["a"], groups["b"], horizon, n_boot=250, seed=trial)
+        hierarchical += result["low_ps"] <= truth <= result["high_ps"]
+        pooled = {name: {0: tuple(np.concatenate([g[s][k] for s in range(n_seeds)]) for k in (0, 1))} for name, g in groups.items()}
+        naive = bootstrap_rmst_difference(pooled["a"], pooled["b"], horizon, n_boot=250, seed=trial)
+        replicas_only += naive["low_ps"] <= truth <= naive["high_ps"]
+        assert naive["difference_ps"] == pytest.approx(result["difference_ps"])  # the same estimate, another interval
+    # measured: 52/60 (0.87: a percentile interval from 5 seeds is a little narrow) against 31/60
+    assert hierarchical / trials >= 0.82, (hierarchical, replicas_only)
+    assert replicas_only / trials <= 0.75 and hierarchical - replicas_only >= 0.15 * trials, (hierarchical, replicas_only)
