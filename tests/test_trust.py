@@ -337,3 +337,35 @@ def test_a_second_run_into_a_busy_folder_refuses_and_a_dead_runs_lock_is_taken_o
     assert third.returncode == 0, third.stderr[-2000:]
     assert f"took over the lock of a run that is no longer running (pid {first.pid}" in third.stdout
     assert not lock.exists()  # released at the end of the run
+
+
+def test_a_full_disk_ends_md_in_one_line_and_leaves_only_whole_frames(trained_model, tmp_path, capsys, monkeypatch):
+    """The disk fills in the middle of the third trajectory frame: md stops with one line naming the
+    file, and the trajectory keeps its first two frames, readable; thermo.csv keeps whole rows."""
+    import errno
+    import os
+
+    import ase.io
+
+    from stableff.md import records
+
+    real = records._write
+    frames_written = {"n": 0}
+
+    def filling_disk(fd, data):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("trajectory.extxyz"):
+            frames_written["n"] += 1
+            if frames_written["n"] == 3:
+                real(fd, data[: len(data) // 2])  # half a frame reaches the disk, then it is full
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(records, "_write", filling_disk)
+    out = tmp_path / "md"
+    one_line_error(capsys, ["md", trained_model, "acac:test_MD_300K", "--ensemble", "nve", "--temperature", "300", "--steps", "60",
+                            "--log-interval", "10", "--traj-interval", "10", "--out", out],
+                   f"{out / 'trajectory.extxyz'}: cannot write (No space left on device)")
+    frames = ase.io.read(out / "trajectory.extxyz", ":")
+    assert len(frames) == 2 and all(len(f) == 15 for f in frames)
+    rows = (out / "thermo.csv").read_text().splitlines()
+    assert len(rows) >= 3 and all(len(row.split(",")) == 7 for row in rows)

@@ -1,7 +1,7 @@
 """What every MD engine writes for one run, and how: the per-replica files and the summary.
 
 A run's folder holds
-  trajectory.extxyz  frames every ``traj_interval`` steps (each frame written and flushed whole);
+  trajectory.extxyz  frames every ``traj_interval`` steps (each frame written whole or not at all);
   thermo.csv         time_ps, temperature_K, epot_eV, ekin_eV, etot_eV, max_force_eV_per_A, min_distance_A;
   summary.json       failed, time_to_failure_ps, reason, detail, steps, ms_per_step, ... (atomic).
 
@@ -13,6 +13,7 @@ bar's text and the failure check; every engine calls it the same way.
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -31,25 +32,76 @@ THERMO_COLUMNS = ("time_ps", "temperature_K", "epot_eV", "ekin_eV", "etot_eV", "
 MIN_DISTANCE_CUTOFF_A = 3.0
 
 
+_write = os.write  # (tests replace it to simulate a full disk)
+
+
+class RecordFile:
+    """A run file that grows by whole records (a thermo row, a trajectory frame): each ``write``
+    reaches the file in one piece or not at all. Where the system refuses part of it (a full disk,
+    a quota), the file is cut back to where the record began, so that it keeps only whole records
+    and stays readable, and StableFFError names the file. Unbuffered: what ``write`` returned from
+    is in the file. ``tell`` is the byte length written (what a resumed run cuts back to)."""
+
+    def __init__(self, path: Path, offset: int | None = None):
+        self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if offset is None else 0)
+        self.fd = os.open(self.path, flags, 0o644)
+        self.offset = offset or 0
+        if offset is not None:
+            os.ftruncate(self.fd, offset)
+        os.lseek(self.fd, self.offset, os.SEEK_SET)
+
+    def write(self, text: str) -> int:
+        from stableff.errors import StableFFError
+
+        data = memoryview(text.encode())
+        start = self.offset
+        try:
+            while data:
+                written = _write(self.fd, data)
+                data = data[written:]
+                self.offset += written
+        except OSError as exc:
+            try:
+                os.ftruncate(self.fd, start)
+                os.lseek(self.fd, start, os.SEEK_SET)
+                self.offset = start
+            except OSError:
+                pass
+            raise StableFFError(f"{self.path}: cannot write ({exc.strerror or exc}); the file keeps the {start} bytes of whole records written before") from None
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing to do: every write is already in the file."""
+
+    def tell(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def open_run_files(out_dir: Path):
     """thermo.csv (with its header) and trajectory.extxyz of a run, opened for writing."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    thermo = open(out_dir / THERMO_FILE, "w")
+    thermo = RecordFile(out_dir / THERMO_FILE)
     thermo.write(",".join(THERMO_COLUMNS) + "\n")
-    return thermo, open(out_dir / TRAJECTORY_FILE, "w")
+    return thermo, RecordFile(out_dir / TRAJECTORY_FILE)
 
 
 def reopen_run_files(out_dir: Path, thermo_bytes: int, trajectory_bytes: int):
     """A resumed run's thermo.csv and trajectory.extxyz, cut back to the lengths its saved state
     had written, opened for appending at that point."""
-    handles = []
-    for name, offset in ((THERMO_FILE, thermo_bytes), (TRAJECTORY_FILE, trajectory_bytes)):
-        handle = open(Path(out_dir) / name, "r+")
-        handle.truncate(offset)
-        handle.seek(offset)
-        handles.append(handle)
-    return tuple(handles)
+    return tuple(RecordFile(Path(out_dir) / name, offset) for name, offset in ((THERMO_FILE, thermo_bytes), (TRAJECTORY_FILE, trajectory_bytes)))
 
 
 def constrained_forces(atoms, forces: np.ndarray) -> np.ndarray:
