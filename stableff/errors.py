@@ -15,6 +15,12 @@ class DataError(StableFFError):
         self.frame = frame
         self.problem = problem
 
+    def __reduce__(self):
+        # raised in a worker process, it travels back pickled: rebuilt from its own arguments
+        # (the default would call __init__ with the message alone and fail, which leaves
+        # multiprocessing's result thread dead and the parent waiting for ever)
+        return (type(self), (self.path, self.problem, self.frame))
+
 
 class ConfigError(StableFFError):
     """Bad configuration: names the key and what is wrong with it."""

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stableff.cli import main
+from stableff.md.supervision import errors_travel_whole
 
 
 def run_cli(*args):
@@ -369,3 +370,43 @@ def test_a_full_disk_ends_md_in_one_line_and_leaves_only_whole_frames(trained_mo
     assert len(frames) == 2 and all(len(f) == 15 for f in frames)
     rows = (out / "thermo.csv").read_text().splitlines()
     assert len(rows) >= 3 and all(len(row.split(",")) == 7 for row in rows)
+
+
+def test_an_element_the_model_does_not_know_names_the_file_before_any_work(trained_model, tmp_path, capsys):
+    """md, stability and probe --eos on a copper cell with an H/C/O model: one line naming the file
+    and frame (not '<structure>'), and no run files written; a DataError raised in a worker process
+    comes back whole (unpicklable, it once left the parent waiting for ever)."""
+    import pickle
+
+    import ase.io
+    from ase.build import bulk
+
+    from stableff.errors import DataError
+
+    copper = tmp_path / "cu.xyz"
+    ase.io.write(copper, bulk("Cu", cubic=True).repeat(2), format="extxyz")
+    expected = f"{copper}, frame 0: element Cu is not known to this model (it was trained on H, C, O)"
+    one_line_error(capsys, ["md", trained_model, copper, "--steps", "10", "--out", tmp_path / "md"], expected)
+    assert not (tmp_path / "md" / "trajectory.extxyz").exists() and not (tmp_path / "md" / "thermo.csv").exists()
+    one_line_error(capsys, ["stability", trained_model, copper, "--replicas", "2", "--time", "0.005", "--out", tmp_path / "stab"], expected)
+    one_line_error(capsys, ["probe", trained_model, "--eos", copper], expected)
+    error = pickle.loads(pickle.dumps(DataError("a.xyz", "a problem", 3)))
+    assert str(error) == "a.xyz, frame 3: a problem" and error.frame == 3
+
+
+class _UnpicklableError(Exception):
+    def __init__(self, code, text):
+        super().__init__(f"{code}: {text}")
+
+
+@errors_travel_whole
+def _raises_unpicklable(_):
+    raise _UnpicklableError(7, "a library failed")
+
+
+def test_a_worker_error_that_cannot_be_pickled_reaches_the_parent():
+    from stableff.md.supervision import worker_pool
+
+    with pytest.raises(RuntimeError, match="_UnpicklableError in a worker process: 7: a library failed"):
+        with worker_pool(1) as pool:
+            pool.map(_raises_unpicklable, [0])

@@ -22,6 +22,7 @@ from stableff.io import read_json
 from stableff.layout import MD_RUN_FILES, SUMMARY_FILE, remove_own_files
 from stableff.md.monitors import MonitorSettings
 from stableff.md.settings import DEFAULT_ENGINE, ENGINES, MDSettings
+from stableff.md.supervision import errors_travel_whole
 
 
 @dataclasses.dataclass
@@ -239,6 +240,7 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     return [results[k] for k in range(len(tasks))]
 
 
+@errors_travel_whole
 def _run_batched_shard(packed) -> list[dict]:
     """A worker's share of the batched replicas (one thread per worker on CPU)."""
     from stableff.md.engines import batched as batched_engine
@@ -248,6 +250,7 @@ def _run_batched_shard(packed) -> list[dict]:
     return batched_engine.run_tasks(tasks, identities, progress, states)
 
 
+@errors_travel_whole
 def _run_lammps_shard(packed) -> list[dict]:
     from stableff.md.engines import lammps as lammps_engine
 
@@ -263,5 +266,6 @@ def engine_runner(engine: str):
     return run_replica
 
 
+@errors_travel_whole
 def _run_packed(packed):
     return engine_runner(packed[0].engine)(*packed)

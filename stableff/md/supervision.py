@@ -48,3 +48,24 @@ def worker_pool(processes: int):
         raise
     finally:
         pool.join()
+
+
+def errors_travel_whole(function):
+    """Wrap a worker function so that any exception it raises reaches the parent: one that does not
+    survive pickling (a library's exception with its own constructor) would kill the pool's result
+    thread and leave the parent waiting for ever; it is sent as RuntimeError with its message."""
+    import functools
+    import pickle
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            try:
+                pickle.loads(pickle.dumps(exc))
+            except Exception:
+                raise RuntimeError(f"{type(exc).__name__} in a worker process: {exc}") from None
+            raise
+
+    return run
