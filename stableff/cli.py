@@ -168,29 +168,35 @@ def _monitor_settings(args) -> MonitorSettings:
     return settings
 
 
-def _elements_known(frame, model) -> None:
-    """Every element of ``frame`` is one ``model`` (a checkpoint path) was trained on, or DataError
-    naming the structure's file and frame: checked before any work and any file is written."""
-    if model is None:
-        return
-    from stableff.data.graph import species_index
+def _model_elements(model: str):
+    """The atomic numbers a checkpoint was trained on (a bad file stops here with its one line)."""
     from stableff.models.saved import load_checkpoint
 
-    species_index(frame.numbers, load_checkpoint(model)["type_numbers"], frame)
+    return load_checkpoint(model)["type_numbers"]
 
 
-def _read_start(spec: str, index: int, model=None):
+def _elements_known(frame, type_numbers) -> None:
+    """Every element of ``frame`` is one of the model's ``type_numbers``, or DataError naming the
+    structure's file and frame: checked before any work and any file is written."""
+    if type_numbers is None:
+        return
+    from stableff.data.graph import species_index
+
+    species_index(frame.numbers, type_numbers, frame)
+
+
+def _read_start(spec: str, index: int, type_numbers=None):
     from stableff.data.io import read_frames
     from stableff.errors import DataError
 
     frame = read_frames(spec, index=index, check_distances=True)[0]
     if len(frame) < 2:
         raise DataError(spec, "MD needs at least 2 atoms (a single atom has no temperature once its momentum is removed)", frame.index)
-    _elements_known(frame, model)
+    _elements_known(frame, type_numbers)
     return frame.to_atoms()
 
 
-def _read_eos_cell(spec: str, model=None):
+def _read_eos_cell(spec: str, type_numbers=None):
     """A cell for an energy-volume curve: periodic in all three directions (a molecule has no volume)."""
     from stableff.data.io import read_frames
     from stableff.errors import DataError
@@ -198,7 +204,7 @@ def _read_eos_cell(spec: str, model=None):
     frame = read_frames(spec, index=0, check_distances=True)[0]
     if not all(frame.pbc):
         raise DataError(spec, "an equation of state needs a cell periodic in all three directions (this structure is not)", frame.index)
-    _elements_known(frame, model)
+    _elements_known(frame, type_numbers)
     return frame.to_atoms()
 
 
@@ -243,7 +249,7 @@ def cmd_md(args) -> int:
     settings = _md_settings(args)
     _monitor_settings(args)  # every threshold checked before any work
     _check_outputs(args, [args.model, args.start])
-    atoms = _read_start(args.start, args.index, args.model)
+    atoms = _read_start(args.start, args.index, _model_elements(args.model))
     if args.engine == "lammps":
         return _md_in_lammps(args, settings, atoms)
     if args.ranks != 1:
@@ -268,10 +274,8 @@ def cmd_stability(args) -> int:
         raise StableFFError(f"--workers must be at least 1 (got {args.workers})")
     _monitor_settings(args)  # every threshold checked before any work
     _check_outputs(args, [args.model, *args.start])
-    from stableff.models.saved import load_checkpoint
-
-    load_checkpoint(args.model)  # a bad model file stops here, not in every worker
-    atoms = [_read_start(spec, args.index, args.model) for spec in args.start]
+    elements = _model_elements(args.model)  # a bad model file stops here, not in every worker
+    atoms = [_read_start(spec, args.index, elements) for spec in args.start]
     starts = list(zip(unique_start_labels(args.start, args.index), atoms))
     tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine, args.compile, args.ranks)
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
@@ -345,7 +349,7 @@ def cmd_probe(args) -> int:
 
     _check_outputs(args, [args.model, *(args.eos or [])])
     model, statistics = model_from_checkpoint(args.model, device=args.device, compile=args.compile)
-    eos_atoms = [(spec, _read_eos_cell(spec, args.model)) for spec in args.eos or []]  # every file checked before work
+    eos_atoms = [(spec, _read_eos_cell(spec, model.type_numbers)) for spec in args.eos or []]  # every file checked before work
     curves = dimer_curves(model, statistics, step=args.step)
     print(f"dimer curves of {args.model} ({len(curves)} species pairs, 0.3 A to {model.r_max:g} A, energies relative to the separated atoms)")
     print(f"{'pair':<8} {'closest in training (A)':>24} {'E there (eV)':>13}  hole")
@@ -507,7 +511,7 @@ def cmd_serve(args) -> int:
         if not port_text.isdigit():
             raise StableFFError(f"--ipi {address}: give HOST:PORT (e.g. localhost:31415) or unix:NAME")
         host, port, unix = host or "localhost", int(port_text), None
-    atoms = _read_start(args.structure, args.index, args.model)
+    atoms = _read_start(args.structure, args.index, _model_elements(args.model))
     atoms.calc = StableFFCalculator(args.model, device=args.device, compile=args.compile)
     print(f"stableff serve: {args.model} for the {len(atoms)} atoms of {args.structure} [{args.index}] (species in this order), i-PI at {address}", flush=True)
     try:

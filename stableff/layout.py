@@ -177,9 +177,8 @@ def lock_output_dir(folder, command: str):
     ends, however it ends, so a stale lock can never block a folder."""
     import atexit
     import fcntl
-    import time
-
     import os
+    import time
 
     from stableff.errors import StableFFError
 
