@@ -67,14 +67,3 @@ def kill_when(args, ready, timeout: float = 300.0) -> None:
     assert process.poll() is None, "the run finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-
-
-# the longest files first: two pytest-xdist workers (make test) take files in collection order, so
-# a long file collected last would run alone at the end (measured per file on this project's 2-core
-# machine, longest first; the others follow in their usual order)
-LONGEST_FILES = ("test_study.py", "test_batched_md.py", "test_lammps.py", "test_trust.py", "test_md.py", "test_training.py", "test_compiled.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: k for k, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
