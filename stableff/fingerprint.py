@@ -74,9 +74,27 @@ def differences(stored: dict | None, requested: dict, prefix: str = "") -> list[
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(differences(a, b, prefix=f"{name}."))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            out.extend(_list_differences(a, b, name))
         else:
             out.append(f"{name}: {_short(a)} -> {_short(b)}")
     return out
+
+
+def _list_differences(a: list, b: list, name: str) -> list[str]:
+    """Differences of two lists of one length, item by item, the same change in several items said
+    once with their count (``replicas[*].md.steps: 40 -> 50 (12 of 12 items)``)."""
+    counts: dict[str, int] = {}
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        if isinstance(x, dict) and isinstance(y, dict):
+            changes = differences(x, y, prefix=f"{name}[*].")
+        else:
+            changes = [f"{name}[*]: {_short(x)} -> {_short(y)}"]
+        for change in changes:
+            counts[change] = counts.get(change, 0) + 1
+    return [f"{change} ({count} of {len(a)} items)" if len(a) > 1 else change for change, count in counts.items()]
 
 
 def _short(value) -> str:

@@ -56,7 +56,7 @@ def check_output_file(path, inputs=(), what: str = "output file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise StableFFError(f"{path}: the {what} is an existing directory")
-    resolved = path.resolve()
+    resolved = _resolved(path, what)
     for spec in inputs:
         if spec is not None and Path(str(spec)).exists() and Path(str(spec)).resolve() == resolved:
             raise StableFFError(f"{path}: the {what} is also an input file (it would be overwritten)")
@@ -71,10 +71,25 @@ def check_output_dir(path, what: str = "output folder") -> Path:
     from stableff.errors import StableFFError
 
     path = Path(path)
+    _resolved(path, what)
     if path.exists() and not path.is_dir():
         raise StableFFError(f"{path}: the {what} is an existing file, not a folder")
     _check_folder(path, what)
     return path
+
+
+def _resolved(path: Path, what: str) -> Path:
+    """``path`` with its symbolic links followed; a loop or a link to nowhere is refused by name."""
+    from stableff.errors import StableFFError
+
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 raises RuntimeError on a loop, 3.13 OSError (ELOOP)
+        raise StableFFError(f"{path}: the {what} is (or lies under) a symbolic link loop") from None
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            raise StableFFError(f"{path}: the {what} is (or lies under) a symbolic link to a missing target ({link} -> {os.readlink(link)})")
+    return resolved
 
 
 def _check_folder(folder: Path, what: str) -> None:

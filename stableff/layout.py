@@ -14,6 +14,7 @@ back (the study's stages, the report, resumption).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # an MD run's folder
@@ -148,19 +149,39 @@ def remove_own_files(folder, require_marker: bool = True, patterns=OWN_FILES) ->
         raise StableFFError(f"{folder} was not made by stableff (no {MARKER_FILE} marker in it): refusing to delete anything there; "
                             "choose another --out, or delete it yourself")
     kept = []
-    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if path.name == LOCK_FILE:  # the lock of a running command (this one, while it clears)
-            continue
-        if path.is_symlink() or path.is_file():
-            if is_own_file(path, patterns) and not path.is_symlink():
-                path.unlink()
-            else:
-                kept.append(path)
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-    if not any(folder.iterdir()):
-        folder.rmdir()
+    try:
+        for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.name == LOCK_FILE:  # the lock of a running command (this one, while it clears)
+                continue
+            if path.is_symlink() or path.is_file():
+                if is_own_file(path, patterns) and not path.is_symlink():
+                    path.unlink()
+                else:
+                    kept.append(path)
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    except OSError as error:
+        raise StableFFError(f"{error.filename or folder}: cannot delete it ({error.strerror or error}); "
+                            f"the files of {folder} listed before it are deleted, the rest are as they were") from None
     return sorted(kept)
+
+
+def check_deletable(folders) -> None:
+    """Refuse (StableFFError, before anything is deleted) when one of ``folders`` cannot be cleared:
+    not writable, read-only or immutable (a file is created and removed there to find out)."""
+    from stableff.errors import StableFFError
+
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        probe = folder / f".stableff-delete-check.{os.getpid()}"
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise StableFFError(f"{folder}: cannot clear it to run again ({error.strerror or error}); nothing was deleted") from None
 
 
 #: the lock file of an output folder while a command writes into it

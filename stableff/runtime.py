@@ -44,3 +44,23 @@ def tune_allocator() -> bool:
             except (OSError, AttributeError):  # not glibc (musl has no mallopt)
                 _tuned = False
     return _tuned
+
+
+def usable_device(value: str) -> str:
+    """``value`` if it names a device this process can run on (cpu, cuda, cuda:N), else ValueError
+    with a message for the user (not a device; CUDA asked of a torch without it; no such GPU)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"'{value}' is not a device (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"'{value}' is not supported (cpu, cuda or cuda:N)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"'{value}' is not available here ({build})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"'{value}' is not available here ({torch.cuda.device_count()} CUDA device(s): cuda:0..)")
+    return value

@@ -228,3 +228,42 @@ def test_a_study_names_its_device_once_and_every_stage_uses_it(tmp_path, monkeyp
     monkeypatch.setattr(study_module, "summarise_study", lambda study, runs: {})
     run_study(study, tmp_path / "out", log=lambda *_: None)
     assert seen == {"train": "cpu:0", "accuracy": "cpu:0", "correlation": "cpu:0", "probe": "cpu:0", "stability": "cpu:0"}
+
+
+def test_a_study_reads_every_input_before_training_and_says_when_it_cannot_compare(tmp_path, monkeypatch):
+    """A test file without labels, or one start structure listed twice, stops the study before the
+    first model is trained; a study without a baseline says so in its comparison section."""
+    import stableff.study as study_module
+    from stableff.errors import StableFFError
+    from stableff.study import load_study_config, run_study
+    from stableff.study.summary import comparison_notes
+
+    unlabelled = tmp_path / "unlabelled.xyz"
+    unlabelled.write_text("2\nProperties=species:S:1:pos:R:3 pbc=\"F F F\"\nH 0 0 0\nH 0 0 0.74\n")
+    base = ("training: {data: {train: acac:train_300K, max_train_frames: 8}, model: {name: nequip, num_layers: 1, num_features: 4}}\n"
+            "variants: [decorrelated]\nseeds: [0]\ntest: {in_distribution: [acac:test_MD_300K], out_of_distribution: [TEST]}\n"
+            "stability: {temperatures_K: [300], replicas: 1, time_ps: 0.005, in_distribution: STARTS}\n")
+    trained = []
+    monkeypatch.setattr(study_module, "train_stage", lambda *args: trained.append(args) or {"model_hash": "x", "train_seconds": 1.0})
+    config = tmp_path / "study.yaml"
+    config.write_text(base.replace("TEST", str(unlabelled)).replace("STARTS", "[{file: acac:test_MD_300K, frames: [0]}]"))
+    with pytest.raises(StableFFError, match=r"unlabelled.xyz.*energy"):
+        run_study(load_study_config(config), tmp_path / "out", log=lambda *_: None)
+    config.write_text(base.replace("TEST", "acac:test_MD_600K").replace("STARTS", "[{file: acac:test_MD_300K, frames: [0, 0]}]"))
+    with pytest.raises(StableFFError, match=r"acac:test_MD_300K \(frame 0\) is the same stability start structure as acac:test_MD_300K"):
+        run_study(load_study_config(config), tmp_path / "out", log=lambda *_: None)
+    assert not trained
+    assert comparison_notes(["decorrelated"]) == [
+        "no comparison: the study has no baseline variant (variants: decorrelated); add baseline to variants to compare the remedies with it"]
+    assert "only the baseline" in comparison_notes(["baseline"])[0] and comparison_notes(["baseline", "sam"]) == []
+
+
+def test_what_changed_is_said_by_key_also_inside_lists():
+    """A fingerprint holding a list of replica fingerprints (the structure stage's) reports the key
+    that changed, once with the count of items, not a truncated JSON blob."""
+    from stableff.fingerprint import differences
+
+    old = {"stage": "structure-2", "replicas": [{"md": {"steps": 40, "seed": s}} for s in range(3)]}
+    new = {"stage": "structure-2", "replicas": [{"md": {"steps": 50, "seed": s}} for s in range(3)]}
+    assert differences(old, new) == ["replicas[*].md.steps: 40 -> 50 (3 of 3 items)"]
+    assert differences({"frames": [0, 1]}, {"frames": [0, 2]}) == ["frames[*]: 1 -> 2 (1 of 2 items)"]

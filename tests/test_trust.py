@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from stableff.cli import main
+
+from conftest import ACAC
 from stableff.md.supervision import errors_travel_whole
 
 
@@ -20,8 +22,12 @@ def run_cli(*args):
 
 
 def one_line_error(capsys, argv, *fragments):
-    """main(argv) exits 1 with one message on stderr containing every fragment, no traceback."""
-    code = main([str(a) for a in argv])
+    """main(argv) exits 1 with one message on stderr containing every fragment, no traceback (or,
+    for a bad option value, exits 2 as argparse does: its usage and one error line)."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit:
+        code = exit.code - 1 if exit.code == 2 else exit.code
     err = capsys.readouterr().err
     assert code == 1, err
     assert "Traceback" not in err and err.count("error:") == 1, err
@@ -68,6 +74,24 @@ def test_stability_refuses_replicas_made_from_other_inputs_and_fresh_reruns(trai
     capsys.readouterr()
     assert main(["stability", str(trained_model), "acac:test_MD_300K", "--out", str(out), "--temperature", "600", *STABILITY]) == 0
     assert "2 of 2 replicas already finished with the same inputs" in capsys.readouterr().out
+    # --fresh where one replica folder cannot be cleared (read-only, immutable): one line, nothing deleted
+    import pathlib
+
+    real_touch = pathlib.Path.touch
+
+    def touch(path, *args, **kwargs):
+        if path.parent.name == "replica_001":
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_touch(path, *args, **kwargs)
+
+    kept = sorted((out / "test_MD_300K_0").rglob("*"))
+    pathlib.Path.touch = touch
+    try:
+        one_line_error(capsys, ["stability", trained_model, "acac:test_MD_300K", "--out", out, "--temperature", "300", "--fresh", *STABILITY],
+                       f"{out / 'test_MD_300K_0' / 'replica_001'}: cannot clear it to run again (Operation not permitted); nothing was deleted")
+    finally:
+        pathlib.Path.touch = real_touch
+    assert sorted((out / "test_MD_300K_0").rglob("*")) == kept
 
 
 def test_two_start_files_with_the_same_name_are_kept_apart(trained_model, tmp_path):
@@ -175,12 +199,39 @@ def test_outputs_checked_before_any_work(trained_model, tmp_path, capsys):
     (["stability", "{model}", "acac:test_MD_300K", "--out", "{tmp}/s", "--close-contact-factor", "-0.5"], ["close_contact_factor must be positive"]),
     (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--energy-drift-meV-per-atom", "0"], ["energy_drift_meV_per_atom must be positive"]),
     (["probe", "{model}", "--eos", "acac:test_MD_300K"], ["test_MD_300K", "needs a cell periodic in all three directions"]),
+    # a device this torch cannot use, or no device at all, is refused before any work
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--device", "gpu0"], ["argument --device: 'gpu0' is not a device"]),
+    (["evaluate", "{model}", "acac:test_MD_300K", "--device", "cuda:7"], ["argument --device: 'cuda:7' is not available here"]),
+    (["train", "{config}", "--out", "{tmp}/t", "training.device=cuda:7"], ["training.device: 'cuda:7' is not available here"]),
+    # frames are written where the checks are: a spacing that is not a multiple is refused, not rounded
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/md", "--traj-interval", "1"], ["must be a multiple of log_interval (--log-interval, 10 steps)"]),
+    # the same start twice (a path and the embedded name of one file) would count as two starts
+    (["stability", "{model}", "acac:test_MD_300K", "{acac}/test_MD_300K.xyz", "--out", "{tmp}/s"], ["is the same start structure as acac:test_MD_300K"]),
+    # output paths through a symbolic-link loop or a link to nothing
+    (["md", "{model}", "acac:test_MD_300K", "--out", "{tmp}/loop/md"], ["the --out folder is (or lies under) a symbolic link loop"]),
+    (["stability", "{model}", "acac:test_MD_300K", "--out", "{tmp}/s", "--json", "{tmp}/loop/s.json"], ["the --json file is (or lies under) a symbolic link loop"]),
+    (["export", "{model}", "--out", "{tmp}/dangling/m.pt"], ["symbolic link to a missing target"]),
 ])
 def test_user_errors_end_in_one_line(argv, fragments, trained_model, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("data: {train: acac:train_300K, max_train_frames: 8}\ntraining: {epochs: 1}\n")
-    argv = [a.format(model=trained_model, tmp=tmp_path, config=config) for a in argv]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    argv = [a.format(model=trained_model, tmp=tmp_path, config=config, acac=ACAC) for a in argv]
     one_line_error(capsys, argv, *fragments)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in ("c.yaml", ".stableff.lock", ".stableff")]
+    assert not written, written  # refused before any work
+
+
+def test_a_short_extxyz_frame_is_named_by_its_index(tmp_path):
+    """A count line that promises more atoms than the frame has: the message names the frame."""
+    from stableff.data.io import read_frames
+    from stableff.errors import DataError
+
+    frame = "{n}\nProperties=species:S:1:pos:R:3 pbc=\"F F F\"\nH 0 0 0\nH 0 0 0.74\n"
+    (tmp_path / "short.xyz").write_text(frame.format(n=2) * 2 + frame.format(n=5))
+    with pytest.raises(DataError, match=r"short.xyz, frame 2: cannot read this file .*expected 5"):
+        read_frames(tmp_path / "short.xyz")
 
 
 def test_text_where_a_number_belongs_and_one_atom_training_data(tmp_path, capsys):
@@ -368,6 +419,7 @@ def test_a_full_disk_ends_md_in_one_line_and_leaves_only_whole_frames(trained_mo
                    f"{out / 'trajectory.extxyz'}: cannot write (No space left on device)")
     frames = ase.io.read(out / "trajectory.extxyz", ":")
     assert len(frames) == 2 and all(len(f) == 15 for f in frames)
+    assert [(f.info["step"], f.info["time_ps"]) for f in frames] == [(0, 0.0), (10, 0.005)]  # each frame says when it is
     rows = (out / "thermo.csv").read_text().splitlines()
     assert len(rows) >= 3 and all(len(row.split(",")) == 7 for row in rows)
 
@@ -410,3 +462,38 @@ def test_a_worker_error_that_cannot_be_pickled_reaches_the_parent():
     with pytest.raises(RuntimeError, match="_UnpicklableError in a worker process: 7: a library failed"):
         with worker_pool(1) as pool:
             pool.map(_raises_unpicklable, [0])
+
+
+def test_a_stability_index_of_one_with_failures_says_so():
+    """Runs that fail at their last checked frame have t_fail = T, so SI = 1.000: printed with the
+    failures beside it, not as a perfect score."""
+    from stableff.analysis.stability import index_text, summarise_replicas
+
+    late = [{"run_length_ps": 1.0, "time_to_failure_ps": 1.0, "failed": True, "reason": "close_contact"}] * 2
+    assert index_text(summarise_replicas(late)) == "1.000 (yet 2 failed, at the end of the run: t_fail ~ run length)"
+    fine = [{"run_length_ps": 1.0, "time_to_failure_ps": 1.0, "failed": False, "reason": None}] * 2
+    assert index_text(summarise_replicas(fine)) == "1.000"
+    assert index_text(summarise_replicas(late[:1] + [dict(late[0], time_to_failure_ps=0.5)])) == "0.750"
+
+
+def test_ms_per_step_leaves_out_the_first_model_call(tmp_path):
+    """The first model call (where --compile compiles) is timed apart: a calculator whose first
+    call takes 1.5 s does not show in ms/step."""
+    from ase.calculators.emt import EMT
+
+    from stableff.data.io import read_frames
+    from stableff.md.engines.ase import run_md
+    from stableff.md.settings import MDSettings
+
+    class SlowFirstCall(EMT):
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            SlowFirstCall.calls += 1
+            if SlowFirstCall.calls == 1:
+                time.sleep(1.5)
+            super().calculate(*args, **kwargs)
+
+    atoms = read_frames("acac:test_MD_300K", index=0)[0].to_atoms()
+    summary = run_md(atoms, SlowFirstCall(), MDSettings(ensemble="nve", steps=20, progress=False), tmp_path)
+    assert summary["first_call_s"] >= 1.5 and summary["ms_per_step"] * summary["steps"] < 1000

@@ -159,6 +159,22 @@ def _read_deepmd(path: Path) -> list[Frame]:
     return frames
 
 
+def _first_unreadable_frame(path: Path) -> int | None:
+    """The index of the frame where reading ``path`` fails (frames before it read), for the error
+    message; None where the file cannot be read frame by frame."""
+    import ase.io
+
+    count = 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in ase.io.iread(str(path), index=":"):
+                count += 1
+    except Exception:
+        return count
+    return None
+
+
 def read_frames(
     spec: str | Path,
     index: str | int = ":",
@@ -187,7 +203,7 @@ def read_frames(
                 warnings.simplefilter("ignore")
                 images = ase.io.read(str(path), index=":" if isinstance(index, int) else index)
         except Exception as exc:
-            raise DataError(path, f"cannot read this file ({type(exc).__name__}: {exc})") from exc
+            raise DataError(path, f"cannot read this file ({type(exc).__name__}: {exc})", _first_unreadable_frame(path)) from exc
         if not isinstance(images, list):
             images = [images]
         offset = 0

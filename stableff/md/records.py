@@ -112,13 +112,18 @@ def constrained_forces(atoms, forces: np.ndarray) -> np.ndarray:
     return forces
 
 
-def frame_text(atoms, energy: float, forces) -> str:
-    """One extxyz frame: the atoms (without constraints) with their energy and forces."""
+def frame_text(atoms, energy: float, forces, step: int | None = None, time_ps: float | None = None) -> str:
+    """One extxyz frame: the atoms (without constraints) with their energy and forces, and (in its
+    header) the MD step and time it was taken at."""
     from ase.calculators.singlepoint import SinglePointCalculator
     import ase.io
 
     snapshot = atoms.copy()
     snapshot.set_constraint()
+    if step is not None:
+        snapshot.info["step"] = int(step)
+    if time_ps is not None:
+        snapshot.info["time_ps"] = float(f"{time_ps:.6f}")
     snapshot.calc = SinglePointCalculator(snapshot, energy=energy, forces=forces)
     buffer = io.StringIO()
     ase.io.write(buffer, snapshot, format="extxyz")
@@ -136,7 +141,7 @@ class FrameRecorder:
     def __init__(self, settings: MDSettings, monitor: FailureMonitor | None, thermo, trajectory, bar=None):
         self.settings, self.monitor = settings, monitor
         self.thermo, self.trajectory, self.bar = thermo, trajectory, bar
-        self.traj_every = max(1, round(settings.traj_interval / settings.log_interval))
+        self.traj_every = settings.traj_interval // settings.log_interval  # a multiple (MDSettings.validate)
         self.cutoff = max(MIN_DISTANCE_CUTOFF_A, monitor.neighbor_cutoff if monitor is not None else 0.0)
         self.records = 0
         self.last_step = -1
@@ -170,7 +175,7 @@ class FrameRecorder:
         self.thermo.write(f"{time_fs / 1000:.6f},{temperature:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{fmax:.4f},{dmin:.4f}\n")
         self.thermo.flush()
         if self.records % self.traj_every == 0 and finite:
-            self.trajectory.write(frame_text(atoms, epot, forces))
+            self.trajectory.write(frame_text(atoms, epot, forces, step, time_fs / 1000))
             self.trajectory.flush()
         self.records += 1
         self.last_step = step

@@ -19,7 +19,7 @@ import torch
 from stableff.errors import StableFFError
 from stableff.fingerprint import RESULT_FORMAT, atoms_hash, differences, file_hash
 from stableff.io import read_json
-from stableff.layout import MD_RUN_FILES, SUMMARY_FILE, remove_own_files
+from stableff.layout import MD_RUN_FILES, SUMMARY_FILE, check_deletable, remove_own_files
 from stableff.md.monitors import MonitorSettings
 from stableff.md.settings import DEFAULT_ENGINE, ENGINES, MDSettings
 from stableff.md.supervision import errors_travel_whole
@@ -51,6 +51,23 @@ def replica_seed(seed: int, replica: int) -> int:
 def start_label(spec: str, index: int = 0, prefix: str = "") -> str:
     """A folder-safe name of a start structure: file stem and frame, e.g. ``test_MD_600K_0``."""
     return f"{prefix}{Path(str(spec).split(':')[-1]).stem}_{index}"
+
+
+def check_distinct_starts(starts, what: str = "start structure") -> None:
+    """Refuse the same structure given twice (the same file, or a path and a link to it, at the same
+    frame): its replicas would count as two independent starts. ``starts``: (spec, frame) pairs."""
+    from stableff.data.io import resolve_path
+
+    seen: dict = {}
+    for spec, frame in starts:
+        try:
+            key = (resolve_path(spec).resolve(), frame)
+        except (OSError, RuntimeError):
+            continue  # unreadable paths get their own message from the reader
+        if key in seen:
+            raise StableFFError(f"{spec} (frame {frame}) is the same {what} as {seen[key]}: each start counts once "
+                                "(for more runs from one start raise the number of replicas)")
+        seen[key] = spec
 
 
 def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
@@ -160,13 +177,17 @@ def run_replicas(tasks: list[ReplicaTask], workers: int | None = None, progress:
     results, pending, fingerprints = plan_replicas(tasks, fresh, on_mismatch)
     identities = [replica_identity(task, fingerprint) for task, fingerprint in zip(tasks, fingerprints)]
     resume: dict[int, dict] = {}
+    to_clear = []
     for k in pending:  # an old result must never be mistaken for this run's, even if it is killed
         folder = replica_dir(tasks[k].out_dir, tasks[k].start_label, tasks[k].replica)
         state = read_state(folder, fingerprints[k]) if tasks[k].engine == "batched" and not fresh else None
         if state is not None:  # an interrupted batched replica with the same inputs: continue it
             resume[k] = state
-        elif folder.exists():  # only the files a replica writes: anything a user put there stays
-            remove_own_files(folder, require_marker=False, patterns=MD_RUN_FILES)
+        elif folder.exists():
+            to_clear.append(folder)
+    check_deletable(to_clear)  # all or none: a folder that cannot be cleared stops the run before any is
+    for folder in to_clear:  # only the files a replica writes: anything a user put there stays
+        remove_own_files(folder, require_marker=False, patterns=MD_RUN_FILES)
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(pending) or 1, cores))
     if progress and len(tasks) - len(pending):

@@ -39,7 +39,7 @@ class MDSettings:
     damping_fs: float = 100.0  # Nose-Hoover chain tdamp, Bussi taut
     seed: int = 0
     log_interval: int = 10  # steps between thermo rows and failure checks
-    traj_interval: int = 20  # steps between trajectory frames (rounded to a multiple of log_interval)
+    traj_interval: int = 20  # steps between trajectory frames (a multiple of log_interval)
     keep_going: bool = False  # record failures but run to the end
     progress: bool = True
 
@@ -50,6 +50,10 @@ class MDSettings:
             value = getattr(self, name)
             if not value > 0:  # also refuses NaN
                 raise StableFFError(f"{name} must be positive (got {value})")
+        if self.traj_interval % self.log_interval:
+            raise StableFFError(f"traj_interval (--traj-interval, {self.traj_interval} steps) must be a multiple of log_interval (--log-interval, {self.log_interval} steps): "
+                                f"frames are written where the failure checks are (for a frame every {self.traj_interval} steps set log_interval "
+                                f"to {self.traj_interval} or a divisor of it)")
         if self.temperature_K < 0:
             raise StableFFError(f"temperature must be >= 0 K (got {self.temperature_K})")
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stableff.data.io import read_frames
 from stableff.io import write_json_atomic
 from stableff.models import DEFAULT_MODEL
 from stableff.layout import study_summary, study_run
 from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config
 from stableff.study.stages import accuracy_stage, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
-from stableff.study.summary import summarise_study
+from stableff.study.summary import comparison_notes, summarise_study
 
 __all__ = ["StudyConfig", "StabilityPlan", "load_study_config", "run_study", "variant_config"]
 
@@ -31,6 +32,10 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
     plan = study.stability
     starts = start_structures(plan)
     test_sets = {"ID": study.test.in_distribution, "OOD": study.test.out_of_distribution}
+    for path in dict.fromkeys([*test_sets["ID"], *test_sets["OOD"]]):  # every input read before any work
+        read_frames(path, require=("energy", "forces"))
+    for note in comparison_notes(study.variants):
+        log(f"note: {note}")
     correlation_files = study.test.in_distribution or [study.training["data"]["train"]]
     runs = []
     for model in study.model_blocks():

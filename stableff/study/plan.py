@@ -9,6 +9,7 @@ import copy
 from pydantic import Field, ValidationError, field_validator
 
 from stableff.errors import ConfigError
+from stableff.runtime import usable_device
 from stableff.md.settings import DEFAULT_ENGINE, ENGINES, ENSEMBLES
 from stableff.models import DEFAULT_MODEL
 from stableff.train.config import StrictConfig
@@ -83,17 +84,7 @@ class StudyConfig(StrictConfig):
     @field_validator("device")
     @classmethod
     def _usable_device(cls, value):
-        import torch
-
-        try:
-            device = torch.device(value)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"'{value}' is not a device (cpu, cuda or cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"'{value}' is not available here (this torch has no CUDA device)")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"'{value}' is not supported (cpu, cuda or cuda:N)")
-        return value
+        return usable_device(value)
 
     @field_validator("seeds")
     @classmethod
@@ -156,8 +147,10 @@ def variant_config(study: StudyConfig, model: dict, variant: str, seed: int, sou
 def start_structures(plan: StabilityPlan) -> list[tuple[str, str, object]]:
     """(kind "ID"/"OOD", label, ase.Atoms) of every start structure of the plan."""
     from stableff.data.io import read_frames
-    from stableff.md.replicas import start_label
+    from stableff.md.replicas import check_distinct_starts, start_label
 
+    check_distinct_starts([(entry.file, frame) for entries in (plan.in_distribution, plan.out_of_distribution)
+                           for entry in entries for frame in entry.frames], "stability start structure")
     starts = []
     for kind, entries in (("ID", plan.in_distribution), ("OOD", plan.out_of_distribution)):
         for entry in entries:

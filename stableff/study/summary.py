@@ -69,8 +69,18 @@ def summarise_study(study, runs: list[dict]) -> dict:
     return {
         "name": study.name, "seeds": study.seeds, "variants": study.variants, "conditions": conditions,
         "stability_plan": study.stability.model_dump(), "rows": rows, "survival": survival, "comparisons": comparisons,
-        "runs": runs, "verdicts": verdicts(comparisons),
+        "runs": runs, "verdicts": comparison_notes(study.variants) + verdicts(comparisons),
     }
+
+
+def comparison_notes(variants: list[str]) -> list[str]:
+    """What the comparison section says when a study cannot compare (no baseline, or nothing else)."""
+    if "baseline" not in variants:
+        return [f"no comparison: the study has no baseline variant (variants: {', '.join(variants)}); "
+                "add baseline to variants to compare the remedies with it"]
+    if len(variants) == 1:
+        return ["no comparison: the study has only the baseline variant (add a remedy, e.g. decorrelated, to compare)"]
+    return []
 
 
 def compare_variants(runs: list[dict], conditions: list[str], n_boot: int = 2000) -> list[dict]:

@@ -36,6 +36,7 @@ from stableff.train.ema import ExponentialMovingAverage
 from stableff.train.decorrelation import coefficient, correlation_loss, sample_edges
 from stableff.train.losses import combine_terms, loss_sums, loss_weights, weighted_loss
 from stableff.train.sam import SAM
+from stableff.runtime import usable_device
 
 
 def distributed_context() -> tuple[int, int]:
@@ -141,9 +142,10 @@ class Trainer:
         training = config.training
         if training.num_threads:
             torch.set_num_threads(training.num_threads)
-        self.device = torch.device(training.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise StableFFError("training.device is 'cuda' but no CUDA device is available")
+        try:
+            self.device = torch.device(usable_device(training.device))
+        except ValueError as error:
+            raise StableFFError(f"training.device: {error}") from None
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.dtype = getattr(torch, training.dtype)

@@ -55,6 +55,10 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
         from tqdm import tqdm
 
         bar = tqdm(total=settings.steps, desc=label or "MD", unit="step", file=sys.stderr, mininterval=0.5, leave=False)
+    t_first = time.perf_counter()
+    with np.errstate(all="ignore"):
+        atoms.get_forces()  # the first model call (where torch.compile compiles) is kept out of ms/step; the step reuses it
+    first_call_s = time.perf_counter() - t_first
     t_start = time.perf_counter()
     thermo, trajectory = open_run_files(out_dir)
     with thermo, trajectory:
@@ -75,7 +79,8 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
             observe()  # the last step, when the run length is not a multiple of log_interval
     if bar is not None:
         bar.close()
-    summary = md_summary(settings, len(atoms), recorder, dynamics.nsteps, time.perf_counter() - t_start, label, metadata)
+    summary = md_summary(settings, len(atoms), recorder, dynamics.nsteps, time.perf_counter() - t_start, label,
+                         {"first_call_s": first_call_s, **(metadata or {})})
     write_summary(summary, out_dir)
     return summary
 
