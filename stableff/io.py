@@ -10,18 +10,27 @@ from pathlib import Path
 
 
 def _write_atomic(path: str | Path, write, mode: str) -> None:
+    """Write through ``write(handle)`` into a temporary file beside ``path``, then rename it over
+    ``path``. A disk that fills (or any OSError) ends in StableFFError naming the file, with the
+    temporary file removed and the previous version of ``path`` unchanged."""
+    from stableff.errors import StableFFError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            kept = "the previous version is unchanged" if path.exists() else "nothing was written"
+            raise StableFFError(f"{path}: cannot write ({error.strerror or error}); {kept}") from None
         raise
 
 
@@ -36,10 +45,15 @@ def write_json_atomic(data, path: str | Path) -> None:
 
 
 def save_torch_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically (checkpoints)."""
+    """``torch.save`` to ``path`` atomically (checkpoints). Serialised in memory first: torch's
+    writer turns a full disk into an unspecific RuntimeError, a plain write into ENOSPC."""
+    import io
+
     import torch
 
-    _write_atomic(path, lambda handle: torch.save(obj, handle), "wb")
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_atomic(path, lambda handle: handle.write(buffer.getbuffer()), "wb")
 
 
 def read_json(path: str | Path):

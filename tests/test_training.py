@@ -196,3 +196,40 @@ def test_validation_loss_has_the_stress_term_training_has(tmp_path):
         assert metrics["loss"] == pytest.approx(expected, rel=1e-12)
         losses[weight] = metrics
     assert losses[100.0]["loss"] > (losses[100.0]["ermse_meV_per_atom"] / 1000) ** 2 + (losses[100.0]["frmse_meV_per_A"] / 1000) ** 2
+
+
+def test_a_full_disk_stops_training_in_one_line_and_a_resume_continues(tmp_path, monkeypatch):
+    """The disk fills while epoch 2's last.ckpt is written: one error naming the file, both
+    checkpoints still load (last.ckpt the first epoch's), no temporary file is left, and --resume after
+    space is freed trains to the end."""
+    import errno
+
+    import stableff.io
+    from stableff.errors import StableFFError
+    from stableff.train.loop import Trainer
+
+    config = parse_config({
+        "data": {"train": "acac:train_300K", "val_fraction": 0.25, "max_train_frames": 8},
+        "model": {"name": "nequip", "r_max": 3.5, "num_layers": 1, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+        "training": {"epochs": 3, "batch_size": 4, "num_threads": 1},
+    })
+    real_fsync, writes = stableff.io.os.fsync, []
+
+    def filling_disk(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        writes.append(name)
+        if ".last.ckpt." in name and sum(".last.ckpt." in w for w in writes) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(stableff.io.os, "fsync", filling_disk)
+    out = tmp_path / "run"
+    with pytest.raises(StableFFError, match=rf"{out / 'last.ckpt'}: cannot write \(No space left on device\); the previous version is unchanged"):
+        Trainer(config, out, progress=False).run()
+    assert sorted(p.name for p in out.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "metrics.csv"]
+    assert torch.load(out / "last.ckpt", weights_only=False)["epoch"] == 0  # 0-based: the first epoch's
+    assert torch.load(out / "best.ckpt", weights_only=False)["epoch"] in (0, 1)
+    monkeypatch.setattr(stableff.io.os, "fsync", real_fsync)
+    trainer = Trainer(config, out, resume=True, progress=False)
+    trainer.run()
+    assert [row["epoch"] for row in trainer.history] == [1, 2, 3]
