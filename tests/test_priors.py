@@ -10,6 +10,7 @@ from stableff import testing
 from stableff.data import keys
 from stableff.errors import ConfigError
 from stableff.models import MODELS, build_model
+from stableff.models.base import EnergyNetwork
 
 from conftest import SMALL_HYPERPARAMETERS
 
@@ -161,3 +162,89 @@ def test_equation_of_state_recovers_a_known_birch_murnaghan_curve(monkeypatch):
     assert result["volumes_A3"] == pytest.approx((np.linspace(0.92, 1.08, 11) * atoms.get_volume()).tolist())
     assert result["V0_A3"] == pytest.approx(v0, rel=1e-6) and result["E0_eV"] == pytest.approx(e0, abs=1e-8)
     assert result["B0_GPa"] == pytest.approx(b0_GPa, rel=1e-5) and "warning" not in result
+
+
+class _ShallowHoleNetwork(EnergyNetwork):
+    """A learned pair energy that is 0 from each pair's closest training distance outwards and
+    falls by 1 eV below it (smoothly, over 1 A): the kind of hole a model leaves where it has no data."""
+
+    def __init__(self, type_numbers=(8, 72), r_max: float = 4.0, avg_num_neighbors: float = 1.0):
+        super().__init__(type_numbers, r_max, avg_num_neighbors)
+        self.closest = {(0, 0): 2.4, (0, 1): 1.9, (1, 0): 1.9, (1, 1): 3.0}
+
+    def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
+        from stableff.models.priors import smootherstep_switch
+
+        species = batch[keys.SPECIES]
+        centre, neighbour = batch[keys.EDGE_INDEX]
+        closest = torch.tensor([self.closest[(int(a), int(b))] for a, b in zip(species[centre], species[neighbour])], dtype=edge_lengths.dtype)
+        pair = -1.0 * smootherstep_switch(edge_lengths, closest - 1.0, closest)
+        energies = torch.zeros(species.shape[0], dtype=pair.dtype).index_add_(0, centre, 0.5 * pair)
+        return energies, None
+
+
+def test_the_data_placed_switch_closes_holes_below_the_training_minimum_of_every_pair():
+    """HfO2 in miniature: closest training distances O-O 2.4, O-Hf 1.9, Hf-Hf 3.0 A and a learned
+    part that falls by 1 eV below them. With the switch placed by the data the probe finds no hole
+    for any pair, and the prior is exactly zero from the training minimum outwards; with covalent
+    radii (O-O switched off at 1.32 A) the O-O hole stays. Pairs absent from the data get the
+    covalent radii."""
+    from stableff.analysis.probes import dimer_curves
+    from stableff.data.stats import DatasetStatistics
+    from stableff.models import compose
+    from stableff.models.priors import covalent_outer, data_placed_pairs
+
+    closest = {"8-8": 2.4, "8-72": 1.9, "72-72": 3.0}
+    stats = DatasetStatistics(type_numbers=[8, 72], reference_energies=[0, 0], energy_per_atom_residual_mean=0, energy_per_atom_residual_std=0,
+                              force_rms=1, mean_num_neighbors=4, max_abs_force=1, min_pair_distance=closest,
+                              max_nearest_neighbor_distance={}, cutoff=4.0, n_frames=1)
+    pairs, absent = data_placed_pairs([8, 72], 4.0, closest)
+    assert pairs == {"8-8": [1.8, 2.4], "8-72": [1.425, 1.9], "72-72": [2.25, 3.0]} and absent == []
+
+    def model(**zbl):
+        return compose(_ShallowHoleNetwork(), trainable_scale_shift=False, zbl=True, **zbl).double().eval()
+
+    learned_only = {c["pair"]: c["hole"] for c in dimer_curves(compose(_ShallowHoleNetwork(), trainable_scale_shift=False).double().eval(), stats)}
+    assert all(hole is not None and hole["depth_eV"] > 0.9 for hole in learned_only.values())
+    data = model(zbl_switch="data", zbl_pairs=pairs)
+    assert {c["pair"]: c["hole"] for c in dimer_curves(data, stats)} == {"O-O": None, "O-Hf": None, "Hf-Hf": None}
+    for (z1, z2), d in (((8, 8), 2.4), ((8, 72), 1.9), ((72, 72), 3.0)):  # nothing of the prior where there is data
+        for r in (d, d + 0.3):
+            assert dimer_energy(data, z1, z2, r) == pytest.approx(dimer_energy(compose(_ShallowHoleNetwork(), trainable_scale_shift=False).double().eval(), z1, z2, r), abs=1e-12)
+    covalent = {c["pair"]: c["hole"] for c in dimer_curves(model(zbl_switch="covalent"), stats)}
+    assert covalent["O-O"] is not None and covalent["O-O"]["radius_A"] > covalent_outer(8, 8, 4.0)
+    pairs, absent = data_placed_pairs([8, 72], 4.0, {"8-72": 1.9}, factor=1.1, width=0.5)
+    assert absent == ["8-8", "72-72"] and pairs["8-72"] == [pytest.approx(1.045), pytest.approx(2.09)]
+    assert pairs["8-8"] == [pytest.approx(0.5 * covalent_outer(8, 8, 4.0)), pytest.approx(covalent_outer(8, 8, 4.0))]
+
+
+def test_zbl_true_in_a_config_means_the_data_placement_and_the_checkpoint_keeps_its_radii(tmp_path, capsys):
+    """``zbl: true`` places the switch by the data, ``zbl: {switch: covalent}`` keeps the old radii,
+    bad keys are named; the trainer logs the radii, the checkpoint stores them, and the model loaded
+    from it has them without the data."""
+    from stableff.models.saved import model_from_checkpoint
+    from stableff.train.config import parse_config
+    from stableff.train.loop import Trainer
+
+    base = {"data": {"train": "acac:train_300K", "val_fraction": 0.25, "max_train_frames": 8}, "training": {"epochs": 1, "batch_size": 4, "num_threads": 1}}
+    small = {"name": "nequip", "r_max": 3.5, "num_layers": 1, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1}
+    assert parse_config({**base, "model": {**small, "zbl": True}}).model.hyperparameters()["zbl_switch"] == "data"
+    assert parse_config({**base, "model": {**small, "zbl": {"switch": "covalent"}}}).model.hyperparameters()["zbl_switch"] == "covalent"
+    assert "zbl_switch" not in parse_config({**base, "model": {**small, "zbl": True, "zbl_outer": 2.0}}).model.hyperparameters()
+    with pytest.raises(ConfigError, match=r"zbl: unknown key\(s\) \['radius'\]"):
+        parse_config({**base, "model": {**small, "zbl": {"radius": 1.0}}})
+    with pytest.raises(ConfigError, match="model.zbl.switch must be one of data, covalent"):
+        build_model("nequip", type_numbers=[1], zbl=True, zbl_switch="nearest")
+    with pytest.raises(ConfigError, match="switch data needs the closest distances of the training data"):
+        build_model("nequip", type_numbers=[1], zbl=True, zbl_switch="data")
+    trainer = Trainer(parse_config({**base, "model": {**small, "zbl": {"factor": 1.0}}}), tmp_path / "run", progress=False)
+    trainer.run()
+    assert "zbl: switch placed by the training data's closest pairs (factor 1): H-H " in capsys.readouterr().out
+    checkpoint = torch.load(tmp_path / "run" / "best.ckpt", weights_only=False)
+    stored = checkpoint["hyperparameters"]["zbl_pairs"]
+    closest = trainer.statistics.min_pair_distance
+    assert stored["8-8"][1] == pytest.approx(closest["8-8"], abs=1e-6) and stored["8-8"][0] == pytest.approx(0.75 * closest["8-8"], abs=1e-6)
+    model, _ = model_from_checkpoint(tmp_path / "run" / "best.ckpt")
+    (zbl,) = model.priors
+    k = list(model.type_numbers).index(8)
+    assert zbl.outer[k, k].item() == pytest.approx(closest["8-8"], abs=1e-6)

@@ -37,6 +37,27 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = DEFAULT_MODEL
 
+    @model_validator(mode="before")
+    @classmethod
+    def _zbl_settings(cls, raw):
+        """``zbl: {switch: data, factor: 1.0, width: 0.25}`` as the flat hyper-parameters the models
+        take (zbl, zbl_switch, zbl_factor, zbl_width); ``zbl: true`` alone places the switch by the
+        training data (models/priors.py), unless zbl_inner / zbl_outer set it by hand."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        zbl = raw.get("zbl")
+        if isinstance(zbl, dict):
+            unknown = sorted(set(zbl) - {"switch", "factor", "width"})
+            if unknown:
+                raise ValueError(f"zbl: unknown key(s) {unknown} (allowed: switch, factor, width)")
+            raw["zbl"] = True
+            for key, value in zbl.items():
+                raw[f"zbl_{key}"] = value
+        if raw.get("zbl") is True and "zbl_switch" not in raw and not any(k in raw for k in ("zbl_pairs", "zbl_inner", "zbl_outer")):
+            raw["zbl_switch"] = "data"
+        return raw
+
     @model_validator(mode="after")
     def _known_hyperparameters(self):
         from stableff.models import MODELS

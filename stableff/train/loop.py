@@ -66,8 +66,23 @@ def build_from_statistics(config: Config, statistics) -> torch.nn.Module:
         avg_num_neighbors=statistics.mean_num_neighbors,
         energy_scale=statistics.force_rms,
         energy_shift=torch.as_tensor(shift),
-        **config.model.hyperparameters(),
+        **placed_hyperparameters(config, statistics)[0],
     )
+
+
+def placed_hyperparameters(config: Config, statistics) -> tuple[dict, list[str]]:
+    """The model's hyper-parameters with what the training data decides filled in: the ZBL switch
+    radii of ``zbl: {switch: data}`` from the closest distance of each species pair (stored in the
+    checkpoint as ``zbl_pairs``). Also returns the pairs absent from the data (covalent radii)."""
+    from stableff.models.priors import PRIOR_HYPERPARAMETERS, data_placed_pairs
+
+    hyper = config.model.hyperparameters()
+    if not (hyper.get("zbl") and hyper.get("zbl_switch") == "data" and hyper.get("zbl_pairs") is None):
+        return hyper, []
+    r_max = hyper.get("r_max", MODELS[config.model.name].default_hyperparameter("r_max"))
+    pairs, absent = data_placed_pairs(statistics.type_numbers, r_max, statistics.min_pair_distance,
+                                      hyper.get("zbl_factor", PRIOR_HYPERPARAMETERS["zbl_factor"]), hyper.get("zbl_width", PRIOR_HYPERPARAMETERS["zbl_width"]))
+    return {**hyper, "zbl_pairs": pairs}, absent
 
 
 def gradient_step(model, local_graphs, config: Config, world: int, device, dtype, lambda_corr: float = 0.0, generator: torch.Generator | None = None):
@@ -187,6 +202,16 @@ class Trainer:
             f"within {cutoff:.2f} A; force RMS {self.statistics.force_rms:.3f} eV/A ({time.perf_counter() - t0:.1f} s)"
         )
         self._log(f"model: {config.model.name}, {sum(p.numel() for p in self.model.parameters()):,} parameters, {config.training.dtype}, {self.device}")
+        placed, absent = placed_hyperparameters(config, self.statistics)
+        if "zbl_pairs" in placed and placed.get("zbl_switch") == "data":
+            from stableff.data.species import pair_label
+
+            def label(key):
+                return pair_label(*map(int, key.split("-")))
+
+            radii = ", ".join(f"{label(k)} {inner:.2f}-{outer:.2f} A" for k, (inner, outer) in placed["zbl_pairs"].items() if k not in absent)
+            self._log(f"zbl: switch placed by the training data's closest pairs (factor {placed.get('zbl_factor', 1.0):g}): {radii}"
+                      + (f"; absent from the data, covalent radii: {', '.join(label(k) for k in absent)}" if absent else ""))
         opt = config.optimizer
         base = torch.optim.AdamW if (opt.base if opt.name == "sam" else opt.name) == "adamw" else torch.optim.Adam
         if opt.name == "sam":
