@@ -63,7 +63,8 @@ def data_placed_pairs(type_numbers, r_max: float, min_pair_distance: dict, facto
             closest = min_pair_distance.get(key)
             if closest is None or not closest > 0:
                 absent.append(key)
-                outer, inner = covalent_outer(a, b, r_max), 0.5 * covalent_outer(a, b, r_max)
+                outer = covalent_outer(a, b, r_max)
+                inner = 0.5 * outer
             else:
                 outer = min(factor * float(closest), float(r_max))
                 inner = (1.0 - width) * outer
