@@ -258,19 +258,24 @@ def cmd_md(args) -> int:
     _check_outputs(args, [args.model, args.start])
     atoms = _read_start(args.start, args.index, _model_elements(args.model))
     if args.engine == "lammps":
+        if args.committee:
+            raise StableFFError("--committee: the committee is evaluated by the ase engine (LAMMPS sees one model): drop --engine lammps")
         return _md_in_lammps(args, settings, atoms)
     if args.ranks != 1:
         raise StableFFError(f"--ranks {args.ranks}: MPI ranks are a setting of --engine lammps")
+    committee = _committee(args)
     calculator = StableFFCalculator(args.model, device=args.device, compile=args.compile)
     monitor = monitor_from_statistics(calculator.statistics, settings.ensemble, settings.temperature_K, _monitor_settings(args), atoms, _structure_check(args, [atoms]))
     print(f"MD: {len(atoms)} atoms from {args.start} [{args.index}], {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.steps} steps of {settings.timestep_fs:g} fs ({settings.length_ps:g} ps), output in {args.out}/")
-    _print_md_outcome(run_md(atoms, calculator, settings, args.out, monitor, label="MD"))
+    summary = run_md(atoms, calculator, settings, args.out, monitor, label="MD", committee=committee)
+    _print_md_outcome(summary)
+    _print_uncertainty(summary)
     return 0
 
 
 def cmd_stability(args) -> int:
-    from stableff.analysis.stability import index_text, median_of, stability_report
+    from stableff.analysis.stability import index_text, median_of, stability_report, warnings_text
     from stableff.errors import StableFFError
     from stableff.md.replicas import build_replica_tasks, check_distinct_starts, run_replicas, unique_start_labels
 
@@ -285,15 +290,21 @@ def cmd_stability(args) -> int:
     elements = _model_elements(args.model)  # a bad model file stops here, not in every worker
     atoms = [_read_start(spec, args.index, elements) for spec in args.start]
     starts = list(zip(unique_start_labels(args.start, args.index), atoms))
-    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms), args.engine, args.compile, args.ranks)
+    if args.committee and args.engine == "lammps":
+        raise StableFFError("--committee: the committee is evaluated by the batched and ase engines (LAMMPS sees one model): use --engine batched or ase")
+    committee = _committee(args)
+    tasks = build_replica_tasks(args.model, starts, settings, args.replicas, _monitor_settings(args), args.out, args.device, _structure_check(args, atoms),
+                                args.engine, args.compile, args.ranks, committee)
     print(f"stability: {args.replicas} replicas x {len(args.start)} start structure(s), {settings.ensemble} at {settings.temperature_K:g} K, "
           f"{settings.length_ps:g} ps each, {args.engine} engine{f' on {args.ranks} MPI rank(s) per replica' if args.engine == 'lammps' else ''}, output in {args.out}/")
     replicas = run_replicas(tasks, workers=args.workers, fresh=args.fresh)
     report = stability_report(replicas)
-    print(f"\n{'start':<20} {'replica':>7} {'seed':>5} {'t_fail (ps)':>12} {'status':<10} reason")
+    watched = committee is not None
+    print(f"\n{'start':<20} {'replica':>7} {'seed':>5} {'t_fail (ps)':>12} {'status':<10} " + (f"{'uncertain from (ps)':>19} " if watched else "") + "reason")
     for r in report["replicas"]:
         status = "failed" if r["failed"] else "stable"
-        print(f"{r['start']:<20} {r['replica']:>7} {r['seed']:>5} {r['time_to_failure_ps']:>12.4f} {status:<10} {r['reason'] or ''}")
+        flag = (f"{r['uncertain_time_ps']:>19.4f} " if r.get("uncertain") else f"{'-':>19} ") if watched else ""
+        print(f"{r['start']:<20} {r['replica']:>7} {r['seed']:>5} {r['time_to_failure_ps']:>12.4f} {status:<10} {flag}{r['reason'] or ''}")
     print()
     for label, s in report["by_start"].items():
         reasons = ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()) or "none"
@@ -301,6 +312,8 @@ def cmd_stability(args) -> int:
               f"RMST {s['rmst_ps']:.3f} ps, {s['n_failed']}/{s['n_replicas']} failed (by reason: {reasons})")
     print(f"overall stability index {index_text(report)} (1 = every run stable for {report['run_length_ps']:g} ps), "
           f"median time to failure (Kaplan-Meier, 95 % CI) {median_of(report)}, RMST {report['rmst_ps']:.3f} ps")
+    if report.get("committee_warnings"):
+        print(f"committee: {warnings_text(report['committee_warnings'])}")
     if args.plot:
         from stableff.report.plots import md_traces, survival_curves
 
@@ -438,6 +451,39 @@ def _add_md_arguments(p) -> None:
     g.add_argument("--reference-rdf", help="reference structures or CSV of g(r): fail when the RDF over a window deviates")
     g.add_argument("--rdf-threshold", type=float, default=1.0, help="mean over pairs of integral |g - g_ref| dr, A (default 1.0)")
     g.add_argument("--rdf-window-fs", "--rdf-window", dest="rdf_window", type=float, default=500.0, help="window of the RDF check, fs (default 500)")
+    g = p.add_argument_group("committee uncertainty (an early warning; it does not stop a run)")
+    g.add_argument("--committee", nargs="+", metavar="CKPT", help="other models of the committee (e.g. the same model trained with other seeds): "
+                   "their force disagreement with MODEL is recorded in thermo.csv at every check")
+    g.add_argument("--uncertainty-threshold", default=None, help="a run is uncertain from the first frame above this disagreement: eV/A (e.g. 0.3) "
+                   "or a multiple of the committee's mean disagreement on validation data (default 3x)")
+    g.add_argument("--uncertainty-reference", nargs="+", metavar="FILE", help="frames the multiple of --uncertainty-threshold refers to "
+                   "(default: the validation frames MODEL was trained with)")
+
+
+def _committee(args):
+    """The committee of ``--committee`` (None without it), its threshold resolved and said."""
+    from stableff.errors import StableFFError
+
+    if not args.committee:
+        if args.uncertainty_threshold is not None or args.uncertainty_reference:
+            raise StableFFError("--uncertainty-threshold / --uncertainty-reference need --committee CKPT ...")
+        return None
+    from stableff.md.committee import DEFAULT_THRESHOLD, make_committee
+
+    committee = make_committee(args.model, args.committee, args.uncertainty_threshold or DEFAULT_THRESHOLD, args.uncertainty_reference, args.device)
+    print(f"committee: {len(committee.members)} models; a run is uncertain above {committee.threshold_eV_per_A:.4f} eV/A ({committee.rule})", flush=True)
+    return committee
+
+
+def _print_uncertainty(summary: dict) -> None:
+    if "uncertain" not in summary:
+        return
+    peak = summary["max_force_disagreement_eV_per_A"]
+    peak = f"{peak:.4f} eV/A" if peak is not None else "none recorded"
+    if summary["uncertain"]:
+        print(f"uncertain from {summary['uncertain_time_ps']:.4f} ps (step {summary['uncertain_step']}); largest force disagreement {peak}")
+    else:
+        print(f"never uncertain: largest force disagreement {peak}, below {summary['committee']['threshold_eV_per_A']:.4f} eV/A")
 
 
 def _run_study_and_report(study, out: Path) -> dict:
@@ -454,6 +500,10 @@ def _run_study_and_report(study, out: Path) -> dict:
     print("Comparisons with the baseline (effect, 95 % interval, test):")
     for sentence in summary["verdicts"]:
         print(f"- {sentence}")
+    if summary.get("committee_warnings"):
+        print("\nCommittee warnings (the other seeds of each variant watching its runs):")
+        for sentence in summary["committee_warnings"]:
+            print(f"- {sentence}")
     print(f"\nreport: {html_path.resolve()} (also {md_path.name}); summary: {(out / 'summary.json').resolve()}")
     print(f"study finished in {time.perf_counter() - t0:.0f} s")
     return summary

@@ -4,6 +4,7 @@ resumption of a killed study without redoing finished steps."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -267,3 +268,49 @@ def test_what_changed_is_said_by_key_also_inside_lists():
     new = {"stage": "structure-2", "replicas": [{"md": {"steps": 50, "seed": s}} for s in range(3)]}
     assert differences(old, new) == ["replicas[*].md.steps: 40 -> 50 (3 of 3 items)"]
     assert differences({"frames": [0, 1]}, {"frames": [0, 2]}) == ["frames[*]: 1 -> 2 (1 of 2 items)"]
+
+
+def test_a_studys_seeds_watch_each_other_as_a_committee(tmp_path):
+    """`stability.committee: true`: every run of a variant is watched by its other seeds; each
+    replica records their disagreement, the summary counts warnings against failures per variant
+    and condition, and the report says it. A committee of one seed is refused naming the key."""
+    import csv
+
+    from stableff.errors import ConfigError
+    from stableff.md.committee import COLUMN
+    from stableff.report.render import write_study_report
+    from stableff.study import load_study_config, run_study
+
+    config = {
+        "name": "committee",
+        "training": {
+            "data": {"train": "acac:train_300K", "isolated_atoms": "acac:isolated_atoms", "val_fraction": 0.05, "max_train_frames": 12},
+            "model": {"name": "nequip", "r_max": 3.5, "num_layers": 1, "l_max": 1, "num_features": 4, "num_bessels": 4, "radial_mlp_width": 8, "radial_mlp_depth": 1},
+            "training": {"epochs": 1, "batch_size": 4, "num_threads": 1},
+        },
+        "variants": ["baseline"], "seeds": [0, 1],
+        "stability": {"temperatures_K": [1500], "replicas": 3, "time_ps": 0.04, "workers": 1, "committee": {"threshold": "2x"},
+                      "out_of_distribution": [{"file": "acac:test_MD_600K", "frames": [0]}]},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    summary = run_study(load_study_config(path), tmp_path / "out", log=lambda *_: None)
+    (row,) = summary["rows"]
+    warnings = row["committee_warnings_OOD@1500K"]
+    assert warnings["n_runs"] == 6 and warnings["n_failed"] > 0 and warnings["n_failed"] == sum(r["n_failed"] for r in [run["stability"]["OOD@1500K"] for run in summary["runs"]])
+    assert warnings["n_warned_before_failure"] + warnings["n_warned_at_failure"] + warnings["n_failures_without_warning"] == warnings["n_failed"]
+    assert summary["committee_warnings"] and "nequip, baseline, MD" in summary["committee_warnings"][0]
+    for run in summary["runs"]:
+        other = 1 - run["seed"]
+        for replica in run["stability"]["OOD@1500K"]["replicas"]:
+            assert replica["committee"]["members"][0].endswith(f"seed_{run['seed']}/best.ckpt")
+            assert replica["committee"]["members"][1].endswith(f"seed_{other}/best.ckpt")
+            with open(Path(replica["path"]) / "thermo.csv") as handle:
+                values = [float(r[COLUMN]) for r in csv.DictReader(handle)]
+            assert values and values[0] > 0
+    _, md_path = write_study_report(summary, tmp_path / "out")
+    assert "## Committee warnings" in md_path.read_text()
+    config["seeds"] = [0]
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="stability.committee.*at least two seeds"):
+        load_study_config(path)

@@ -62,13 +62,60 @@ def index_text(summary: dict) -> str:
     return text
 
 
+def warning_summary(replicas: list[dict]) -> dict | None:
+    """How a committee's warnings (``uncertain`` runs, :mod:`stableff.md.committee`) relate to the
+    failures of the runs it watched (None where none was watched): failures warned of before they
+    happened, with the lead time t_fail - t_uncertain (median, range); failures warned of only at
+    the failing frame itself or not at all; warnings of runs that did not fail within the run
+    (false alarms, as far as the run length shows) and stable runs without one."""
+    watched = [r for r in replicas if "uncertain" in r]
+    if not watched:
+        return None
+    failed = [r for r in watched if r["failed"]]
+    early = [r for r in failed if r["uncertain"] and r["uncertain_time_ps"] < r["time_to_failure_ps"]]
+    leads = sorted(r["time_to_failure_ps"] - r["uncertain_time_ps"] for r in early)
+    at_failure = [r for r in failed if r["uncertain"] and r["uncertain_time_ps"] == r["time_to_failure_ps"]]
+    stable = [r for r in watched if not r["failed"]]
+    return {
+        "n_runs": len(watched),
+        "n_failed": len(failed),
+        "n_warned_before_failure": len(early),
+        "n_warned_at_failure": len(at_failure),
+        "n_failures_without_warning": len(failed) - len(early) - len(at_failure),
+        "n_false_alarms": sum(1 for r in stable if r["uncertain"]),
+        "n_stable_without_warning": sum(1 for r in stable if not r["uncertain"]),
+        "lead_time_ps": {"median": float(np.median(leads)), "min": leads[0], "max": leads[-1], "n": len(leads)} if leads else None,
+        "threshold_eV_per_A": watched[0]["committee"]["threshold_eV_per_A"],
+    }
+
+
+def warnings_text(w: dict) -> str:
+    """A committee warning summary in one line (counts, and the lead time where a failure was foreseen)."""
+    lead = w["lead_time_ps"]
+    lead = (f", lead time median {lead['median']:.3f} ps (range {lead['min']:.3f}-{lead['max']:.3f} ps)" if lead else "")
+    return (f"{w['n_warned_before_failure']}/{w['n_failed']} failures warned of before they happened{lead}; "
+            f"{w['n_warned_at_failure']} only at the failing frame, {w['n_failures_without_warning']} without warning; "
+            f"{w['n_false_alarms']} warnings in the {w['n_runs'] - w['n_failed']} runs that did not fail "
+            f"(threshold {w['threshold_eV_per_A']:.4f} eV/A)")
+
+
+#: what the per-replica table of a stability report keeps of each summary
+REPLICA_KEYS = ("start", "replica", "seed", "temperature_K", "run_length_ps", "time_to_failure_ps", "failed", "reason", "detail", "steps", "ms_per_step", "path", "fingerprint")
+#: ... and of a run a committee watched
+UNCERTAINTY_KEYS = ("committee", "uncertain", "uncertain_step", "uncertain_time_ps", "max_force_disagreement_eV_per_A")
+
+
 def stability_report(replicas: list[dict]) -> dict:
-    """Overall summary plus one per start structure, and the per-replica table (JSON-ready)."""
+    """Overall summary plus one per start structure, the committee's warnings where one watched the
+    runs, and the per-replica table (JSON-ready)."""
     report = summarise_replicas(replicas)
     starts = sorted({r["start"] for r in replicas}, key=[r["start"] for r in replicas].index)
     report["by_start"] = {s: summarise_replicas([r for r in replicas if r["start"] == s]) for s in starts}
+    warnings = warning_summary(replicas)
+    if warnings is not None:
+        report["committee_warnings"] = warnings
     report["replicas"] = [
-        {k: r.get(k) for k in ("start", "replica", "seed", "temperature_K", "run_length_ps", "time_to_failure_ps", "failed", "reason", "detail", "steps", "ms_per_step", "path", "fingerprint")}
+        {k: r.get(k) for k in REPLICA_KEYS + (UNCERTAINTY_KEYS if "uncertain" in r else ())}
         for r in replicas
     ]
     return report

@@ -14,6 +14,29 @@ from stableff.data.neighbors import SKIN_A, SkinNeighborList
 from stableff.models.saved import model_from_checkpoint
 
 
+_LOADED: dict = {}
+
+
+def loaded_model(path, device: str = "cpu", compile: bool = False):
+    """(model, statistics) of a checkpoint, built once per process for each content of the file
+    (a run of many replicas in one process loads, and compiles, its model once: building an
+    e3nn model takes ~0.7 s, compiling it tens of seconds). A changed file is loaded again."""
+    from stableff.fingerprint import file_hash
+
+    key = (str(path), file_hash(path), str(device), bool(compile))
+    if key not in _LOADED:
+        if len(_LOADED) >= 8:  # a process that sees many models keeps the latest
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = model_from_checkpoint(path, device=device, compile=compile)
+    return _LOADED[key]
+
+
+def cached_calculator(path, device: str = "cpu", compile: bool = False) -> "StableFFCalculator":
+    """A fresh calculator (its own neighbour list and results) around the process's loaded model."""
+    model, statistics = loaded_model(path, device, compile)
+    return StableFFCalculator(model, device=device, statistics=statistics)
+
+
 class StableFFCalculator(Calculator):
     """ASE calculator for a trained stableff checkpoint.
 
@@ -21,7 +44,8 @@ class StableFFCalculator(Calculator):
     >>> atoms.calc = calc; atoms.get_forces()             # doctest: +SKIP
 
     Implements energy, free_energy, energies (per atom), forces and, for fully periodic cells, stress
-    (eV, eV/A, eV/A^3). ``model_path`` may also be an already built model (then ``statistics`` is None).
+    (eV, eV/A, eV/A^3). ``model_path`` may also be an already built model (with the training-data
+    ``statistics`` given beside it, or None).
     ``compile``: evaluate through torch.compile (falls back to eager with a warning where it fails).
     ``skin`` (A): the neighbour list holds pairs within r_max + skin and is rebuilt only after an
     atom has moved skin / 2 (or the cell changed); each call uses the pairs within r_max.
@@ -29,10 +53,10 @@ class StableFFCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model_path, device: str = "cpu", compile: bool = False, skin: float = SKIN_A, **kwargs):
+    def __init__(self, model_path, device: str = "cpu", compile: bool = False, skin: float = SKIN_A, statistics=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(model_path, torch.nn.Module):
-            self.model, self.statistics = model_path.eval(), None
+            self.model, self.statistics = model_path.eval(), statistics
             if compile:
                 from stableff.models.compiled import compile_inference
 

@@ -2,7 +2,8 @@
 
 A run's folder holds
   trajectory.extxyz  frames every ``traj_interval`` steps (each frame written whole or not at all);
-  thermo.csv         time_ps, temperature_K, epot_eV, ekin_eV, etot_eV, max_force_eV_per_A, min_distance_A;
+  thermo.csv         time_ps, temperature_K, epot_eV, ekin_eV, etot_eV, max_force_eV_per_A, min_distance_A
+                     (and force_disagreement_eV_per_A where a committee watches the run);
   summary.json       failed, time_to_failure_ps, reason, detail, steps, ms_per_step, ... (atomic).
 
 :class:`FrameRecorder` turns one checked frame (the atoms with their momenta, the energy and forces
@@ -27,6 +28,9 @@ from stableff.md.settings import MDSettings
 
 #: thermo.csv's columns (eV, A, K, ps)
 THERMO_COLUMNS = ("time_ps", "temperature_K", "epot_eV", "ekin_eV", "etot_eV", "max_force_eV_per_A", "min_distance_A")
+
+#: thermo.csv's column of a committee's force disagreement (eV/A), where one watches the run
+DISAGREEMENT_COLUMN = "force_disagreement_eV_per_A"
 
 #: pairs closer than this are looked for in every checked frame (thermo.csv's min_distance_A)
 MIN_DISTANCE_CUTOFF_A = 3.0
@@ -89,12 +93,17 @@ class RecordFile:
         self.close()
 
 
-def open_run_files(out_dir: Path):
+def thermo_columns(committee=None) -> tuple[str, ...]:
+    """thermo.csv's columns of a run (with the committee's disagreement where one watches it)."""
+    return THERMO_COLUMNS + ((DISAGREEMENT_COLUMN,) if committee is not None else ())
+
+
+def open_run_files(out_dir: Path, committee=None):
     """thermo.csv (with its header) and trajectory.extxyz of a run, opened for writing."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     thermo = RecordFile(out_dir / THERMO_FILE)
-    thermo.write(",".join(THERMO_COLUMNS) + "\n")
+    thermo.write(",".join(thermo_columns(committee)) + "\n")
     return thermo, RecordFile(out_dir / TRAJECTORY_FILE)
 
 
@@ -134,12 +143,15 @@ class FrameRecorder:
     """Records the checked frames of one run: a thermo row for each, a trajectory frame every
     ``traj_interval`` steps, and the failure check, all from one neighbour list of the frame.
 
-    ``record(step, atoms, energy, forces)``: ``atoms`` carries the positions and momenta of the
-    frame (and the constraints that set its degrees of freedom); ``energy`` (eV) and ``forces``
-    (eV/A) are the engine's for those positions."""
+    ``record(step, atoms, energy, forces, disagreement)``: ``atoms`` carries the positions and
+    momenta of the frame (and the constraints that set its degrees of freedom); ``energy`` (eV) and
+    ``forces`` (eV/A) are the engine's for those positions; ``disagreement`` (eV/A) the committee's
+    on the frame where a ``committee`` (:class:`stableff.md.committee.Committee`) watches the run:
+    the first frame above its threshold marks the run uncertain (it goes on)."""
 
-    def __init__(self, settings: MDSettings, monitor: FailureMonitor | None, thermo, trajectory, bar=None):
-        self.settings, self.monitor = settings, monitor
+    def __init__(self, settings: MDSettings, monitor: FailureMonitor | None, thermo, trajectory, bar=None, committee=None):
+        self.settings, self.monitor, self.committee = settings, monitor, committee
+        self.uncertain_step, self.max_disagreement = None, None
         self.thermo, self.trajectory, self.bar = thermo, trajectory, bar
         self.traj_every = settings.traj_interval // settings.log_interval  # a multiple (MDSettings.validate)
         self.cutoff = max(MIN_DISTANCE_CUTOFF_A, monitor.neighbor_cutoff if monitor is not None else 0.0)
@@ -156,8 +168,14 @@ class FrameRecorder:
         """Continue from a saved state (records written, last step, failure found so far)."""
         self.records, self.last_step = state["records"], state["step"]
         self.failure, self.failure_step = state["failure"], state["failure_step"]
+        self.uncertain_step, self.max_disagreement = state.get("uncertain_step"), state.get("max_disagreement")
 
-    def record(self, step: int, atoms, energy: float, forces: np.ndarray) -> None:
+    def state(self) -> dict:
+        """What :meth:`resume` continues from (saved with an interrupted run's state)."""
+        return {"records": self.records, "step": self.last_step, "failure": self.failure, "failure_step": self.failure_step,
+                "uncertain_step": self.uncertain_step, "max_disagreement": self.max_disagreement}
+
+    def record(self, step: int, atoms, energy: float, forces: np.ndarray, disagreement: float | None = None) -> None:
         if step == self.last_step:
             return
         with np.errstate(all="ignore"):
@@ -172,7 +190,15 @@ class FrameRecorder:
         dmin = float(distances.min()) if len(distances) else float("nan")
         time_fs = step * self.settings.timestep_fs
         fmax = float(np.max(np.linalg.norm(forces, axis=1))) if np.all(np.isfinite(forces)) else float("nan")
-        self.thermo.write(f"{time_fs / 1000:.6f},{temperature:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{fmax:.4f},{dmin:.4f}\n")
+        extra = ""
+        if self.committee is not None:
+            disagreement = float("nan") if disagreement is None else float(disagreement)
+            extra = f",{disagreement:.5f}"
+            if np.isfinite(disagreement):
+                self.max_disagreement = max(self.max_disagreement or 0.0, float(disagreement))
+                if self.uncertain_step is None and disagreement > self.committee.threshold_eV_per_A:
+                    self.uncertain_step = step
+        self.thermo.write(f"{time_fs / 1000:.6f},{temperature:.3f},{epot:.6f},{ekin:.6f},{epot + ekin:.6f},{fmax:.4f},{dmin:.4f}{extra}\n")
         self.thermo.flush()
         if self.records % self.traj_every == 0 and finite:
             self.trajectory.write(frame_text(atoms, epot, forces, step, time_fs / 1000))
@@ -209,7 +235,21 @@ def md_summary(settings: MDSettings, n_atoms: int, recorder: FrameRecorder, step
         "detail": failure.detail if failure is not None else None,
         "steps": steps,
         "ms_per_step": 1000 * elapsed_s / max(steps, 1),
+        **(uncertainty_summary(settings, recorder) if recorder.committee is not None else {}),
         **(metadata or {}),
+    }
+
+
+def uncertainty_summary(settings: MDSettings, recorder: FrameRecorder) -> dict:
+    """summary.json's committee entries: the first uncertain frame (time, step) and the largest
+    disagreement of the run (eV/A), with the committee and its threshold."""
+    step = recorder.uncertain_step
+    return {
+        "committee": recorder.committee.summary(),
+        "uncertain": step is not None,
+        "uncertain_step": step,
+        "uncertain_time_ps": step * settings.timestep_fs / 1000.0 if step is not None else None,
+        "max_force_disagreement_eV_per_A": recorder.max_disagreement,
     }
 
 

@@ -40,6 +40,7 @@ class ReplicaTask:
     engine: str = DEFAULT_ENGINE
     compile: bool = False  # the model evaluated through torch.compile
     ranks: int = 1  # MPI ranks of one replica (the lammps engine)
+    committee: object = None  # stableff.md.committee.Committee watching the run (model_path its first member), or None
 
 
 def replica_seed(seed: int, replica: int) -> int:
@@ -90,9 +91,10 @@ def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
     return labels
 
 
-def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False, ranks: int = 1) -> list[ReplicaTask]:
+def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False, ranks: int = 1, committee=None) -> list[ReplicaTask]:
     """One task per (start, replica): ``starts`` is a list of (label, ase.Atoms); replica r of every
-    start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``."""
+    start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``;
+    ``committee`` (:class:`stableff.md.committee.Committee`) watches every run."""
     if replicas < 1:
         raise StableFFError(f"the number of replicas must be at least 1 (got {replicas})")
     if engine not in ENGINES:
@@ -101,11 +103,15 @@ def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int,
         raise StableFFError(f"--ranks {ranks}: MPI ranks are a setting of the lammps engine (at least 1)")
     if engine == "lammps" and (compile or torch.device(device).type != "cpu"):
         raise StableFFError("the lammps engine runs the exported model on the CPU, uncompiled: drop --compile / --device")
+    if committee is not None and engine == "lammps":
+        raise StableFFError("--committee: the committee is evaluated by the batched and ase engines (LAMMPS sees one model): use --engine batched or ase")
+    if committee is not None and Path(committee.members[0]) != Path(model_path):
+        raise StableFFError(f"the committee's first member ({committee.members[0]}) must be the model that drives the runs ({model_path})")
     tasks = []
     for label, atoms in starts:
         for r in range(replicas):
             replica_settings = dataclasses.replace(settings, seed=replica_seed(settings.seed, r))
-            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile, ranks=ranks))
+            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile, ranks=ranks, committee=committee))
     return tasks
 
 
@@ -128,6 +134,7 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
         **({"ranks": task.ranks} if task.engine == "lammps" else {}),  # each rank draws its own thermostat noise
         "monitor": dataclasses.asdict(task.monitor_settings),
         "structure_check": check.fingerprint() if check is not None else None,
+        **({"committee": task.committee.fingerprint()} if task.committee is not None else {}),  # absent: no committee, as before
     }
 
 

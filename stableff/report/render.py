@@ -192,6 +192,9 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
         parts = [f"{Condition.parse(c).label}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
         failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}; {html.escape(_holes_text(summary, row['model'], row['variant']))}</li>"
     verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in summary["verdicts"]) or "<li>only one variant: nothing to compare</li>"
+    warnings = summary.get("committee_warnings") or []
+    warning_html = ("<h3>Committee warnings: does the seeds' force disagreement foresee a failure?</h3><ul>"
+                    + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>") if warnings else ""
     sections = ""
     for title, paths in figures.items():
         if paths:
@@ -212,6 +215,7 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
 {body}</tbody></table>
 <h3>Is the difference real? (effect, 95 % interval, test)</h3><ul>{verdicts}</ul>
 <h3>Failures by reason (all seeds and replicas) and dimer holes</h3><ul>{failures}</ul>
+{warning_html}
 {sections}
 <p style="color:#777">Made by stableff. Method: Zeng et al., arXiv:2502.12548 (2025); definitions in stableff's docs/method.md.</p>
 </body></html>
@@ -230,6 +234,8 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
         parts = [f"{c}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
         md.append(f"- {row['model']} {row['variant']}: {'; '.join(parts)}; {_holes_text(summary, row['model'], row['variant'])}")
     md.append("")
+    if warnings:
+        md += ["## Committee warnings", ""] + [f"- {w}" for w in warnings] + [""]
     for title, paths in figures.items():
         if paths:
             md += [f"## {title}", ""] + [f"![{p.stem}](plots/{p.name})" for p in paths] + [""]

@@ -38,6 +38,14 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
         log(f"note: {note}")
     correlation_files = study.test.in_distribution or [study.training["data"]["train"]]
     runs = []
+    trained = {}
+    if plan.committee is not None:  # every seed's model first: each run is watched by the other seeds of its variant
+        for model in study.model_blocks():
+            model_name = model.get("name", DEFAULT_MODEL)
+            for seed in study.seeds:
+                for variant in study.variants:
+                    log(f"[{model_name} / {variant} / seed {seed}]")
+                    trained[model_name, variant, seed] = train_stage(variant_config(study, model, variant, seed), study_run(out_dir, model_name, variant, seed).folder, log)
     for model in study.model_blocks():
         model_name = model.get("name", DEFAULT_MODEL)
         for seed in study.seeds:
@@ -45,13 +53,14 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 files = study_run(out_dir, model_name, variant, seed)
                 run_dir = files.folder
                 log(f"[{model_name} / {variant} / seed {seed}]")
-                done = train_stage(variant_config(study, model, variant, seed), run_dir, log)
+                done = trained.get((model_name, variant, seed)) or train_stage(variant_config(study, model, variant, seed), run_dir, log)
                 model_path = files.best_checkpoint
+                members = [study_run(out_dir, model_name, variant, s).best_checkpoint for s in study.seeds if s != seed] if plan.committee is not None else None
                 device = study.device
                 accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log, device=device)
                 correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log, device=device)
                 probe = probe_stage(model_path, done["model_hash"], run_dir, log, device=device)
-                stability = stability_stage(model_path, plan, starts, run_dir, log, device=device)
+                stability = stability_stage(model_path, plan, starts, run_dir, log, device=device, members=members)
                 structure = structure_stage(stability, study.test.in_distribution, run_dir, log)
                 runs.append({
                     "model": model_name, "variant": variant, "seed": seed, "path": str(run_dir),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from stableff.errors import ConfigError
 from stableff.runtime import usable_device
@@ -34,6 +34,24 @@ class StartStructures(StrictConfig):
     frames: list[int] = [0]
 
 
+class CommitteePlan(StrictConfig):
+    """The seeds of each variant as a committee watching every MD run of the variant's models."""
+
+    threshold: str = "3x"  # eV/A (e.g. "0.3"), or a multiple of the committee's disagreement on validation data ("3x")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _valid_threshold(cls, value):
+        from stableff.errors import StableFFError
+        from stableff.md.committee import parse_threshold
+
+        try:
+            parse_threshold(value)
+        except StableFFError as exc:
+            raise ValueError(str(exc)) from None
+        return str(value)
+
+
 class StabilityPlan(StrictConfig):
     temperatures_K: list[float] = [300.0]
     replicas: int = Field(3, ge=1)
@@ -47,6 +65,14 @@ class StabilityPlan(StrictConfig):
     engine: str = DEFAULT_ENGINE  # batched | ase | lammps
     compile: bool = False  # MD through torch.compile (slower on CPU today: benchmarks/compile_speed.py)
     ranks: int = Field(1, ge=1)  # MPI ranks of each replica (engine: lammps)
+    committee: CommitteePlan | None = None  # `committee: true` or {threshold: ...}: the variant's seeds warn of failures
+
+    @field_validator("committee", mode="before")
+    @classmethod
+    def _committee_switch(cls, value):
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("engine", "ensemble")
     @classmethod
@@ -94,6 +120,15 @@ class StudyConfig(StrictConfig):
         if len(set(value)) != len(value):
             raise ValueError(f"a seed is listed twice in {value}")
         return value
+
+    @model_validator(mode="after")
+    def _committee_needs_seeds(self):
+        if self.stability.committee is not None:
+            if len(self.seeds) < 2:
+                raise ValueError(f"stability.committee: a committee is the seeds of a variant: list at least two seeds (seeds: {self.seeds})")
+            if self.stability.engine == "lammps":
+                raise ValueError("stability.committee: the committee is evaluated by the batched and ase engines (LAMMPS sees one model)")
+        return self
 
     @field_validator("variants")
     @classmethod

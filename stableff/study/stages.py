@@ -25,7 +25,7 @@ from stableff.study.conditions import KINDS, Condition, sorted_conditions
 def training_fingerprint(config) -> dict:
     """The training configuration (with its seed) and the content of every data file it reads."""
     from stableff.train.config import config_to_dict
-    from stableff.train.data import data_hashes
+    from stableff.data.splits import data_hashes
 
     from stableff.models import MODELS
 
@@ -136,17 +136,26 @@ def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_d
     return correlation
 
 
-def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, device: str = "cpu") -> dict:
+def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, device: str = "cpu", members: list[Path] | None = None) -> dict:
     """Replicas at every temperature from every start; returns {"ID@1200K": stability report, ...}.
-    Replicas whose inputs changed are run again (each replica is keyed by its own fingerprint)."""
+    Replicas whose inputs changed are run again (each replica is keyed by its own fingerprint).
+    With ``plan.committee``, ``members`` (the other seeds' models) and this model form the committee
+    that watches every run, its threshold resolved on this model's validation frames."""
     from stableff.analysis.stability import stability_report
     from stableff.md.monitors import MonitorSettings
     from stableff.md.replicas import build_replica_tasks, run_replicas
 
+    committee = None
+    if plan.committee is not None and members:
+        from stableff.md.committee import make_committee
+
+        committee = make_committee(str(model_path), [str(m) for m in members], plan.committee.threshold, device=device)
+        log(f"  committee of {len(committee.members)} seeds: uncertain above {committee.threshold_eV_per_A:.4f} eV/A ({committee.rule})")
     stability = {}
     for temperature in plan.temperatures_K:
         tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
-                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), device=device, engine=plan.engine, compile=plan.compile, ranks=plan.ranks)
+                                    plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), device=device, engine=plan.engine, compile=plan.compile, ranks=plan.ranks,
+                                    committee=committee)
         if not tasks:
             continue
         log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")

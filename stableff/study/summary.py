@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from stableff.study.conditions import Condition, sorted_conditions
+from stableff.analysis.stability import warning_summary, warnings_text
 from stableff.analysis.survival import bootstrap_rmst_difference, kaplan_meier, logrank_stratified, median_survival, paired_difference, restricted_mean_survival
 
 #: significance level of every verdict
@@ -54,6 +55,9 @@ def summarise_study(study, runs: list[dict]) -> dict:
                     row[f"rmst_ps_per_seed_{condition}"] = _mean_std([
                         restricted_mean_survival([x["time_to_failure_ps"] for x in replicas if x["training_seed"] == s],
                                                  [x["failed"] for x in replicas if x["training_seed"] == s], horizon) for s in seeds])
+                    warnings = warning_summary(replicas)
+                    if warnings is not None:
+                        row[f"committee_warnings_{condition}"] = warnings
                     survival.setdefault(model, {}).setdefault(condition, {})[variant] = {**kaplan_meier(times, failed), "run_length_ps": horizon, "n_runs": len(replicas)}
                 reasons: dict[str, int] = {}
                 for s in reports:
@@ -70,7 +74,20 @@ def summarise_study(study, runs: list[dict]) -> dict:
         "name": study.name, "seeds": study.seeds, "variants": study.variants, "conditions": conditions,
         "stability_plan": study.stability.model_dump(), "rows": rows, "survival": survival, "comparisons": comparisons,
         "runs": runs, "verdicts": comparison_notes(study.variants) + verdicts(comparisons),
+        "committee_warnings": warning_sentences(rows, conditions),
     }
+
+
+def warning_sentences(rows: list[dict], conditions: list[str]) -> list[str]:
+    """Per model, variant and condition: how the committee's warnings met the failures (pooled over
+    seeds and starts), where a committee watched the runs."""
+    sentences = []
+    for row in rows:
+        for condition in conditions:
+            w = row.get(f"committee_warnings_{condition}")
+            if w is not None:
+                sentences.append(f"{row['model']}, {row['variant']}, MD {Condition.parse(condition).text} (pooled, {w['n_runs']} runs): {warnings_text(w)}.")
+    return sentences
 
 
 def comparison_notes(variants: list[str]) -> list[str]:

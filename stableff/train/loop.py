@@ -31,7 +31,7 @@ from stableff.measures.accuracy import error_metrics, predict
 from stableff.measures.correlation import dataset_correlation
 from stableff.models.saved import FORMAT, checkpoint_hyperparameters, load_checkpoint, load_weights
 from stableff.train.config import Config, config_to_dict
-from stableff.train.data import data_hashes, load_splits, read_many
+from stableff.data.splits import data_hashes, load_splits, read_many
 from stableff.train.ema import ExponentialMovingAverage
 from stableff.train.decorrelation import coefficient, correlation_loss, sample_edges
 from stableff.train.losses import combine_terms, loss_sums, loss_weights, weighted_loss

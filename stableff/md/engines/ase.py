@@ -40,9 +40,11 @@ def make_integrator(atoms, settings: MDSettings):
     return Bussi(atoms, timestep=dt, temperature_K=settings.temperature_K, taut=settings.damping_fs * units.fs, rng=rng)
 
 
-def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMonitor | None = None, label: str = "", metadata: dict | None = None) -> dict:
+def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMonitor | None = None, label: str = "", metadata: dict | None = None, committee=None) -> dict:
     """Run MD from ``atoms`` (velocities initialised here) and return the summary dict
-    (``metadata``, e.g. the replica's identity, is stored in it too)."""
+    (``metadata``, e.g. the replica's identity, is stored in it too). ``committee``
+    (:class:`stableff.md.committee.Committee` whose first member ``calculator`` evaluates): the
+    other members' force disagreement is recorded at every check."""
     settings.validate()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -60,15 +62,21 @@ def run_md(atoms, calculator, settings: MDSettings, out_dir, monitor: FailureMon
         atoms.get_forces()  # the first model call (where torch.compile compiles) is kept out of ms/step; the step reuses it
     first_call_s = time.perf_counter() - t_first
     t_start = time.perf_counter()
-    thermo, trajectory = open_run_files(out_dir)
+    members = None
+    if committee is not None:
+        from stableff.md.committee import CommitteeCalculators
+
+        members = CommitteeCalculators(committee, device=str(getattr(calculator, "device", "cpu")))
+    thermo, trajectory = open_run_files(out_dir, committee)
     with thermo, trajectory:
-        recorder = FrameRecorder(settings, monitor, thermo, trajectory, bar)
+        recorder = FrameRecorder(settings, monitor, thermo, trajectory, bar, committee)
 
         def observe() -> None:
             with np.errstate(all="ignore"):
                 forces = atoms.get_forces()
                 energy = atoms.get_potential_energy()
-            recorder.record(dynamics.nsteps, atoms, energy, forces)
+                spread = members.disagreement(atoms, calculator.results["forces"]) if members is not None else None
+            recorder.record(dynamics.nsteps, atoms, energy, forces, spread)
 
         dynamics.attach(observe, interval=settings.log_interval)
         with np.errstate(all="ignore"):
@@ -90,9 +98,10 @@ def run_replica(task, identity: dict) -> dict:
     folder of its ``identity`` (start, replica, path, fingerprint) and return its summary."""
     import torch
 
-    from stableff.md.calculator import StableFFCalculator
+    from stableff.md.calculator import cached_calculator
 
     torch.set_num_threads(task.threads)
-    calculator = StableFFCalculator(task.model_path, device=task.device, compile=task.compile)
+    calculator = cached_calculator(task.model_path, device=task.device, compile=task.compile)
     monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
-    return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}", metadata={**identity, "engine": "ase"})
+    return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}",
+                  metadata={**identity, "engine": "ase"}, committee=task.committee)

@@ -9,6 +9,10 @@ monitor, checked every ``log_interval`` steps by the same
 ``keep_going``) and the others go on; a replica whose positions are no longer finite is left out
 of the model call (its forces are NaN) until its next check records the failure.
 
+Where a committee watches the runs (:mod:`stableff.md.committee`), its other members evaluate every
+replica of the batch at each check in one call per member, and each replica records their force
+disagreement with the driving model.
+
 Each replica draws from its own random stream, but its trajectory is equal to the one it has alone
 only to float rounding: the model's sums over a batch round differently when other replicas share it
 (about 1e-6 after a step in float32), and MD amplifies that. Outcomes are the same in distribution,
@@ -60,14 +64,16 @@ def _shared_settings(settings: list[MDSettings]) -> MDSettings:
     return settings[0]
 
 
-def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, progress: bool = True, device: str = "cpu") -> list[dict]:
+def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, progress: bool = True, device: str = "cpu", committee=None) -> list[dict]:
     """Run every replica to its end or its failure in one batch; returns their summaries (in order)
     and writes each replica's trajectory.extxyz, thermo.csv and summary.json.
 
     Every ``CHECKPOINT_RECORDS`` failure checks each running replica saves its state (positions,
     momenta, random-stream and thermostat state, monitor, file lengths) to ``state.pt`` in its folder;
     a replica given that state as ``resume`` continues from it, so an interrupted batch loses at most
-    the steps since its last state. Replicas of one batch resume from the same step."""
+    the steps since its last state. Replicas of one batch resume from the same step. ``committee``
+    (:class:`stableff.md.committee.Committee`, ``model`` its first member): every replica records
+    the committee's force disagreement at each check."""
     from ase.constraints import FixCom
 
     if not replicas:
@@ -94,11 +100,11 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
         momenta.append(atoms.get_momenta())
         masses.append(atoms.get_masses())
         if r.resume is None:
-            thermo, trajectory = open_run_files(Path(r.out_dir))
+            thermo, trajectory = open_run_files(Path(r.out_dir), committee)
         else:
             thermo, trajectory = reopen_run_files(Path(r.out_dir), r.resume["thermo_bytes"], r.resume["trajectory_bytes"])
         files.append((thermo, trajectory))
-        recorder = FrameRecorder(settings, r.resume["monitor"] if r.resume else r.monitor, thermo, trajectory)
+        recorder = FrameRecorder(settings, r.resume["monitor"] if r.resume else r.monitor, thermo, trajectory, committee=committee)
         if r.resume:
             recorder.resume(r.resume)
         recorders.append(recorder)
@@ -108,6 +114,11 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
     m = torch.as_tensor(np.concatenate(masses), dtype=torch.float64, device=dev)[:, None]
     t_start = time.perf_counter()
     batch = ReplicaBatch(model, systems, skin_A, dev)
+    members = None
+    if committee is not None:
+        from stableff.md.committee import CommitteeBatch
+
+        members = CommitteeBatch(committee, systems, skin_A, dev)
     for b, r in enumerate(replicas):
         if r.resume is not None and r.resume.get("list_reference") is not None:
             batch.restore_list(b, torch.as_tensor(r.resume["list_reference"], dtype=torch.float64))
@@ -143,7 +154,7 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
             start, n = batch.offsets[row], batch.counts[row]
             thermo, trajectory = files[k]
             save_state({
-                "step": step, "records": recorders[k].records, "failure": recorders[k].failure, "failure_step": recorders[k].failure_step,
+                **recorders[k].state(), "step": step,
                 "positions": q_all[start:start + n].copy(), "momenta": p_all[start:start + n].copy(),
                 "list_reference": reference[start:start + n].copy(),
                 "rng": state.rngs[row].bit_generator.state,
@@ -157,19 +168,22 @@ def run_batched(model, replicas: list[BatchedReplica], skin_A: float = SKIN_A, p
         p_all = state.momenta.cpu().numpy()
         f_all = state.forces.cpu().numpy()
         e_all = state.energy.cpu().numpy()
+        spread = members.disagreement(state.positions, state.forces, batch.atom_replica, batch.num_structures) if members is not None else [None] * len(active)
         keep = []
         for row, k in enumerate(active):
             start, n = batch.offsets[row], batch.counts[row]
             atoms = systems[k]
             atoms.arrays["positions"][:] = q_all[start:start + n]
             atoms.arrays["momenta"] = p_all[start:start + n].copy()
-            recorders[k].record(step, atoms, float(e_all[row]), constrained_forces(atoms, f_all[start:start + n].copy()))
+            recorders[k].record(step, atoms, float(e_all[row]), constrained_forces(atoms, f_all[start:start + n].copy()), spread[row])
             keep.append(not recorders[k].stop)
             if recorders[k].stop:
                 finish(k, step)
         if all(keep):
             return state
         batch.keep(keep)
+        if members is not None:
+            members.keep(keep)
         active[:] = [k for k, kept in zip(active, keep) if kept]
         return integrators.select_replicas(state, keep)
 
@@ -227,11 +241,11 @@ def run_tasks(tasks: list, identities: list[dict], progress: bool = True, states
     groups: dict[tuple, list[int]] = {}
     for k, task in enumerate(tasks):
         step = states[k]["step"] if states[k] is not None else 0
-        key = (task.model_path, task.device, task.compile, repr(task.settings.shared_part()), repr(task.monitor_settings), step)
+        key = (task.model_path, task.device, task.compile, repr(task.settings.shared_part()), repr(task.monitor_settings), step, task.committee)
         groups.setdefault(key, []).append(k)
     results: dict[int, dict] = {}
     sizes = [len(task.atoms) for task in tasks]
-    for (model_path, device, compile, _, _, _), members in groups.items():
+    for (model_path, device, compile, _, _, _, committee), members in groups.items():
         model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
         for chunk in _chunks(members, sizes, CPU_BATCH_ATOMS if torch.device(device).type == "cpu" else None):
             replicas = []
@@ -239,6 +253,6 @@ def run_tasks(tasks: list, identities: list[dict], progress: bool = True, states
                 task = tasks[k]
                 monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
                 replicas.append(BatchedReplica(task.atoms, task.settings, identities[k]["path"], monitor, f"{task.start_label} #{task.replica}", identities[k], states[k]))
-            for k, summary in zip(chunk, run_batched(model, replicas, progress=progress, device=device)):
+            for k, summary in zip(chunk, run_batched(model, replicas, progress=progress, device=device, committee=committee)):
                 results[k] = summary
     return [results[k] for k in range(len(tasks))]

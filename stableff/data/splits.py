@@ -1,4 +1,6 @@
-"""Turning the data section of a config into train / validation / test frames (deterministic split)."""
+"""Turning the data section of a config into train / validation / test frames (deterministic split):
+the trainer's split, and the same split again from the configuration a checkpoint stores (the
+validation frames a committee's uncertainty is calibrated on)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,12 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 
 
 def load_splits(data_config) -> dict[str, list[Frame]]:
-    """Frames for "train", "validation" and "test" following the data config."""
+    """Frames for "train", "validation" and "test" following the data config (the trainer's
+    configuration object, or the ``data`` mapping a checkpoint stores)."""
+    if isinstance(data_config, dict):
+        import types
+
+        data_config = types.SimpleNamespace(**data_config)
     require = ("energy", "forces", "stress") if data_config.train_stress else ("energy", "forces")
     pool = read_many(data_config.train, require)
     val_fraction = 0.0 if data_config.validation else data_config.val_fraction
