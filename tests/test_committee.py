@@ -175,7 +175,7 @@ def test_warnings_are_counted_against_failures():
 
 def test_cli_committee_end_to_end(trained_model, tmp_path):
     """`stableff stability --committee` prints the threshold, the uncertain column and the warnings
-    line, and refuses an uncertainty option without a committee."""
+    line, and stores the warnings in its JSON."""
     other = _member(trained_model, tmp_path, "other", 0.05)
     base = [sys.executable, "-m", "stableff", "stability", str(trained_model), "acac:test_MD_600K", "--replicas", "2", "--steps", "40", "--temperature-K", "600", "--workers", "1"]
     result = subprocess.run(base + ["--out", str(tmp_path / "run"), "--committee", str(other), "--json", str(tmp_path / "s.json")], capture_output=True, text=True)
@@ -184,5 +184,12 @@ def test_cli_committee_end_to_end(trained_model, tmp_path):
     assert "uncertain from (ps)" in result.stdout and "failures warned of" in result.stdout
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["committee_warnings"]["n_runs"] == 2 and "uncertain" in report["replicas"][0]
-    bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--uncertainty-threshold", "3x"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "need --committee" in bad.stderr and "Traceback" not in bad.stderr
+
+
+
+def test_an_uncertainty_option_without_a_committee_is_refused(trained_model, tmp_path, capsys):
+    from stableff.cli import main
+
+    code = main(["stability", str(trained_model), "acac:test_MD_600K", "--steps", "40", "--out", str(tmp_path / "bad"), "--uncertainty-threshold", "3x"])
+    err = capsys.readouterr().err
+    assert code != 0 and "need --committee" in err and "Traceback" not in err
