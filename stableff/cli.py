@@ -522,6 +522,23 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_learn(args) -> int:
+    from stableff.io import check_output_dir
+    from stableff.layout import mark_output_folder
+    from stableff.study.learn import load_learn_config, run_learning
+
+    config = load_learn_config(args.config, args.overrides)
+    out = check_output_dir(Path(args.out) if args.out else Path("studies") / Path(args.config).stem)
+    _lock_output(out, "learn")
+    mark_output_folder(out, "learn")
+    print(f"learn: {config.rounds} round(s) of up to {config.per_round} oracle call(s), budget {config.budget}, oracle {config.oracle.calculator}, "
+          f"committee of seeds {config.seeds}, selection {config.selection.method}; output in {out}/", flush=True)
+    t0 = time.perf_counter()
+    result = run_learning(config, out)
+    print(f"learn finished in {time.perf_counter() - t0:.0f} s; table: {(out / 'learn.json').resolve()}, labelled frames: {(out / 'labelled').resolve()}/")
+    return 0 if result["rounds"] else 1
+
+
 def cmd_demo(args) -> int:
     """The study on the embedded acetylacetone data: baseline vs decorrelated NequIP."""
     from stableff.io import check_output_dir
@@ -706,6 +723,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default studies/<config name>); finished steps are reused")
     p.add_argument("overrides", nargs="*", help="overrides such as seeds=[0] stability.replicas=2")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("learn", help="active learning: rounds of MD, frames where the committee disagrees labelled by an ASE calculator (the oracle), retraining")
+    p.add_argument("config", help="learn YAML (training, seeds, oracle, budget, rounds, per_round, selection, exploration, test)")
+    p.add_argument("--out", help="output folder (default studies/<config name>); finished steps and labelled frames are reused")
+    p.add_argument("overrides", nargs="*", help="config overrides such as budget=40")
+    p.set_defaults(func=cmd_learn)
 
     p = sub.add_parser("demo", help="the study on the embedded acetylacetone data: NequIP baseline vs decorrelated, two seeds")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")

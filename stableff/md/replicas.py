@@ -41,6 +41,7 @@ class ReplicaTask:
     compile: bool = False  # the model evaluated through torch.compile
     ranks: int = 1  # MPI ranks of one replica (the lammps engine)
     committee: object = None  # stableff.md.committee.Committee watching the run (model_path its first member), or None
+    thresholds_from: str | None = None  # a checkpoint whose training data sets the failure thresholds (default: the model's own)
 
 
 def replica_seed(seed: int, replica: int) -> int:
@@ -91,10 +92,12 @@ def unique_start_labels(specs: list[str], index: int = 0) -> list[str]:
     return labels
 
 
-def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False, ranks: int = 1, committee=None) -> list[ReplicaTask]:
+def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int, monitor_settings: MonitorSettings, out_dir, device: str = "cpu", structure_check=None, engine: str = DEFAULT_ENGINE, compile: bool = False, ranks: int = 1, committee=None, thresholds_from=None) -> list[ReplicaTask]:
     """One task per (start, replica): ``starts`` is a list of (label, ase.Atoms); replica r of every
     start runs with velocity seed ``replica_seed(settings.seed, r)``; everything else as ``settings``;
-    ``committee`` (:class:`stableff.md.committee.Committee`) watches every run."""
+    ``committee`` (:class:`stableff.md.committee.Committee`) watches every run; ``thresholds_from``
+    (a checkpoint): its training data, not the model's, sets the failure thresholds (models trained
+    on growing data judged by one rule)."""
     if replicas < 1:
         raise StableFFError(f"the number of replicas must be at least 1 (got {replicas})")
     if engine not in ENGINES:
@@ -105,13 +108,16 @@ def build_replica_tasks(model_path, starts, settings: MDSettings, replicas: int,
         raise StableFFError("the lammps engine runs the exported model on the CPU, uncompiled: drop --compile / --device")
     if committee is not None and engine == "lammps":
         raise StableFFError("--committee: the committee is evaluated by the batched and ase engines (LAMMPS sees one model): use --engine batched or ase")
+    if thresholds_from is not None and engine == "lammps":
+        raise StableFFError("failure thresholds from another model's training data: the batched and ase engines")
     if committee is not None and Path(committee.members[0]) != Path(model_path):
         raise StableFFError(f"the committee's first member ({committee.members[0]}) must be the model that drives the runs ({model_path})")
     tasks = []
     for label, atoms in starts:
         for r in range(replicas):
             replica_settings = dataclasses.replace(settings, seed=replica_seed(settings.seed, r))
-            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile, ranks=ranks, committee=committee))
+            tasks.append(ReplicaTask(str(model_path), label, atoms, r, replica_settings, monitor_settings, str(out_dir), device, structure_check=structure_check, engine=engine, compile=compile, ranks=ranks, committee=committee,
+                                    thresholds_from=str(thresholds_from) if thresholds_from is not None else None))
     return tasks
 
 
@@ -135,6 +141,7 @@ def replica_fingerprint(task: ReplicaTask, model_hash: str | None = None) -> dic
         "monitor": dataclasses.asdict(task.monitor_settings),
         "structure_check": check.fingerprint() if check is not None else None,
         **({"committee": task.committee.fingerprint()} if task.committee is not None else {}),  # absent: no committee, as before
+        **({"thresholds_from": file_hash(task.thresholds_from)} if task.thresholds_from is not None else {}),
     }
 
 

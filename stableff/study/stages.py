@@ -136,11 +136,12 @@ def correlation_stage(model_path: Path, model_hash: str, files: list[str], run_d
     return correlation
 
 
-def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, device: str = "cpu", members: list[Path] | None = None) -> dict:
+def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, device: str = "cpu", members: list[Path] | None = None, thresholds_from=None) -> dict:
     """Replicas at every temperature from every start; returns {"ID@1200K": stability report, ...}.
     Replicas whose inputs changed are run again (each replica is keyed by its own fingerprint).
     With ``plan.committee``, ``members`` (the other seeds' models) and this model form the committee
-    that watches every run, its threshold resolved on this model's validation frames."""
+    that watches every run, its threshold resolved on this model's validation frames.
+    ``thresholds_from``: a checkpoint whose training data set the failure thresholds instead."""
     from stableff.analysis.stability import stability_report
     from stableff.md.monitors import MonitorSettings
     from stableff.md.replicas import build_replica_tasks, run_replicas
@@ -155,7 +156,7 @@ def stability_stage(model_path: Path, plan, starts, run_dir: Path, log=print, de
     for temperature in plan.temperatures_K:
         tasks = build_replica_tasks(model_path, [(label, atoms) for _, label, atoms in starts], plan.md_settings(temperature),
                                     plan.replicas, MonitorSettings(), StudyRun(run_dir).stability(temperature), device=device, engine=plan.engine, compile=plan.compile, ranks=plan.ranks,
-                                    committee=committee)
+                                    committee=committee, thresholds_from=thresholds_from)
         if not tasks:
             continue
         log(f"  stability at {temperature:g} K: {len(tasks)} runs of {plan.time_ps:g} ps")

@@ -98,10 +98,11 @@ def run_replica(task, identity: dict) -> dict:
     folder of its ``identity`` (start, replica, path, fingerprint) and return its summary."""
     import torch
 
-    from stableff.md.calculator import cached_calculator
+    from stableff.md.calculator import cached_calculator, loaded_model
 
     torch.set_num_threads(task.threads)
     calculator = cached_calculator(task.model_path, device=task.device, compile=task.compile)
-    monitor = monitor_from_statistics(calculator.statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
+    statistics = calculator.statistics if task.thresholds_from is None else loaded_model(task.thresholds_from)[1]
+    monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}",
                   metadata={**identity, "engine": "ase"}, committee=task.committee)

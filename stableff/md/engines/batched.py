@@ -241,12 +241,14 @@ def run_tasks(tasks: list, identities: list[dict], progress: bool = True, states
     groups: dict[tuple, list[int]] = {}
     for k, task in enumerate(tasks):
         step = states[k]["step"] if states[k] is not None else 0
-        key = (task.model_path, task.device, task.compile, repr(task.settings.shared_part()), repr(task.monitor_settings), step, task.committee)
+        key = (task.model_path, task.device, task.compile, repr(task.settings.shared_part()), repr(task.monitor_settings), step, task.committee, task.thresholds_from)
         groups.setdefault(key, []).append(k)
     results: dict[int, dict] = {}
     sizes = [len(task.atoms) for task in tasks]
-    for (model_path, device, compile, _, _, _, committee), members in groups.items():
+    for (model_path, device, compile, _, _, _, committee, thresholds_from), members in groups.items():
         model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
+        if thresholds_from is not None:
+            statistics = model_from_checkpoint(thresholds_from)[1]
         for chunk in _chunks(members, sizes, CPU_BATCH_ATOMS if torch.device(device).type == "cpu" else None):
             replicas = []
             for k in chunk:
