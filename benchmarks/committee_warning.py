@@ -112,7 +112,7 @@ def main() -> None:
     for variant, result in results.items():
         print(f"\n{variant}: {result['n_runs']} runs, {result['n_failed']} failed; validation disagreement "
               + ", ".join(f"seed {s} {v:.4f} eV/A" for s, v in result["validation_disagreement_eV_per_A"].items()))
-        print(f"  {'threshold':>9} {'starts':>6} {'failed':>6} {'warned before':>13} {'lead median (ps)':>16} {'at failure':>10} {'missed':>6} {'false alarms':>14}")
+        print(f"  {'threshold':>9} {'kind':>6} {'failed':>6} {'warned before':>13} {'lead median (ps)':>16} {'at failure':>10} {'missed':>6} {'false alarms':>14}")
         for k, kinds in result["by_threshold"].items():
             for kind, w in kinds.items():
                 lead = f"{w['lead_time_ps']['median']:.3f}" if w["lead_time_ps"] else "-"
