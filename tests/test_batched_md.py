@@ -177,15 +177,20 @@ def test_same_stability_statistics_in_every_engine_on_a_model_that_fails(trained
     margin (+-10 % of the run length, two one-sided tests) needs ~160 replicas per engine, minutes
     of CPU: benchmarks/engine_equivalence.py measures it (docs/benchmarks.md); this test catches an
     engine whose statistics are grossly off."""
+    from stableff.analysis.stability import stability_report
     from stableff.analysis.survival import logrank_stratified
+    from stableff.data.io import read_frames
+    from stableff.errors import StableFFError
+    from stableff.md.monitors import MonitorSettings
+    from stableff.md.replicas import build_replica_tasks, plan_replicas, run_replicas
 
     engines = ("ase", "batched", "lammps")
+    start = read_frames("acac:test_MD_300K", index=0)[0].to_atoms()
+    settings = MDSettings(temperature_K=600, steps=300, progress=False)  # 0.15 ps
     reports = {}
-    for engine in engines:  # one worker: the statistics are the subject here, not the processes (48 against 76 s of CPU)
-        result = stableff_cli("stability", trained_model, "acac:test_MD_300K", "--replicas", "12", "--temperature", "600",
-                              "--time", "0.15", "--engine", engine, "--workers", "1", "--out", tmp_path / engine, "--json", tmp_path / f"{engine}.json")
-        assert result.returncode == 0, result.stderr
-        reports[engine] = json.loads((tmp_path / f"{engine}.json").read_text())
+    for engine in engines:  # in this process, one worker: the statistics are the subject here, not the processes
+        tasks = build_replica_tasks(trained_model, [("test_MD_300K_0", start)], settings, 12, MonitorSettings(), tmp_path / engine, engine=engine)
+        reports[engine] = stability_report(run_replicas(tasks, workers=1, progress=False))
     times = {e: np.array([r["time_to_failure_ps"] for r in reports[e]["replicas"]]) for e in reports}
     events = {e: np.array([r["failed"] for r in reports[e]["replicas"]]) for e in reports}
     assert len(set(times["batched"])) > 2  # failure times vary: a statistic, not one deterministic event
@@ -201,13 +206,6 @@ def test_same_stability_statistics_in_every_engine_on_a_model_that_fails(trained
     stored = json.loads((tmp_path / "lammps" / "test_MD_300K_0" / "replica_000" / "summary.json").read_text())
     assert stored["engine"] == "lammps" and stored["fingerprint"]["engine"] == "lammps" and stored["fingerprint"]["ranks"] == 1
     # the ase engine's replicas are not taken for the batched engine's (the engine is in the fingerprint)
-    from stableff.data.io import read_frames
-    from stableff.errors import StableFFError
-    from stableff.md.monitors import MonitorSettings
-    from stableff.md.replicas import build_replica_tasks, plan_replicas
-
-    start = read_frames("acac:test_MD_300K", index=0)[0].to_atoms()
-    settings = MDSettings(temperature_K=600, steps=300, progress=False)
     moved = build_replica_tasks(trained_model, [("test_MD_300K_0", start)], settings, 12, MonitorSettings(), tmp_path / "ase", engine="batched")
     with pytest.raises(StableFFError, match="engine: ase -> batched"):
         plan_replicas(moved)

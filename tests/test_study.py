@@ -167,8 +167,11 @@ def test_remedies_compose_as_variants(mini_study, tmp_path):
     assert "Dimer probes" in (tmp_path / "out" / "report.html").read_text()
     raw["variants"] = ["baseline", "zbl+magic"]
     path.write_text(yaml.safe_dump(raw))
-    bad = run_cli("study", path, "--out", tmp_path / "out")
-    assert bad.returncode == 1 and "unknown variant 'zbl+magic'" in bad.stderr and "Traceback" not in bad.stderr
+    from stableff.errors import ConfigError
+    from stableff.study import load_study_config
+
+    with pytest.raises(ConfigError, match="unknown variant 'zbl\\+magic'"):
+        load_study_config(path)
 
 
 def test_a_condition_is_written_and_parsed_in_one_place():
