@@ -137,3 +137,27 @@ def test_learn_configuration_errors_name_the_key(tmp_path, copper):
         load_learn_config(_config(tmp_path, copper, oracle={"calculator": "EMT"}))
     with pytest.raises(ConfigError, match="seeds.*at least two"):
         load_learn_config(_config(tmp_path, copper, seeds=[0]))
+
+
+def test_a_quantum_chemistry_oracle_labels_a_frame(tmp_path):
+    """GFN2-xTB (tblite's ASE calculator, the `oracles` extra) as the oracle: the labelled frame
+    carries its energy and forces and the oracle's settings."""
+    import ase.io
+
+    from tblite.ase import TBLite
+
+    from stableff.data.io import read_frames
+    from stableff.study.learn import OracleConfig, label
+
+    atoms = read_frames("acac:test_MD_600K", index=0)[0].to_atoms()
+    run = tmp_path / "run"
+    run.mkdir()
+    ase.io.write(run / "trajectory.extxyz", [atoms], format="extxyz")
+    oracle = OracleConfig(calculator="tblite.ase:TBLite", kwargs={"method": "GFN2-xTB", "verbosity": 0})
+    calls, _ = label([{"run": str(run), "frame": 0, "time_ps": 0.0, "disagreement_eV_per_A": 0.1}], oracle, tmp_path / "round_1.extxyz", 1, log=lambda *_: None)
+    (frame,) = ase.io.read(tmp_path / "round_1.extxyz", ":")
+    reference = atoms.copy()
+    reference.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    assert calls == 1 and "GFN2-xTB" in frame.info["oracle"]
+    assert frame.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(frame.get_forces(), reference.get_forces(), atol=1e-6)
