@@ -11,7 +11,7 @@ Prints the per-round table (oracle calls, force MAE, RMST, log-rank against roun
 benchmarks/results/active_acac/learn.json.
 
     pip install tblite
-    python benchmarks/active_acac.py [--budget 40] [--rounds 2] [--epochs 10] [--replicas 8]
+    python benchmarks/active_acac.py [--budget 40] [--rounds 2] [--epochs 8] [--replicas 8]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--replicas", type=int, default=8)
     parser.add_argument("--time-ps", type=float, default=0.4)
     parser.add_argument("--out", default=str(ROOT / "studies" / "active_acac"))
