@@ -70,6 +70,11 @@ def checkpoint_hyperparameters(checkpoint: dict) -> dict:
     return {**legacy, **checkpoint["hyperparameters"]}
 
 
+def checkpoint_statistics(path) -> DatasetStatistics:
+    """The training-data statistics a checkpoint stores (the failure thresholds), without building its model."""
+    return DatasetStatistics.from_dict(load_checkpoint(path)["statistics"])
+
+
 def model_from_checkpoint(path_or_checkpoint, device="cpu", compile: bool = False):
     """Return (model in eval mode with the checkpoint's inference weights, DatasetStatistics);
     ``compile``: energies and forces through torch.compile (:func:`stableff.models.compiled.compile_inference`).

@@ -98,11 +98,12 @@ def run_replica(task, identity: dict) -> dict:
     folder of its ``identity`` (start, replica, path, fingerprint) and return its summary."""
     import torch
 
-    from stableff.md.calculator import cached_calculator, loaded_model
+    from stableff.md.calculator import cached_calculator
+    from stableff.models.saved import checkpoint_statistics
 
     torch.set_num_threads(task.threads)
     calculator = cached_calculator(task.model_path, device=task.device, compile=task.compile)
-    statistics = calculator.statistics if task.thresholds_from is None else loaded_model(task.thresholds_from)[1]
+    statistics = calculator.statistics if task.thresholds_from is None else checkpoint_statistics(task.thresholds_from)
     monitor = monitor_from_statistics(statistics, task.settings.ensemble, task.settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     return run_md(task.atoms, calculator, task.settings, identity["path"], monitor, label=f"{task.start_label} #{task.replica}",
                   metadata={**identity, "engine": "ase"}, committee=task.committee)

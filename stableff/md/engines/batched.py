@@ -235,7 +235,7 @@ def run_tasks(tasks: list, identities: list[dict], progress: bool = True, states
     the seed) and step to resume from (``states``: saved states of interrupted replicas, or None);
     on CPU, batches of at most ``CPU_BATCH_ATOMS`` atoms one after the other. Results in the order
     of ``tasks``."""
-    from stableff.models.saved import model_from_checkpoint
+    from stableff.models.saved import checkpoint_statistics, model_from_checkpoint
 
     states = states or [None] * len(tasks)
     groups: dict[tuple, list[int]] = {}
@@ -248,7 +248,7 @@ def run_tasks(tasks: list, identities: list[dict], progress: bool = True, states
     for (model_path, device, compile, _, _, _, committee, thresholds_from), members in groups.items():
         model, statistics = model_from_checkpoint(model_path, device=device, compile=compile)
         if thresholds_from is not None:
-            statistics = model_from_checkpoint(thresholds_from)[1]
+            statistics = checkpoint_statistics(thresholds_from)
         for chunk in _chunks(members, sizes, CPU_BATCH_ATOMS if torch.device(device).type == "cpu" else None):
             replicas = []
             for k in chunk:

