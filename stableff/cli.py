@@ -364,13 +364,45 @@ def cmd_rdf(args) -> int:
     return 0
 
 
+def _read_in_situ(spec: str, index: int, type_numbers):
+    from stableff.data.io import read_frames
+    from stableff.errors import DataError
+
+    frame = read_frames(spec, index=index, check_distances=True)[0]
+    if len(frame) < 2:
+        raise DataError(spec, "an in-situ scan needs at least 2 atoms", frame.index)
+    _elements_known(frame, type_numbers)
+    return frame
+
+
+def _print_in_situ(spec, scans) -> None:
+    relaxed = scans and scans[0]["relaxed"]
+    print(f"in-situ scans in {spec} (closest pair of each species pair moved along its axis, the rest {'relaxed' if relaxed else 'fixed'}; "
+          "energies relative to the structure as given)")
+    if not scans:
+        print("  no species pair of the model within its cutoff")
+        return
+    print(f"  {'pair':<8} {'atoms':>11} {'now (A)':>8} {'closest in training (A)':>24} {'E there (eV)':>13}  hole")
+    for scan in scans:
+        hole, minimum = scan["hole"], scan["training_min_A"]
+        at_min = f"{np.interp(minimum, scan['r_A'], scan['energy_eV']):.3f}" if minimum else "-"
+        shown = f"HOLE: {hole['depth_eV']:.3f} eV deep at {hole['radius_A']:.2f} A (the structure collapses there)" if hole else "none"
+        if scan.get("unconverged_points"):
+            shown += f" ({scan['unconverged_points']} points not relaxed to fmax)"
+        atoms = f"{scan['atoms'][0]}-{scan['atoms'][1]}"
+        print(f"  {scan['pair']:<8} {atoms:>11} {scan['distance_A']:>8.3f} {(f'{minimum:.3f}' if minimum else 'not seen'):>24} {at_min:>13}  {shown}")
+
+
 def cmd_probe(args) -> int:
-    from stableff.analysis.probes import dimer_curves, equation_of_state
+    from stableff.analysis.probes import dimer_curves, equation_of_state, in_situ_scans
     from stableff.models.saved import model_from_checkpoint
 
-    _check_outputs(args, [args.model, *(args.eos or [])])
+    _check_outputs(args, [args.model, *(args.eos or []), *(args.in_situ or [])])
+    if args.relax < 0 or args.pairs < 1:
+        raise SystemExit("stableff probe: --relax must be >= 0 steps and --pairs >= 1")
     model, statistics = model_from_checkpoint(args.model, device=args.device, compile=args.compile)
     eos_atoms = [(spec, _read_eos_cell(spec, model.type_numbers)) for spec in args.eos or []]  # every file checked before work
+    in_situ_frames = [(spec, _read_in_situ(spec, args.frame, model.type_numbers)) for spec in args.in_situ or []]
     curves = dimer_curves(model, statistics, step=args.step)
     print(f"dimer curves of {args.model} ({len(curves)} species pairs, 0.3 A to {model.r_max:g} A, energies relative to the separated atoms)")
     print(f"{'pair':<8} {'closest in training (A)':>24} {'E there (eV)':>13}  hole")
@@ -389,15 +421,35 @@ def cmd_probe(args) -> int:
                   + (f" ({result['warning']})" if "warning" in result else ""))
         else:
             print(f"EOS {spec}: Birch-Murnaghan fit failed ({result['fit_error']})")
+    in_situ = {}
+    if in_situ_frames:
+        from tqdm import tqdm
+
+        calculator = None
+        if args.relax:
+            from stableff.md.calculator import StableFFCalculator
+
+            calculator = StableFFCalculator(args.model, device=args.device, compile=args.compile)
+        for spec, frame in in_situ_frames:
+            with tqdm(desc=f"in-situ scans of {Path(spec).name}", unit="scan", disable=None) as bar:
+                scans = in_situ_scans(model, statistics, frame, step=args.step if not args.relax else max(args.step, 0.05), count=args.pairs,
+                                      relax_steps=args.relax, calculator=calculator, progress=bar.update)
+            in_situ[f"{spec}@{frame.index}"] = scans
+            _print_in_situ(f"{spec} (frame {frame.index})", scans)
     if args.plot:
         from stableff.report.plots import dimer_plot, eos_plot
 
         paths = [dimer_plot(curves, Path(args.plot) / "dimers.png", f"dimer curves of {Path(args.model).name}")]
         if eos:
             paths.append(eos_plot({Path(k).name: v for k, v in eos.items()}, Path(args.plot) / "eos.png"))
+        for number, (name, scans) in enumerate(in_situ.items()):
+            if scans:
+                paths.append(dimer_plot([dict(s, pair=f"{s['pair']} (atoms {s['atoms'][0]}, {s['atoms'][1]})") for s in scans],
+                                        Path(args.plot) / f"in_situ_{number}.png", f"in-situ scans in {Path(name).name}",
+                                        ylabel="E(d) - E(structure) (eV)", marker_label="in the structure"))
         print("plots: " + ", ".join(map(str, paths)))
     if args.json:
-        write_json_atomic({"model": str(args.model), "dimers": curves, "eos": eos}, args.json)
+        write_json_atomic({"model": str(args.model), "dimers": curves, "eos": eos, "in_situ": in_situ}, args.json)
         print(f"probe written to {args.json}")
     return 0
 
@@ -487,7 +539,7 @@ def _print_uncertainty(summary: dict) -> None:
 
 
 def _run_study_and_report(study, out: Path) -> dict:
-    from stableff.report.render import terminal_table, write_study_report
+    from stableff.report.render import holes_text, terminal_table, write_study_report
     from stableff.study import run_study
 
     t0 = time.perf_counter()
@@ -500,6 +552,9 @@ def _run_study_and_report(study, out: Path) -> dict:
     print("Comparisons with the baseline (effect, 95 % interval, test):")
     for sentence in summary["verdicts"]:
         print(f"- {sentence}")
+    print("\nHoles below the closest training distance (dimer curves; in-situ scans inside the start structures):")
+    for row in summary["rows"]:
+        print(f"- {row['model']} {row['variant']}: {holes_text(summary, row['model'], row['variant'])}")
     if summary.get("committee_warnings"):
         print("\nCommittee warnings (the other seeds of each variant watching its runs):")
         for sentence in summary["committee_warnings"]:
@@ -690,7 +745,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (best.ckpt)")
     p.add_argument("--eos", nargs="+", help="cells for energy-volume curves (Birch-Murnaghan fit)")
     p.add_argument("--strain", type=float, default=0.08, help="volume range (1 +- strain) V of the EOS (default 0.08)")
-    p.add_argument("--step", type=float, default=0.01, help="A between dimer points (default 0.01)")
+    p.add_argument("--step", type=float, default=0.01, help="A between dimer and scan points (default 0.01; at least 0.05 for relaxed scans)")
+    p.add_argument("--in-situ", nargs="+", metavar="STRUCTURE", help="scan the closest pair of each species pair inside these structures "
+                   "(the rest fixed, or relaxed with --relax): holes the isolated dimer does not show")
+    p.add_argument("--frame", type=int, default=0, help="frame of each --in-situ file (default 0; -1 = the last, e.g. of a trajectory)")
+    p.add_argument("--pairs", type=int, default=1, help="closest pairs scanned per species pair (default 1)")
+    p.add_argument("--relax", type=int, default=0, metavar="STEPS", help="relax the other atoms at every scan point, at most STEPS FIRE steps to 0.05 eV/A (default 0: fixed)")
     p.add_argument("--json", help="write the curves, holes and fits to this JSON file")
     p.add_argument("--plot", help="write dimers.png (and eos.png) into this folder")
     p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")

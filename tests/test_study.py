@@ -165,6 +165,12 @@ def test_remedies_compose_as_variants(mini_study, tmp_path):
         checkpoint = load_checkpoint(tmp_path / "out" / "nequip" / variant / "seed_0" / "best.ckpt")
         assert checkpoint["hyperparameters"]["zbl"] is zbl and checkpoint["config"]["decorrelation"]["enabled"] is decorrelated
     assert "Dimer probes" in (tmp_path / "out" / "report.html").read_text()
+    # in-situ scans inside every start structure, stored with the probe, counted in the report and the terminal
+    probe = json.loads((tmp_path / "out" / "nequip" / "baseline" / "seed_0" / "probe.json").read_text())
+    starts = probe["fingerprint"]["in_situ_starts"]
+    assert sorted(probe["probe"]["in_situ"]) == sorted(starts) and len(starts) == runs["baseline"]["in_situ_starts"] >= 1
+    assert {s["pair"] for scans in probe["probe"]["in_situ"].values() for s in scans} == {"H-H", "H-C", "H-O", "C-C", "C-O", "O-O"}
+    assert f"in-situ holes (start structures, all seeds)" in result.stdout and "In-situ scans" in (tmp_path / "out" / "report.html").read_text()
     raw["variants"] = ["baseline", "zbl+magic"]
     path.write_text(yaml.safe_dump(raw))
     from stableff.errors import ConfigError

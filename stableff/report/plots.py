@@ -204,8 +204,9 @@ def rdf_plot(result: dict, path: str | Path, reference: dict | None = None, titl
     return path
 
 
-def dimer_plot(curves: list[dict], path: str | Path, title: str = "") -> Path:
-    """Dimer curves E(r) per species pair, the training minimum dashed, holes marked."""
+def dimer_plot(curves: list[dict], path: str | Path, title: str = "", ylabel: str = "E(r) - E(separated) (eV)", marker_label: str | None = None) -> Path:
+    """Dimer curves E(r) per species pair (or in-situ scans, which carry "distance_A": marked with
+    ``marker_label``), the training minimum dashed, holes marked."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = _panel_grid(len(curves))
@@ -217,13 +218,15 @@ def dimer_plot(curves: list[dict], path: str | Path, title: str = "") -> Path:
         ax.set_ylim(low - 0.1 * abs(low), high)
         if curve["training_min_A"] is not None:
             ax.axvline(curve["training_min_A"], color="k", ls="--", lw=0.8, label="closest in training")
+        if marker_label and "distance_A" in curve:
+            ax.axvline(curve["distance_A"], color="tab:green", ls=":", lw=0.8, label=marker_label)
         if curve["hole"] is not None:
             hole = curve["hole"]
             ax.plot([hole["radius_A"]], [hole["energy_at_training_min_eV"] - hole["depth_eV"]], "rv", ms=8, label=f"hole: {hole['depth_eV']:.2f} eV at {hole['radius_A']:.2f} A")
         ax.axhline(0.0, color="0.6", lw=0.6)
         ax.set_title(curve["pair"])
         ax.set_xlabel("r (A)")
-        ax.set_ylabel("E(r) - E(separated) (eV)")
+        ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()

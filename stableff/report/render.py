@@ -149,16 +149,44 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
         if stored is not None:
             paths.append(plots.dimer_plot(stored["probe"]["dimers"], plot_dir / f"dimers_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): dimer curves"))
     figures["Dimer probes (holes: attraction below the closest training distance)"] = paths
+
+    # in-situ scans (first seed): the scans with a hole, or those of the first start structure
+    paths = []
+    for r in [x for x in runs if x["seed"] == first_seed]:
+        stored = read_json(StudyRun(r["path"]).probe)
+        scans = (stored or {}).get("probe", {}).get("in_situ") or {}
+        if not scans:
+            continue
+        chosen = [dict(s, pair=f"{s['pair']} in {start}") for start, found in scans.items() for s in found if s["hole"] is not None][:9]
+        if not chosen:
+            start = next(iter(scans))
+            chosen = [dict(s, pair=f"{s['pair']} in {start}") for s in scans[start]]
+        paths.append(plots.dimer_plot(chosen, plot_dir / f"in_situ_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): in-situ scans",
+                                      ylabel="E(d) - E(start) (eV)", marker_label="in the start structure"))
+    figures["In-situ scans (closest pair of each species pair pushed together inside a start structure, the rest fixed)"] = paths
     return figures
 
 
-def _holes_text(summary: dict, model: str, variant: str) -> str:
-    parts = []
+def holes_text(summary: dict, model: str, variant: str) -> str:
+    """Dimer holes per seed, and in-situ holes per pair: in how many start structures of how many
+    (all seeds), with the deepest."""
+    parts, in_situ, scanned = [], {}, 0
     for r in summary["runs"]:
         if r["model"] == model and r["variant"] == variant:
             for pair, hole in (r.get("holes") or {}).items():
                 parts.append(f"{pair} {hole['depth_eV']:.2f} eV at {hole['radius_A']:.2f} A (seed {r['seed']})")
-    return "holes: " + (", ".join(parts) if parts else "none")
+            scanned += r.get("in_situ_starts", 0)
+            for start, found in (r.get("in_situ_holes") or {}).items():
+                for pair, hole in found.items():
+                    in_situ.setdefault(pair, []).append((hole["depth_eV"], hole["radius_A"], start, r["seed"]))
+    text = "dimer holes: " + (", ".join(parts) if parts else "none")
+    if scanned:
+        shown = []
+        for pair, found in in_situ.items():
+            depth, radius, start, seed = max(found)
+            shown.append(f"{pair} in {len(found)} of {scanned} (deepest {depth:.2f} eV at {radius:.2f} A, {start}, seed {seed})")
+        text += "; in-situ holes (start structures, all seeds): " + (", ".join(shown) if shown else "none")
+    return text
 
 
 def _image_tag(path: Path) -> str:
@@ -190,7 +218,7 @@ def write_report(summary: dict, out_dir: Path, figures: dict[str, list[Path]]) -
     failures = ""
     for row in summary["rows"]:
         parts = [f"{Condition.parse(c).label}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
-        failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}; {html.escape(_holes_text(summary, row['model'], row['variant']))}</li>"
+        failures += f"<li>{html.escape(row['model'])} {html.escape(row['variant'])}: {html.escape('; '.join(parts))}; {html.escape(holes_text(summary, row['model'], row['variant']))}</li>"
     verdicts = "".join(f"<li>{html.escape(v)}</li>" for v in summary["verdicts"]) or "<li>only one variant: nothing to compare</li>"
     warnings = summary.get("committee_warnings") or []
     warning_html = ("<h3>Committee warnings: does the seeds' force disagreement foresee a failure?</h3><ul>"
@@ -214,7 +242,7 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
 <table><thead><tr>{head}</tr></thead><tbody>
 {body}</tbody></table>
 <h3>Is the difference real? (effect, 95 % interval, test)</h3><ul>{verdicts}</ul>
-<h3>Failures by reason (all seeds and replicas) and dimer holes</h3><ul>{failures}</ul>
+<h3>Failures by reason (all seeds and replicas) and holes</h3><ul>{failures}</ul>
 {warning_html}
 {sections}
 <p style="color:#777">Made by stableff. Method: Zeng et al., arXiv:2502.12548 (2025); definitions in stableff's docs/method.md.</p>
@@ -229,10 +257,10 @@ th {{ background: #f0f3f7; }} td:first-child {{ text-align: left; }}
     for key, name, digits in columns:
         md.append("| " + " | ".join([name] + [_fmt(row.get(key), digits) for row in summary["rows"]]) + " |")
     md += ["", "## Is the difference real?", ""] + [f"- {v}" for v in summary["verdicts"]] + [""]
-    md += ["## Failures by reason and dimer holes", ""]
+    md += ["## Failures by reason and holes", ""]
     for row in summary["rows"]:
         parts = [f"{c}: " + (", ".join(f"{k} {v}" for k, v in row.get(f"failures_{c}", {}).items()) or "none") for c in summary["conditions"]]
-        md.append(f"- {row['model']} {row['variant']}: {'; '.join(parts)}; {_holes_text(summary, row['model'], row['variant'])}")
+        md.append(f"- {row['model']} {row['variant']}: {'; '.join(parts)}; {holes_text(summary, row['model'], row['variant'])}")
     md.append("")
     if warnings:
         md += ["## Committee warnings", ""] + [f"- {w}" for w in warnings] + [""]

@@ -59,13 +59,14 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 device = study.device
                 accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log, device=device)
                 correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log, device=device)
-                probe = probe_stage(model_path, done["model_hash"], run_dir, log, device=device)
+                probe = probe_stage(model_path, done["model_hash"], run_dir, log, device=device, starts=starts)
                 stability = stability_stage(model_path, plan, starts, run_dir, log, device=device, members=members)
                 structure = structure_stage(stability, study.test.in_distribution, run_dir, log)
                 runs.append({
                     "model": model_name, "variant": variant, "seed": seed, "path": str(run_dir),
                     "train_seconds": done["train_seconds"], "median_step_seconds": done.get("median_step_seconds"),
                     "accuracy": accuracy, "correlation": correlation, "stability": stability, "holes": probe["holes"],
+                    "in_situ_holes": probe.get("in_situ_holes", {}), "in_situ_starts": len(probe.get("in_situ", {})),
                     "structure": {k: v for k, v in (structure or {}).items() if k in ("condition", "n_frames", "comparison")} or None,
                 })
     summary = summarise_study(study, runs)

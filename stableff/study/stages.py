@@ -207,18 +207,29 @@ def structure_stage(stability: dict, reference_files: list[str], run_dir: Path, 
     return structure
 
 
-def probe_stage(model_path: Path, model_hash: str, run_dir: Path, log=print, device: str = "cpu") -> dict:
-    """Dimer curves of every species pair and their holes (probe.json)."""
-    from stableff.analysis.probes import dimer_curves, holes
+def probe_stage(model_path: Path, model_hash: str, run_dir: Path, log=print, device: str = "cpu", starts=()) -> dict:
+    """Dimer curves of every species pair and their holes, and in-situ scans of the closest pair of
+    each species pair inside every start structure (the rest fixed) with theirs (probe.json)."""
+    from stableff.analysis.probes import dimer_curves, holes, in_situ_scans
+    from stableff.data.io import frame_from_atoms
+    from stableff.fingerprint import atoms_hash
     from stableff.models.saved import model_from_checkpoint
 
     fingerprint = {"format": RESULT_FORMAT, "model": model_hash, "step_A": 0.02, **_device_key(device)}
+    if starts:
+        fingerprint["in_situ_starts"] = {label: atoms_hash(atoms) for _, label, atoms in starts}
     stored = _reuse(StudyRun(run_dir).probe, fingerprint, "probe", log)
     if stored is not None:
         return stored["probe"]
-    log("  dimer probe")
+    log("  dimer probe" + (f" and in-situ scans of {len(starts)} start structures" if starts else ""))
     model, statistics = model_from_checkpoint(model_path, device=device)
     curves = dimer_curves(model, statistics, step=0.02)
-    probe = {"dimers": curves, "holes": holes(curves)}
+    probe = {"dimers": curves, "holes": holes(curves), "in_situ": {}, "in_situ_holes": {}}
+    for _, label, atoms in starts:
+        scans = in_situ_scans(model, statistics, frame_from_atoms(atoms), step=0.02)
+        probe["in_situ"][label] = scans
+        found = holes(scans)
+        if found:
+            probe["in_situ_holes"][label] = found
     write_json_atomic({"fingerprint": fingerprint, "probe": probe}, StudyRun(run_dir).probe)
     return probe
