@@ -154,7 +154,9 @@ def main():
                 chosen = [rep for rep in replicas if f"_{composition}_" in rep["start"]]
                 if chosen:
                     s = summarise_replicas(chosen)
-                    print(f"  {model:<9} {variant:<13} {composition:<8} SI {s['stability_index']:.2f}  median t_fail {s['median_time_to_failure_ps']:.3f} ps  "
+                    median = s["median_time_to_failure_ps"]
+                    median = f"{median:.3f} ps" if median is not None else "not reached"
+                    print(f"  {model:<9} {variant:<13} {composition:<8} SI {s['stability_index']:.2f}  median t_fail {median}  "
                           f"failed {s['n_failed']}/{s['n_replicas']}  {s['failures_by_reason']}")
 
 
