@@ -191,15 +191,21 @@ def _elements_known(frame, type_numbers) -> None:
     species_index(frame.numbers, type_numbers, frame)
 
 
-def _read_start(spec: str, index: int, type_numbers=None):
+def _read_structure(spec: str, index: int, type_numbers, too_small: str):
+    """Frame ``index`` of ``spec``, checked: at least 2 atoms (else DataError with ``too_small``) and
+    only elements the model knows."""
     from stableff.data.io import read_frames
     from stableff.errors import DataError
 
     frame = read_frames(spec, index=index, check_distances=True)[0]
     if len(frame) < 2:
-        raise DataError(spec, "MD needs at least 2 atoms (a single atom has no temperature once its momentum is removed)", frame.index)
+        raise DataError(spec, too_small, frame.index)
     _elements_known(frame, type_numbers)
-    return frame.to_atoms()
+    return frame
+
+
+def _read_start(spec: str, index: int, type_numbers=None):
+    return _read_structure(spec, index, type_numbers, "MD needs at least 2 atoms (a single atom has no temperature once its momentum is removed)").to_atoms()
 
 
 def _read_eos_cell(spec: str, type_numbers=None):
@@ -364,17 +370,6 @@ def cmd_rdf(args) -> int:
     return 0
 
 
-def _read_in_situ(spec: str, index: int, type_numbers):
-    from stableff.data.io import read_frames
-    from stableff.errors import DataError
-
-    frame = read_frames(spec, index=index, check_distances=True)[0]
-    if len(frame) < 2:
-        raise DataError(spec, "an in-situ scan needs at least 2 atoms", frame.index)
-    _elements_known(frame, type_numbers)
-    return frame
-
-
 def _print_in_situ(spec, scans) -> None:
     relaxed = scans and scans[0]["relaxed"]
     print(f"in-situ scans in {spec} (closest pair of each species pair moved along its axis, the rest {'relaxed' if relaxed else 'fixed'}; "
@@ -402,7 +397,7 @@ def cmd_probe(args) -> int:
         raise SystemExit("stableff probe: --relax must be >= 0 steps and --pairs >= 1")
     model, statistics = model_from_checkpoint(args.model, device=args.device, compile=args.compile)
     eos_atoms = [(spec, _read_eos_cell(spec, model.type_numbers)) for spec in args.eos or []]  # every file checked before work
-    in_situ_frames = [(spec, _read_in_situ(spec, args.frame, model.type_numbers)) for spec in args.in_situ or []]
+    in_situ_frames = [(spec, _read_structure(spec, args.frame, model.type_numbers, "an in-situ scan needs at least 2 atoms")) for spec in args.in_situ or []]
     curves = dimer_curves(model, statistics, step=args.step)
     print(f"dimer curves of {args.model} ({len(curves)} species pairs, 0.3 A to {model.r_max:g} A, energies relative to the separated atoms)")
     print(f"{'pair':<8} {'closest in training (A)':>24} {'E there (eV)':>13}  hole")
