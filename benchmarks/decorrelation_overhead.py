@@ -57,10 +57,7 @@ def main():
     if args.config:
         variants, frames = configured_variants(args.config, args.frames)
         args.batch_size = variants["off"].training.batch_size
-        from stableff.models import MODELS
-
-        model_config = variants["off"].model
-        stats = compute_statistics(frames, float(model_config.hyperparameters().get("r_max", MODELS[model_config.name].default_hyperparameter("r_max"))))
+        stats = compute_statistics(frames, variants["off"].model.cutoff_A())
         torch.manual_seed(0)
         from stableff.train.loop import build_from_statistics
 

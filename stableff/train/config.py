@@ -73,6 +73,12 @@ class ModelConfig(BaseModel):
     def hyperparameters(self) -> dict:
         return dict(self.model_extra or {})
 
+    def cutoff_A(self) -> float:
+        """The cutoff (A): the configured one, or the model's default."""
+        from stableff.models import MODELS
+
+        return float(self.hyperparameters().get("r_max", MODELS[self.name].default_hyperparameter("r_max")))
+
     def num_interaction_layers(self) -> int:
         """Layers of the configured model (its constructor default when the config leaves it out)."""
         from stableff.models import MODELS

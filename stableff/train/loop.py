@@ -24,7 +24,7 @@ from stableff.data import keys
 from stableff.data.graph import collate, edges_first, frame_to_graph, to_device
 from stableff.data.stats import compute_statistics
 from stableff.errors import StableFFError
-from stableff.models import MODELS, build_model
+from stableff.models import build_model
 from stableff.io import save_torch_atomic, write_text_atomic
 from stableff.layout import TrainingRun
 from stableff.measures.accuracy import error_metrics, predict
@@ -79,7 +79,7 @@ def placed_hyperparameters(config: Config, statistics) -> tuple[dict, list[str]]
     hyper = config.model.hyperparameters()
     if not (hyper.get("zbl") and hyper.get("zbl_switch") == "data" and hyper.get("zbl_pairs") is None):
         return hyper, []
-    r_max = hyper.get("r_max", MODELS[config.model.name].default_hyperparameter("r_max"))
+    r_max = config.model.cutoff_A()
     pairs, absent = data_placed_pairs(statistics.type_numbers, r_max, statistics.min_pair_distance,
                                       hyper.get("zbl_factor", PRIOR_HYPERPARAMETERS["zbl_factor"]), hyper.get("zbl_width", PRIOR_HYPERPARAMETERS["zbl_width"]))
     return {**hyper, "zbl_pairs": pairs}, absent
@@ -190,7 +190,7 @@ class Trainer:
 
             self.statistics = DatasetStatistics.from_dict(self.resume_from["statistics"])
         else:
-            r_max = float(config.model.hyperparameters().get("r_max", MODELS[config.model.name].default_hyperparameter("r_max")))
+            r_max = config.model.cutoff_A()
             self.statistics = compute_statistics(splits["train"], r_max, isolated_atoms=isolated)
         self.model = build_from_statistics(config, self.statistics).to(device=self.device, dtype=self.dtype)
         cutoff = self.model.r_max
