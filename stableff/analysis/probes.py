@@ -76,12 +76,15 @@ def dimer_curves(model, statistics=None, r_start: float = 0.3, step: float = 0.0
     return curves
 
 
-def closest_pairs(frame: Frame, za: int, zb: int, cutoff: float, count: int = 1) -> list[dict]:
+def closest_pairs(frame: Frame, za: int, zb: int, cutoff: float, count: int = 1, neighbours=None) -> list[dict]:
     """The ``count`` closest distinct pairs (i < j) of species (za, zb) within ``cutoff`` (periodic
-    images included): atoms, distance (A) and the vector from i to the image of j that is closest."""
+    images included): atoms, distance (A) and the vector from i to the image of j that is closest.
+    ``neighbours``: the frame's (i, j, shifts, distances) within ``cutoff`` when already built."""
     from stableff.data.neighbors import neighbor_list
 
-    i, j, shifts, d = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff, with_distances=True)
+    if neighbours is None:
+        neighbours = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff, with_distances=True)
+    i, j, shifts, d = neighbours
     numbers = frame.numbers
     keep = (i < j) & (((numbers[i] == za) & (numbers[j] == zb)) | ((numbers[i] == zb) & (numbers[j] == za)))
     order = np.argsort(d[keep], kind="stable")[:count]
@@ -146,13 +149,16 @@ def in_situ_scans(model, statistics, frame: Frame, r_start: float = 0.3, step: f
         reference = float(atoms.get_potential_energy())
     else:
         reference = float(_energies(model, [frame])[0])
+    from stableff.data.neighbors import neighbor_list
+
+    neighbours = neighbor_list(frame.positions, frame.cell, frame.pbc, model.r_max, with_distances=True)  # once for every species pair
     scans = []
     for a_index, za in enumerate(numbers):
         for zb in numbers[a_index:]:
             if za not in present or zb not in present:
                 continue
             training_min = None if statistics is None else statistics.min_pair_distance.get(pair_key(za, zb))
-            for pair in closest_pairs(frame, za, zb, model.r_max, count):
+            for pair in closest_pairs(frame, za, zb, model.r_max, count, neighbours):
                 top = max(pair["distance_A"], training_min or 0.0) + beyond
                 r = np.arange(r_start, top + step / 2, step)
                 if relax_steps > 0:

@@ -142,28 +142,25 @@ def make_plots(summary: dict, out_dir: Path) -> dict[str, list[Path]]:
         paths.append(plots.rdf_plot(result, plot_dir / f"rdf_{r['model']}_{r['variant']}.png", reference, f"{r['model']} {r['variant']}: MD {Condition.parse(s['condition']).text} vs reference data"))
     figures["Structure of the MD runs (RDF)"] = paths
 
-    # dimer probes (first seed): holes next to the failures they explain
-    paths = []
+    # dimer probes and in-situ scans (first seed, one read of each probe.json): holes next to the failures they explain
+    paths, in_situ_paths = [], []
     for r in [x for x in runs if x["seed"] == first_seed]:
         stored = read_json(StudyRun(r["path"]).probe)
-        if stored is not None:
-            paths.append(plots.dimer_plot(stored["probe"]["dimers"], plot_dir / f"dimers_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): dimer curves"))
-    figures["Dimer probes (holes: attraction below the closest training distance)"] = paths
-
-    # in-situ scans (first seed): the scans with a hole, or those of the first start structure
-    paths = []
-    for r in [x for x in runs if x["seed"] == first_seed]:
-        stored = read_json(StudyRun(r["path"]).probe)
-        scans = (stored or {}).get("probe", {}).get("in_situ") or {}
+        if stored is None:
+            continue
+        paths.append(plots.dimer_plot(stored["probe"]["dimers"], plot_dir / f"dimers_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): dimer curves"))
+        scans = stored["probe"].get("in_situ") or {}
         if not scans:
             continue
+        # the scans with a hole, or those of the first start structure
         chosen = [dict(s, pair=f"{s['pair']} in {start}") for start, found in scans.items() for s in found if s["hole"] is not None][:9]
         if not chosen:
             start = next(iter(scans))
             chosen = [dict(s, pair=f"{s['pair']} in {start}") for s in scans[start]]
-        paths.append(plots.dimer_plot(chosen, plot_dir / f"in_situ_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): in-situ scans",
-                                      ylabel="E(d) - E(start) (eV)", marker_label="in the start structure"))
-    figures["In-situ scans (closest pair of each species pair pushed together inside a start structure, the rest fixed)"] = paths
+        in_situ_paths.append(plots.dimer_plot(chosen, plot_dir / f"in_situ_{r['model']}_{r['variant']}.png", f"{r['model']} {r['variant']} (seed {first_seed}): in-situ scans",
+                                              ylabel="E(d) - E(start) (eV)", marker_label="in the start structure"))
+    figures["Dimer probes (holes: attraction below the closest training distance)"] = paths
+    figures["In-situ scans (closest pair of each species pair pushed together inside a start structure, the rest fixed)"] = in_situ_paths
     return figures
 
 
