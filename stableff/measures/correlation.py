@@ -58,47 +58,67 @@ def mean_abs_correlation(features: torch.Tensor) -> float:
     return float(off_diagonal(correlation_matrix(features.detach())).abs().mean())
 
 
-class _OffDiagonalSquares(torch.autograd.Function):
-    """(mean_{i != j} R_ij^2, mean_{i != j} |R_ij|) of X [n, d] in one node: the centring, one matrix
-    product, and [d, d] work forward; one matrix product backward. With C = X_c^T X_c (not divided
-    by n), t_i = (C_ii + n eps)^(-1/2) (so that R_ij = C_ij t_i t_j) and m = d(d-1), the gradient of
-    L = sum_{i != j} R_ij^2 / m is
+class _WeightedOffDiagonalSquares(torch.autograd.Function):
+    """(sum_l w_l mean_{i != j} R_ij^2, [mean_{i != j} |R_ij|]_l) of features X_l [n, d_l] in one
+    node for all layers: per layer the centring, one matrix product and [d, d] work forward, one
+    matrix product backward. With C = X_c^T X_c (not divided by n), t_i = (C_ii + n eps)^(-1/2)
+    (so that R_ij = C_ij t_i t_j) and m = d(d-1), the gradient of L = sum_{i != j} R_ij^2 / m is
 
         dL/dC_ij = 2 R_ij t_i t_j / m   (i != j),   dL/dC_ii = -t_i^2 sum_{j != i} 2 R_ij^2 / m,
 
     and dL/dX = 2 X_c G for that symmetric G (the centring's backward vanishes: the columns of
-    X_c sum to zero); the factor 2 and 1/n sit on the [d, d] matrices, not on [n, d] tensors.
-    Autograd of the same lines takes ~20 small nodes per layer."""
+    X_c sum to zero). H = 2 w G is formed in the forward pass on the [d, d] matrices, so the
+    backward is one product X_c H per layer. Small molecules make every operation here tiny: one
+    node for all layers (was one per layer, ~20 nodes each by plain autograd) keeps the cost the
+    operations' count, not their size."""
 
     @staticmethod
-    def forward(ctx, x, eps):
-        n, d = x.shape
-        centred, covariance = _centred_products(x)
-        t = torch.rsqrt(torch.diagonal(covariance) + n * eps)
-        off = covariance.mul_(torch.outer(t, t)).fill_diagonal_(0.0)
-        ctx.save_for_backward(centred, off, t)
-        m = d * (d - 1)
-        measure = off.abs().sum() / m
+    def forward(ctx, weights, eps, *features):
+        losses, measures, saved = [], [], []
+        for x, weight in zip(features, weights):
+            n, d = x.shape
+            centred, covariance = _centred_products(x)
+            t = torch.diagonal(covariance).add(n * eps).rsqrt_()
+            tt = torch.outer(t, t)
+            off = covariance.mul_(tt).fill_diagonal_(0.0)  # R with a zero diagonal
+            m = d * (d - 1)
+            measures.append(off.abs().sum() / m)
+            squares = off.square()
+            rows = squares.sum(dim=1)
+            losses.append(rows.sum() * (weight / m))
+            h = off.mul_(tt)  # R_ij t_i t_j, in place: R is not needed again
+            h.diagonal().copy_(rows.mul_(tt.diagonal()).neg_())  # -t_i^2 sum_j R_ij^2
+            saved += [centred, h.mul_(4.0 * weight / m)]
+        ctx.save_for_backward(*saved)
+        measure = torch.stack(measures)
         ctx.mark_non_differentiable(measure)  # the reported corr_l carries no gradient
-        return off.square().sum() / m, measure
+        return torch.stack(losses).sum(), measure
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, _grad_measure):
-        centred, off, t = ctx.saved_tensors
-        d = off.shape[0]
-        g_r = off * (2.0 * grad_loss / (d * (d - 1)))  # dL/dR, zero diagonal
-        g_c = g_r * torch.outer(t, t)
-        g_c.diagonal().copy_(-(t.square() * (g_r * off).sum(dim=1)))
-        return torch.mm(centred, g_c.mul_(2.0)), None
+        saved = ctx.saved_tensors
+        grads = tuple(torch.mm(centred, h.mul(grad_loss)) for centred, h in zip(saved[0::2], saved[1::2]))
+        return (None, None) + grads
+
+
+def weighted_correlation_terms(features: list[torch.Tensor], weights: list[float]) -> tuple[torch.Tensor, list[float]]:
+    """(sum_l w_l mean_{i != j} R_ij^2 in the autograd graph, [corr_l]) from one R per layer; a layer
+    where R is undefined adds 0 and has corr_l NaN."""
+    defined = [k for k, f in enumerate(features) if has_correlation(f)]
+    measures = [float("nan")] * len(features)
+    if not defined:
+        return features[0].new_zeros(()), measures
+    loss, values = _WeightedOffDiagonalSquares.apply(tuple(float(weights[k]) for k in defined), EPS, *(features[k] for k in defined))
+    for k, value in zip(defined, values.tolist()):
+        measures[k] = value
+    return loss, measures
 
 
 def correlation_terms(features: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(mean_{i != j} R_ij^2 in the autograd graph, corr_l) from one R; (0, NaN) when undefined."""
-    if not has_correlation(features):
-        return features.new_zeros(()), float("nan")
-    loss, measure = _OffDiagonalSquares.apply(features, EPS)
-    return loss, float(measure)
+    loss, (measure,) = weighted_correlation_terms([features], [1.0])
+    return loss, measure
 
 
 def select_channels(features: torch.Tensor, num_scalars: int | None, channels: str) -> torch.Tensor:

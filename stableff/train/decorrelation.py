@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from stableff.measures.correlation import correlation_terms, select_channels
+from stableff.measures.correlation import select_channels, weighted_correlation_terms
 
 
 def sample_edges(num_edges: int, max_edges: int | None, generator: torch.Generator | None = None, device="cpu") -> torch.Tensor | None:
@@ -42,12 +42,11 @@ def correlation_loss(
     num_layers = len(edge_features)
     chosen = list(range(num_layers)) if layers is None else [l if l >= 0 else num_layers + l for l in layers]
     weights = [1.0] * len(chosen) if layer_weights is None else list(layer_weights)
-    loss = edge_features[0].new_zeros(())
+    features = [select_channels(edge_features[l], None if scalar_counts is None else scalar_counts[l], channels) for l in chosen]
+    loss, chosen_measures = weighted_correlation_terms(features, weights)
     measures = [float("nan")] * num_layers
-    for layer, weight in zip(chosen, weights):
-        features = select_channels(edge_features[layer], None if scalar_counts is None else scalar_counts[layer], channels)
-        term, measures[layer] = correlation_terms(features)
-        loss = loss + weight * term
+    for layer, value in zip(chosen, chosen_measures):
+        measures[layer] = value
     return loss, measures
 
 
