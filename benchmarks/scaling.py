@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -111,8 +112,6 @@ def machine(threads: int) -> str:
                 break
     except OSError:
         pass
-    import os
-
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB, {threads} threads, Python {platform.python_version()}"
 
@@ -122,7 +121,7 @@ def main():
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--models", default="nequip,allegro", help="comma-separated: nequip, allegro")
     parser.add_argument("--repeats", default="1,2,4,8", help="supercell repeats along each axis (1 = 96 atoms, 8 = 49,152)")
-    parser.add_argument("--steps", type=int, help="timed steps for every size (default: 20, 10, 4, 2 by size)")
+    parser.add_argument("--steps", type=int, help="timed steps for every size (default: 20, 20, 5, 2 for 96, 768, 6144, 49,152 atoms)")
     parser.add_argument("--rounds", type=int, default=3, help="run every size this many times (sizes interleaved); the median ms/step counts")
     parser.add_argument("--threads", type=int, default=None, help="default: torch's default (the cores)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
