@@ -52,8 +52,10 @@ def main():
     parser.add_argument("--models", default="nequip,allegro", help="comma-separated: nequip, allegro")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=3, help="alternate stableff and upstream this many times; each code's best round counts")
+    parser.add_argument("--json", help="also write the times and ratios to this JSON file (benchmarks/speed_table.py reads it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    measured = {}
 
     from stableff import StableFFCalculator
     from stableff.data.io import read_frames
@@ -103,6 +105,10 @@ def main():
         print(f"{'stableff run_md (monitors + files)':<48}{summary['ms_per_step']:>22.1f}{'':>22}")
         for row, theirs in rows[1:]:
             print(f"ratio {row} / stableff time per step (higher = stableff faster): " + ", ".join(f"{n} atoms {theirs[n] / ours[n]:.2f}x" for n in sizes))
+        measured[name] = {"ms_per_step": {row: values for row, values in rows},
+                          "ratios": {row: {str(n): theirs[n] / ours[n] for n in sizes} for row, theirs in rows[1:]}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")
 
 
 if __name__ == "__main__":

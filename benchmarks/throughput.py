@@ -134,6 +134,7 @@ def main():
     parser.add_argument("--peer", choices=["nequip"], help="also measure the upstream codes (nequip, nequip-allegro) with the same hyper-parameters")
     parser.add_argument("--models", default="nequip,allegro,gemnet_t", help="comma-separated models to measure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", help="also write the rows and ratios to this JSON file (benchmarks/speed_table.py reads it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -146,7 +147,7 @@ def main():
     print(f"{len(frames)} frames of {len(frames[0])} atoms from {args.data}; batch {args.batch_size}, float32, {args.threads} threads; "
           f"stableff with its command line's allocator settings ({'applied' if tuned else 'not available here'})")
     best = lambda runs: {"train_frames_per_s": max(r["train_frames_per_s"] for r in runs), "ms_per_eval": min(r["ms_per_eval"] for r in runs), "num_parameters": runs[0]["num_parameters"]}
-    rows, ratios = [], []
+    rows, ratios, measured = [], [], {}
     for name in models:
         ours, shipped, same = [], [], []
         has_peer = args.peer and name in ("nequip", "allegro")
@@ -163,14 +164,17 @@ def main():
             for runs, label in ((shipped, "as shipped"), (same, "stableff's malloc")):
                 b = best(runs)
                 rows.append((f"{upstream} {runs[0]['version']} ({label})", b))
-                ratios.append(f"{name}: stableff / {upstream} ({label}): training {a['train_frames_per_s'] / b['train_frames_per_s']:.2f}x, "
-                              f"evaluation {b['ms_per_eval'] / a['ms_per_eval']:.2f}x (higher is faster)")
+                training, evaluation = a["train_frames_per_s"] / b["train_frames_per_s"], b["ms_per_eval"] / a["ms_per_eval"]
+                measured.setdefault(name, {"upstream": f"{upstream} {runs[0]['version']}", "ratios": {}})["ratios"][label] = {"training": training, "evaluation": evaluation}
+                ratios.append(f"{name}: stableff / {upstream} ({label}): training {training:.2f}x, evaluation {evaluation:.2f}x (higher is faster)")
     print(f"\n{'code':<44} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
     for name, r in rows:
         print(f"{name:<44} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")
     if ratios:
         print()
         print("\n".join(ratios))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": dict(rows), "models": measured}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
