@@ -117,6 +117,8 @@ def test_layer_selection_and_weights():
     loss, measures = correlation_loss([same, free], layers=[0], layer_weights=[2.0])
     assert loss.item() == pytest.approx(2.0, abs=1e-3)
     assert measures[0] == pytest.approx(1.0, abs=1e-3) and math.isnan(measures[1])
+    loss, measures = correlation_loss([same, free], layers=[])  # allowed by the config: no term
+    assert loss.item() == 0.0 and all(math.isnan(m) for m in measures)
 
 
 @pytest.mark.parametrize(

@@ -42,9 +42,11 @@ def correlation_loss(
     num_layers = len(edge_features)
     chosen = list(range(num_layers)) if layers is None else [l if l >= 0 else num_layers + l for l in layers]
     weights = [1.0] * len(chosen) if layer_weights is None else list(layer_weights)
+    measures = [float("nan")] * num_layers
+    if not chosen:  # layers: [] in a config: no term
+        return edge_features[0].new_zeros(()), measures
     features = [select_channels(edge_features[l], None if scalar_counts is None else scalar_counts[l], channels) for l in chosen]
     loss, chosen_measures = weighted_correlation_terms(features, weights)
-    measures = [float("nan")] * num_layers
     for layer, value in zip(chosen, chosen_measures):
         measures[layer] = value
     return loss, measures
