@@ -36,7 +36,7 @@ def run(script: str, extra: list[str], out: Path, name: str) -> dict:
     return json.loads(result_json.read_text())
 
 
-def table(throughput: dict, md: dict, when: str, out: Path) -> str:
+def table(throughput: dict, md: dict, when: str, logs: str) -> str:
     """The README block: what was measured, when, where the logs are, and the table."""
     names = {"nequip": "NequIP", "allegro": "Allegro"}
     lines = [
@@ -44,7 +44,7 @@ def table(throughput: dict, md: dict, when: str, out: Path) -> str:
         "hyper-parameters, bench-S, float32, 96-atom Hf32O64 and its 768-atom supercell, 2 threads), as",
         "ratios upstream time / stableff time measured in one run (\"as shipped\" / \"with stableff's",
         "allocator settings\"; the best of the scripts' interleaved rounds); measured on this project's",
-        f"2-core CPU, {when} (logs in `{out.relative_to(ROOT)}/`).",
+        f"2-core CPU, {when} (logs in `{logs}/`).",
         "Upstream runs its eager path here; its compiled paths (`torch.compile` training, AOT-Inductor",
         "models) are not yet compared:",
         "",
@@ -69,6 +69,7 @@ def main():
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    logs = str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out)  # known before the runs
     if args.write_readme:  # checked before the runs: a README without its markers is said at once
         text = README.read_text()
         if text.count(START) != 1 or text.count(END) != 1:
@@ -78,7 +79,7 @@ def main():
     md = run("md_throughput.py", ["--peer", "nequip", "--steps", str(args.md_steps)], out, "md_throughput")
     end = datetime.datetime.now(datetime.timezone.utc)
     when = f"{begin:%Y-%m-%d %H:%M}-{end:%H:%M} UTC"
-    block = table(throughput, md, when, out)
+    block = table(throughput, md, when, logs)
     print("\n" + block)
     if args.write_readme:
         text = README.read_text()
