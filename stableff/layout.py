@@ -95,6 +95,11 @@ def study_run(out_dir, model: str, variant: str, seed: int) -> StudyRun:
     return StudyRun(Path(out_dir) / model / variant / f"seed_{seed}")
 
 
+def learn_folder(out_dir, model: str, variant: str) -> Path:
+    """The active learning (`stableff learn`'s folder) behind a study's active variant of a model."""
+    return Path(out_dir) / model / variant / "learn"
+
+
 def study_summary(out_dir) -> Path:
     return Path(out_dir) / "summary.json"
 
@@ -107,7 +112,7 @@ OWN_FILES = (
     "best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "started.json", "done.json",
     "accuracy.json", "parity_*.npz", "correlation.json", "correlation_matrices.npz", "probe.json", "structure.json",
     TRAJECTORY_FILE, THERMO_FILE, SUMMARY_FILE, STATE_FILE, "report.html", "report.md", "*.png", MARKER_FILE,
-    "*.tmp",  # an atomic write cut short
+    "*.tmp", "*.part",  # an atomic write or copy cut short
 )
 
 

@@ -55,7 +55,7 @@ def _calls(tmp_path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def test_rounds_label_the_most_uncertain_frames_once_and_resume_after_an_oracle_failure(tmp_path, copper, capsys):
+def test_rounds_label_the_most_uncertain_frames_once_and_resume_after_a_kill(tmp_path, copper, capsys):
     import ase.io
     from ase.calculators.emt import EMT
 
@@ -65,25 +65,24 @@ def test_rounds_label_the_most_uncertain_frames_once_and_resume_after_an_oracle_
     config_path = _config(tmp_path, copper)
     config = load_learn_config(config_path)
     out = tmp_path / "out"
-    # the oracle goes down after its first call: the labelled frame is kept, the run stops with one line
-    (tmp_path / "down").unlink(missing_ok=True)
+    # the process is killed during the oracle's second call: the first labelled frame is kept
     import oracles
 
     original = oracles.CountingEMT.calculate
 
-    def once_then_down(self, *args, **kwargs):
+    def killed_on_the_second_call(self, *args, **kwargs):
+        if _calls(tmp_path) == 1:
+            raise KeyboardInterrupt
         original(self, *args, **kwargs)
-        (tmp_path / "down").touch()
 
-    oracles.CountingEMT.calculate = once_then_down
+    oracles.CountingEMT.calculate = killed_on_the_second_call
     try:
-        with pytest.raises(StableFFError, match="oracle oracles:CountingEMT failed on frame .* the 1 frames labelled before are kept"):
+        with pytest.raises(KeyboardInterrupt):
             run_learning(config, out, log=lambda *_: None)
     finally:
         oracles.CountingEMT.calculate = original
     labelled = out / "labelled" / "round_1.extxyz"
     assert len(ase.io.read(labelled, ":")) == 1 and _calls(tmp_path) == 1
-    (tmp_path / "down").unlink()
     result = run_learning(config, out, log=lambda *_: None)
     assert _calls(tmp_path) == 2  # only the frame not yet labelled
     frames = ase.io.read(labelled, ":")
@@ -147,17 +146,114 @@ def test_a_quantum_chemistry_oracle_labels_a_frame(tmp_path):
     from tblite.ase import TBLite
 
     from stableff.data.io import read_frames
-    from stableff.study.learn import OracleConfig, label
+    from stableff.study.oracle import OracleConfig, label
 
     atoms = read_frames("acac:test_MD_600K", index=0)[0].to_atoms()
     run = tmp_path / "run"
     run.mkdir()
     ase.io.write(run / "trajectory.extxyz", [atoms], format="extxyz")
     oracle = OracleConfig(calculator="tblite.ase:TBLite", kwargs={"method": "GFN2-xTB", "verbosity": 0})
-    calls, _ = label([{"run": str(run), "frame": 0, "time_ps": 0.0, "disagreement_eV_per_A": 0.1}], oracle, tmp_path / "round_1.extxyz", 1, log=lambda *_: None)
+    totals = label([{"run": str(run), "frame": 0, "time_ps": 0.0, "disagreement_eV_per_A": 0.1}], oracle, tmp_path / "round_1.extxyz", 1, log=lambda *_: None)
     (frame,) = ase.io.read(tmp_path / "round_1.extxyz", ":")
     reference = atoms.copy()
     reference.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    assert calls == 1 and "GFN2-xTB" in frame.info["oracle"]
+    assert totals["calls_now"] == totals["labelled"] == 1 and totals["oracle_seconds"] > 0 and "GFN2-xTB" in frame.info["oracle"]
     assert frame.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-6)
     np.testing.assert_allclose(frame.get_forces(), reference.get_forces(), atol=1e-6)
+
+
+def test_a_frame_the_oracle_raises_on_is_recorded_and_skipped_and_the_budget_counts_it(tmp_path, copper):
+    import ase.io
+
+    from stableff.data.io import read_frames
+    from stableff.errors import StableFFError
+    from stableff.study.learn import load_learn_config, run_learning
+    from stableff.study.oracle import failure_record, label
+
+    import oracles
+
+    original, failed_once = oracles.CountingEMT.calculate, tmp_path / "failed_once"
+
+    def raises_on_the_first_frame(self, *args, **kwargs):
+        if not failed_once.exists():
+            failed_once.touch()
+            raise RuntimeError("SCF did not converge")
+        original(self, *args, **kwargs)
+
+    messages = []
+    oracles.CountingEMT.calculate = raises_on_the_first_frame
+    try:
+        out = tmp_path / "out"
+        result = run_learning(load_learn_config(_config(tmp_path, copper)), out, log=messages.append)
+    finally:
+        oracles.CountingEMT.calculate = original
+    labelled = out / "labelled" / "round_1.extxyz"
+    record = json.loads(failure_record(labelled).read_text())["failures"]
+    selection = json.loads((out / "round_0" / "selection.json").read_text())["frames"]
+    assert len(record) == 1 and record[0]["selection_index"] == 0 and "SCF did not converge" in record[0]["error"]
+    assert [m for m in messages if "failed on frame" in m] == [m for m in messages if "SCF did not converge" in m] and len([m for m in messages if "failed on frame" in m]) == 1
+    (frame,) = ase.io.read(labelled, ":")
+    assert frame.info["selection_index"] == 1 and frame.info["source_frame"] == selection[1]["frame"] and _calls(tmp_path) == 1
+    # round 1 trained on round 0's frames plus the one labelled frame; the failed call was spent
+    n_round0 = len(read_frames(str(out / "data" / "train.extxyz")))
+    trained = yaml.safe_load((out / "round_1" / "seed_0" / "config.yaml").read_text())["data"]["train"]
+    assert sum(len(read_frames(f)) for f in trained) == n_round0 + 1
+    assert result["rounds"][1]["oracle_calls"] == 2 and result["rounds"][0]["labelled"] == 1 and result["rounds"][0]["oracle_failures"] == 1
+    # run again: neither frame goes to the oracle again
+    run_learning(load_learn_config(_config(tmp_path, copper)), out, log=lambda *_: None)
+    assert _calls(tmp_path) == 1 and len(json.loads(failure_record(labelled).read_text())["failures"]) == 1
+    # an oracle that fails on every frame of a round stops the learning with one message
+    (tmp_path / "down").touch()
+    run = tmp_path / "run"
+    run.mkdir()
+    ase.io.write(run / "trajectory.extxyz", [frame], format="extxyz")
+    config = load_learn_config(_config(tmp_path, copper))
+    with pytest.raises(StableFFError, match="failed on every one of the 1 frames of round 1 .*machine went away.*delete that file"):
+        label([{"run": str(run), "frame": 0, "time_ps": 0.0, "disagreement_eV_per_A": 0.1}], config.oracle, tmp_path / "other.extxyz", 1, log=lambda *_: None)
+
+
+def test_active_is_a_study_variant_compared_on_equal_terms_with_its_cost(tmp_path, copper):
+    """`variants: [baseline, active]`: the active variant's models are its learning's last round,
+    judged by the same MD plan (fresh velocity seeds) and round 0's failure thresholds, with its
+    cost in oracle calls and seconds in the summary."""
+    from stableff.errors import ConfigError
+    from stableff.fingerprint import file_hash
+    from stableff.study import load_study_config, run_study
+
+    raw = yaml.safe_load(_config(tmp_path, copper).read_text())
+    study = {
+        "name": "cu-study", "training": raw["training"], "seeds": [0, 1], "variants": ["baseline", "active"],
+        "active": {"oracle": raw["oracle"], "budget": 2, "rounds": 1, "selection": raw["selection"], "exploration": {"replicas": 1}},
+        "stability": {**raw["exploration"], "seed": 7},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "study"
+    summary = run_study(load_study_config(path), out, log=lambda *_: None)
+    assert _calls(tmp_path) == 2
+    learn = out / "nequip" / "active" / "learn"
+    for seed in (0, 1):
+        assert file_hash(out / "nequip" / "active" / f"seed_{seed}" / "best.ckpt") == file_hash(learn / "round_1" / f"seed_{seed}" / "best.ckpt")
+    judged = [json.loads(p.read_text()) for p in (out / "nequip" / "active" / "seed_0" / "stability").rglob("summary.json")]
+    explored = [json.loads(p.read_text()) for p in (learn / "round_0" / "seed_0" / "stability").rglob("summary.json")]
+    assert len(judged) == 2 and len(explored) == 1  # the study's 2 replicas; the exploration's 1 (active.exploration)
+    assert {j["seed"] for j in judged} == {7, 8} and explored[0]["seed"] == 1007
+    assert all(j["fingerprint"]["thresholds_from"] == file_hash(learn / "round_0" / "seed_0" / "best.ckpt") for j in judged)
+    row = next(r for r in summary["rows"] if r["variant"] == "active")
+    base = next(r for r in summary["rows"] if r["variant"] == "baseline")
+    assert row["oracle_calls"]["mean"] == 2 and row["active"]["labelled_frames"] == 2 and row["active"]["oracle_seconds"] > 0
+    assert row["train_seconds"]["mean"] > base["train_seconds"]["mean"]  # two trainings per seed against one
+    assert any(v.startswith("nequip, active, cost: 2 oracle calls") for v in summary["verdicts"])
+    assert any(c["variant"] == "active" and "OOD@1500K" in c["stability"] for c in summary["comparisons"])
+    # run again: everything reused, no oracle call
+    again = run_study(load_study_config(path), out, log=lambda *_: None)
+    assert _calls(tmp_path) == 2 and again["rows"] == summary["rows"]
+    # an active variant without an oracle, or with one seed, is refused by key
+    del study["active"]
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="active variant needs an `active:` block"):
+        load_study_config(path)
+    study.update(active={"oracle": raw["oracle"], "budget": 2}, seeds=[0])
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="at least two seeds"):
+        load_study_config(path)

@@ -42,6 +42,8 @@ def table_columns(summary: dict) -> list[tuple[str, str, int]]:
         columns.append((f"rmst_ps_per_seed_{condition}", f"RMST {condition}, per seed (ps)", 3))
     columns += [("train_seconds", "training time (s)", 1), ("median_step_ms", "median time per step (ms)", 1),
                 ("step_time_ratio", "step time / baseline's", 3)]
+    if any(row.get("oracle_calls") for row in summary["rows"]):
+        columns.append(("oracle_calls", "oracle calls", 0))
     return columns
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from stableff.data.io import read_frames
 from stableff.io import write_json_atomic
 from stableff.models import DEFAULT_MODEL
-from stableff.layout import study_summary, study_run
-from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config
-from stableff.study.stages import accuracy_stage, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
+from stableff.layout import learn_folder, study_summary, study_run
+from stableff.study.learn import learning_cost, run_learning, study_learn_config
+from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config, variant_remedies
+from stableff.study.stages import accuracy_stage, adopt_training, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
 from stableff.study.summary import comparison_notes, summarise_study
 
 __all__ = ["StudyConfig", "StabilityPlan", "load_study_config", "run_study", "variant_config"]
@@ -38,14 +39,28 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
         log(f"note: {note}")
     correlation_files = study.test.in_distribution or [study.training["data"]["train"]]
     runs = []
-    trained = {}
+    trained, learned = {}, {}
+    for model in study.model_blocks():  # the active variants' learning first: its last round gives their models
+        model_name = model.get("name", DEFAULT_MODEL)
+        for variant in study.variants:
+            if "active" in variant_remedies(variant):
+                log(f"[{model_name} / {variant}: active learning, {study.active.budget} oracle calls over at most {study.active.rounds} round(s)]")
+                learned[model_name, variant] = run_learning(study_learn_config(study, model, variant), learn_folder(out_dir, model_name, variant), log)
+
+    def train(model, model_name, variant, seed):
+        run_dir = study_run(out_dir, model_name, variant, seed).folder
+        if (model_name, variant) in learned:
+            final = learned[model_name, variant]["rounds"][-1]["round"]
+            return adopt_training(learn_folder(out_dir, model_name, variant) / f"round_{final}" / f"seed_{seed}", run_dir, log)
+        return train_stage(variant_config(study, model, variant, seed), run_dir, log)
+
     if plan.committee is not None:  # every seed's model first: each run is watched by the other seeds of its variant
         for model in study.model_blocks():
             model_name = model.get("name", DEFAULT_MODEL)
             for seed in study.seeds:
                 for variant in study.variants:
                     log(f"[{model_name} / {variant} / seed {seed}]")
-                    trained[model_name, variant, seed] = train_stage(variant_config(study, model, variant, seed), study_run(out_dir, model_name, variant, seed).folder, log)
+                    trained[model_name, variant, seed] = train(model, model_name, variant, seed)
     for model in study.model_blocks():
         model_name = model.get("name", DEFAULT_MODEL)
         for seed in study.seeds:
@@ -53,14 +68,17 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 files = study_run(out_dir, model_name, variant, seed)
                 run_dir = files.folder
                 log(f"[{model_name} / {variant} / seed {seed}]")
-                done = trained.get((model_name, variant, seed)) or train_stage(variant_config(study, model, variant, seed), run_dir, log)
+                done = trained.get((model_name, variant, seed)) or train(model, model_name, variant, seed)
+                learning = learned.get((model_name, variant))
+                # the active variant is judged by the failure thresholds of its starting data, as every other variant
+                thresholds_from = learn_folder(out_dir, model_name, variant) / "round_0" / f"seed_{seed}" / "best.ckpt" if learning else None
                 model_path = files.best_checkpoint
                 members = [study_run(out_dir, model_name, variant, s).best_checkpoint for s in study.seeds if s != seed] if plan.committee is not None else None
                 device = study.device
                 accuracy = accuracy_stage(model_path, done["model_hash"], test_sets, run_dir, log, device=device)
                 correlation = correlation_stage(model_path, done["model_hash"], correlation_files, run_dir, log, device=device)
                 probe = probe_stage(model_path, done["model_hash"], run_dir, log, device=device, starts=starts)
-                stability = stability_stage(model_path, plan, starts, run_dir, log, device=device, members=members)
+                stability = stability_stage(model_path, plan, starts, run_dir, log, device=device, members=members, thresholds_from=thresholds_from)
                 structure = structure_stage(stability, study.test.in_distribution, run_dir, log)
                 runs.append({
                     "model": model_name, "variant": variant, "seed": seed, "path": str(run_dir),
@@ -68,6 +86,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                     "accuracy": accuracy, "correlation": correlation, "stability": stability, "holes": probe["holes"],
                     "in_situ_holes": probe.get("in_situ_holes", {}), "in_situ_starts": len(probe.get("in_situ", {})),
                     "structure": {k: v for k, v in (structure or {}).items() if k in ("condition", "n_frames", "comparison")} or None,
+                    **({"active": learning_cost(learning, seed), "train_seconds": learning_cost(learning, seed)["train_seconds_all_rounds"]} if learning else {}),
                 })
     summary = summarise_study(study, runs)
     write_json_atomic(summary, study_summary(out_dir))

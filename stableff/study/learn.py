@@ -10,22 +10,20 @@ the oracle; add them to the training data. The oracle is an ASE calculator named
     DIR/data/train.extxyz, validation.extxyz   the starting data, split once (fixed for every round)
     DIR/labelled/round_<r>.extxyz              every frame the oracle labelled in round r, whole
                                                frames with the oracle and its settings in the header
+    DIR/labelled/round_<r>.failed.json         the frames the oracle raised on (error, seconds), not sent again
     DIR/round_<r>/seed_<s>/                    a study run folder (training, accuracy, stability)
     DIR/round_<r>/selection.json               the frames chosen for labelling, before any is labelled
     DIR/learn.json                             the per-round table
 
 Nothing computed is lost or computed again: training, accuracy and MD stages reuse what they stored
 (the study's fingerprints), a labelled frame is written the moment the oracle returns, and a rerun
-labels only the selected frames not yet in the round's file. The failure thresholds of every round
+labels only the selected frames neither labelled nor recorded as failed. The failure thresholds of every round
 are those of round 0's training data, so that every round is judged by one rule (labelled close
 contacts would otherwise lower the close-contact threshold itself).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,35 +33,9 @@ from stableff.errors import ConfigError, StableFFError
 from stableff.fingerprint import differences
 from stableff.io import read_json, write_json_atomic
 from stableff.layout import StudyRun
-from stableff.study.plan import CommitteePlan, StabilityPlan, TestSets, start_structures
+from stableff.study.oracle import label, oracle_class
+from stableff.study.plan import CommitteePlan, OracleConfig, SelectionConfig, StabilityPlan, TestSets, start_structures
 from stableff.train.config import StrictConfig
-
-SELECTIONS = ("committee", "before_failure")
-
-
-class OracleConfig(StrictConfig):
-    calculator: str  # "package.module:Class"
-    kwargs: dict = {}
-
-    @field_validator("calculator")
-    @classmethod
-    def _importable_name(cls, value):
-        if value.count(":") != 1 or not all(value.split(":")):
-            raise ValueError(f"'{value}': name the calculator as package.module:Class (e.g. ase.calculators.emt:EMT)")
-        return value
-
-
-class SelectionConfig(StrictConfig):
-    method: str = "committee"  # committee: the frames the committee disagrees on most; before_failure: the last frames before each failure
-    min_spacing_fs: float = Field(50.0, ge=0)  # between two frames chosen from one run
-
-    @field_validator("method")
-    @classmethod
-    def _known(cls, value):
-        if value not in SELECTIONS:
-            raise ValueError(f"unknown selection '{value}' (choose from {', '.join(SELECTIONS)})")
-        return value
-
 
 class LearnConfig(StrictConfig):
     name: str = "active"
@@ -103,19 +75,22 @@ def load_learn_config(path, overrides: list[str] | None = None) -> LearnConfig:
     return config
 
 
-def oracle_class(oracle: OracleConfig):
-    module, name = oracle.calculator.split(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"oracle.calculator: cannot import {oracle.calculator} ({exc})") from None
+def study_learn_config(study, model: dict, variant: str) -> LearnConfig:
+    """The active learning behind a study's active variant of one model: the variant's training
+    (its other remedies included), the study's seeds as the committee, its test sets, and the
+    exploration plan of ``active`` (the study's stability plan, other velocity seeds)."""
+    import math
 
+    from stableff.models import DEFAULT_MODEL
+    from stableff.study.plan import exploration_plan, variant_config
+    from stableff.train.config import config_to_dict
 
-def make_oracle(oracle: OracleConfig):
-    try:
-        return oracle_class(oracle)(**oracle.kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"oracle.kwargs: {oracle.calculator} does not take {oracle.kwargs} ({exc})") from None
+    active = study.active
+    training = config_to_dict(variant_config(study, model, variant, study.seeds[0]))
+    return LearnConfig(name=f"{study.name}: {model.get('name', DEFAULT_MODEL)} {variant}", training=training, seeds=study.seeds,
+                       oracle=active.oracle, budget=active.budget, rounds=active.rounds,
+                       per_round=active.per_round or math.ceil(active.budget / active.rounds), selection=active.selection,
+                       committee_threshold=active.committee_threshold, exploration=exploration_plan(study), test=study.test, device=study.device)
 
 
 def _write_frames(frames, path: Path) -> None:
@@ -207,48 +182,10 @@ def select(found: list[dict], count: int, min_spacing_fs: float) -> list[dict]:
     return chosen
 
 
-def label(selection: list[dict], oracle_config: OracleConfig, path: Path, round_index: int, log=print) -> tuple[int, float]:
-    """Label the selected frames not yet in ``path`` with the oracle, appending each whole frame
-    as soon as it is computed; returns (oracle calls made now, their seconds)."""
-    import ase.io
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from stableff.md.records import RecordFile, frame_text
-
-    settings = json.dumps({"calculator": oracle_config.calculator, "kwargs": oracle_config.kwargs}, sort_keys=True)
-    existing = ase.io.read(path, ":") if path.is_file() and path.stat().st_size else []
-    for k, frame in enumerate(existing):
-        if frame.info.get("oracle") != settings:
-            raise StableFFError(f"{path}, frame {k}: labelled by another oracle ({frame.info.get('oracle')}, now {settings}); "
-                                "frames of two oracles would be mixed: choose another --out, or move the file away to label again")
-    done = len(existing)
-    todo = selection[done:]
-    if not todo:
-        return 0, 0.0
-    oracle = make_oracle(oracle_config)
-    seconds = 0.0
-    from tqdm import tqdm
-
-    with RecordFile(path, offset=path.stat().st_size if path.is_file() else None) as out:
-        for entry in tqdm(todo, desc=f"round {round_index}: oracle", unit="call", leave=False):
-            atoms = ase.io.read(entry["run"] + "/trajectory.extxyz", index=entry["frame"])
-            atoms.calc = oracle
-            t0 = time.perf_counter()
-            try:
-                energy = atoms.get_potential_energy()
-                forces = atoms.get_forces()
-            except Exception as exc:
-                raise StableFFError(f"oracle {oracle_config.calculator} failed on frame {entry['frame']} of {entry['run']}/trajectory.extxyz "
-                                    f"({type(exc).__name__}: {exc}); the {done} frames labelled before are kept in {path}") from None
-            seconds += time.perf_counter() - t0
-            labelled = atoms.copy()
-            labelled.info = {"oracle": settings, "round": round_index, "source": entry["run"], "time_ps": entry["time_ps"],
-                             "disagreement_eV_per_A": entry["disagreement_eV_per_A"]}
-            labelled.calc = SinglePointCalculator(labelled, energy=energy, forces=forces)
-            out.write(frame_text(labelled, energy, forces))
-            done += 1
-    log(f"  oracle: {len(todo)} call(s), {seconds:.1f} s")
-    return len(todo), seconds
+def md_seconds(stability: dict) -> float:
+    """Seconds of MD behind a stability result, from its runs' stored step times (the same when
+    the runs are reused)."""
+    return float(sum(x["steps"] * x["ms_per_step"] / 1000 for report in stability.values() for x in report["replicas"] if x.get("ms_per_step")))
 
 
 def run_learning(config: LearnConfig, out_dir, log=print) -> dict:
@@ -267,21 +204,20 @@ def run_learning(config: LearnConfig, out_dir, log=print) -> dict:
     for r in range(config.rounds + 1):
         log(f"[round {r}: {len(labelled)} labelled file(s), {spent} oracle call(s) so far]")
         folder = out / f"round_{r}"
-        models, t_train = [], 0.0
+        models, t_train = [], {}
         for seed in config.seeds:
             run_dir = folder / f"seed_{seed}"
             done = train_stage(round_config(config, seed, train, validation, labelled), run_dir, log)
             models.append((run_dir, done))
-            t_train += done.get("train_seconds", 0.0)
+            t_train[str(seed)] = done.get("train_seconds", 0.0)
         round0_models = round0_models or models
         (driver_dir, driver_done), others = models[0], [StudyRun(d).best_checkpoint for d, _ in models[1:]]
         driver = StudyRun(driver_dir).best_checkpoint
         accuracy = accuracy_stage(driver, driver_done["model_hash"], test_sets, driver_dir, log, device=config.device) if any(test_sets.values()) else {}
-        t0 = time.perf_counter()
         stability = stability_stage(driver, plan, starts, driver_dir, log, device=config.device, members=others,
                                     thresholds_from=StudyRun(round0_models[0][0]).best_checkpoint)
-        t_md = time.perf_counter() - t0
-        row = {"round": r, "oracle_calls": spent, "train_seconds": t_train, "md_seconds": t_md, "accuracy": accuracy, "stability": {}}
+        row = {"round": r, "oracle_calls": spent, "train_seconds": sum(t_train.values()), "train_seconds_by_seed": t_train,
+               "md_seconds": md_seconds(stability), "accuracy": accuracy, "stability": {}}
         for key, report in stability.items():
             replicas = report["replicas"]
             times, failed = [x["time_to_failure_ps"] for x in replicas], [x["failed"] for x in replicas]
@@ -320,15 +256,29 @@ def run_learning(config: LearnConfig, out_dir, log=print) -> dict:
             log("  nothing to label (no candidate frame): stopping")
             break
         path.parent.mkdir(parents=True, exist_ok=True)
-        _, seconds = label(stored["frames"], config.oracle, path, r + 1, log)
-        row["oracle_seconds"] = seconds
-        spent += len(stored["frames"])
+        totals = label(stored["frames"], config.oracle, path, r + 1, log)
+        row.update({"oracle_seconds": totals["oracle_seconds"], "oracle_cpu_seconds": totals["oracle_cpu_seconds"],
+                    "labelled": totals["labelled"], "oracle_failures": totals["failed"]})
+        spent += len(stored["frames"])  # a call the oracle raised on was spent too
         labelled.append(path)
     result = {"name": config.name, "budget": config.budget, "oracle": config.oracle.model_dump(), "selection": config.selection.model_dump(),
               "rounds": rows}
     write_json_atomic(result, out / "learn.json")
     log(round_table(result))
     return result
+
+
+def learning_cost(result: dict, seed: int) -> dict:
+    """What the active learning cost to give one seed's model: oracle calls and seconds, the
+    trainings of every round (this seed's), and the exploration MD (every round's)."""
+    rows = result["rounds"]
+    return {
+        "rounds": len(rows), "oracle_calls": rows[-1]["oracle_calls"],
+        "labelled_frames": sum(r.get("labelled", 0) for r in rows), "oracle_failures": sum(r.get("oracle_failures", 0) for r in rows),
+        "oracle_seconds": sum(r.get("oracle_seconds", 0.0) for r in rows), "oracle_cpu_seconds": sum(r.get("oracle_cpu_seconds", 0.0) for r in rows),
+        "train_seconds_all_rounds": sum(r["train_seconds_by_seed"][str(seed)] for r in rows),
+        "exploration_md_seconds": sum(r["md_seconds"] for r in rows),
+    }
 
 
 def round_table(result: dict) -> str:

@@ -15,7 +15,7 @@ from stableff.models import DEFAULT_MODEL
 from stableff.train.config import StrictConfig
 
 #: the remedies a variant can switch on; a variant is "baseline" or remedies joined by "+"
-REMEDIES = ("decorrelated", "sam", "zbl")
+REMEDIES = ("decorrelated", "sam", "zbl", "active")
 
 
 def variant_remedies(variant: str) -> set[str]:
@@ -34,6 +34,18 @@ class StartStructures(StrictConfig):
     frames: list[int] = [0]
 
 
+def checked_threshold(value) -> str:
+    """A committee threshold as written ("0.3" eV/A, or "3x" the validation disagreement), checked."""
+    from stableff.errors import StableFFError
+    from stableff.md.committee import parse_threshold
+
+    try:
+        parse_threshold(value)
+    except StableFFError as exc:
+        raise ValueError(str(exc)) from None
+    return str(value)
+
+
 class CommitteePlan(StrictConfig):
     """The seeds of each variant as a committee watching every MD run of the variant's models."""
 
@@ -42,14 +54,61 @@ class CommitteePlan(StrictConfig):
     @field_validator("threshold", mode="before")
     @classmethod
     def _valid_threshold(cls, value):
-        from stableff.errors import StableFFError
-        from stableff.md.committee import parse_threshold
+        return checked_threshold(value)
 
-        try:
-            parse_threshold(value)
-        except StableFFError as exc:
-            raise ValueError(str(exc)) from None
-        return str(value)
+
+SELECTIONS = ("committee", "before_failure")
+
+
+class OracleConfig(StrictConfig):
+    """An ASE calculator that labels frames (active learning): ``package.module:Class`` and its
+    keyword arguments."""
+
+    calculator: str  # "package.module:Class"
+    kwargs: dict = {}
+
+    @field_validator("calculator")
+    @classmethod
+    def _importable_name(cls, value):
+        if value.count(":") != 1 or not all(value.split(":")):
+            raise ValueError(f"'{value}': name the calculator as package.module:Class (e.g. ase.calculators.emt:EMT)")
+        return value
+
+
+class SelectionConfig(StrictConfig):
+    method: str = "committee"  # committee: the frames the committee disagrees on most; before_failure: the last frames before each failure
+    min_spacing_fs: float = Field(50.0, ge=0)  # between two frames chosen from one run
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, value):
+        if value not in SELECTIONS:
+            raise ValueError(f"unknown selection '{value}' (choose from {', '.join(SELECTIONS)})")
+        return value
+
+
+#: the exploration MD of the `active` variant starts its velocities this far from the study's seed,
+#: so that the runs judged afterwards are not the runs whose frames were labelled
+EXPLORATION_SEED_OFFSET = 1000
+
+
+class ActivePlan(StrictConfig):
+    """The `active` variant of a study: active learning (`stableff learn`) with the variant's seeds
+    as the committee, exploring with the study's own stability plan (other velocity seeds) unless
+    ``exploration`` changes some of its keys."""
+
+    oracle: OracleConfig
+    budget: int = Field(..., ge=1)  # oracle calls in all (per model)
+    rounds: int = Field(2, ge=1)
+    per_round: int | None = Field(None, ge=1)  # default: the budget spread evenly over the rounds
+    selection: SelectionConfig = SelectionConfig()
+    committee_threshold: str = "3x"
+    exploration: dict = {}  # keys of the stability plan that differ for the exploration MD (e.g. replicas, time_ps)
+
+    @field_validator("committee_threshold", mode="before")
+    @classmethod
+    def _valid_threshold(cls, value):
+        return checked_threshold(value)
 
 
 class StabilityPlan(StrictConfig):
@@ -102,6 +161,7 @@ class StudyConfig(StrictConfig):
     variants: list[str] = ["baseline", "decorrelated"]  # baseline, decorrelated, sam, zbl, decorrelated+zbl, ...
     seeds: list[int] = [0, 1, 2]
     sam: dict = {"rho": 0.005}
+    active: ActivePlan | None = None  # the oracle and budget of the `active` variant
     test: TestSets = TestSets()
     stability: StabilityPlan = StabilityPlan()
     # where every stage runs (training, accuracy, correlation, probes, MD): named once for the study
@@ -130,6 +190,19 @@ class StudyConfig(StrictConfig):
                 raise ValueError("stability.committee: the committee is evaluated by the batched and ase engines (LAMMPS sees one model)")
         return self
 
+    @model_validator(mode="after")
+    def _active_needs_an_oracle(self):
+        if any("active" in variant_remedies(v) for v in self.variants):
+            if self.active is None:
+                raise ValueError("variants: an active variant needs an `active:` block (oracle: {calculator: package.module:Class}, budget: oracle calls)")
+            if len(self.seeds) < 2:
+                raise ValueError(f"variants: the active variant's committee is its seeds: list at least two seeds (seeds: {self.seeds})")
+            if self.stability.engine == "lammps" and "engine" not in self.active.exploration:
+                raise ValueError("active.exploration: the committee watches the batched and ase engines: set active.exploration.engine")
+            if (self.training.get("data") or {}).get("train_stress"):
+                raise ValueError("training.data.train_stress: the oracle labels energies and forces, not stress: set it to false for the active variant")
+        return self
+
     @field_validator("variants")
     @classmethod
     def _known_variants(cls, value):
@@ -156,7 +229,24 @@ def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
     for model in study.model_blocks():
         for variant in study.variants:
             variant_config(study, model, variant, study.seeds[0], source=str(path))  # validates every combination now
+    if study.active is not None:
+        try:
+            exploration_plan(study)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{path}: active.exploration")) from None
+        from stableff.study.oracle import oracle_class
+
+        oracle_class(study.active.oracle)  # an oracle that cannot be imported stops here, before any training
     return study
+
+
+def exploration_plan(study: StudyConfig) -> "StabilityPlan":
+    """The exploration MD of the active variant: the study's stability plan with the keys of
+    ``active.exploration`` changed, its velocity seeds EXPLORATION_SEED_OFFSET away unless set."""
+    raw = {**study.stability.model_dump(), "committee": None, **study.active.exploration}
+    if "seed" not in study.active.exploration:
+        raw["seed"] = study.stability.seed + EXPLORATION_SEED_OFFSET
+    return StabilityPlan.model_validate(raw)
 
 
 def variant_config(study: StudyConfig, model: dict, variant: str, seed: int, source: str = "<study>"):

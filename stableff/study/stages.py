@@ -87,6 +87,34 @@ def train_stage(config, run_dir: Path, log=print) -> dict:
     return done
 
 
+def adopt_training(source: Path, run_dir: Path, log=print) -> dict:
+    """A model trained in another folder (the last round of the active variant's learning) as this
+    run folder's training: its files copied when this folder does not hold that very model (the
+    later stages, keyed by the model's hash, then recompute). Returns its done.json."""
+    import os
+    import shutil
+
+    from stableff.errors import StableFFError
+
+    src, dst = StudyRun(source), StudyRun(run_dir)
+    done = read_json(src.done)
+    if done is None or not src.best_checkpoint.is_file():
+        raise StableFFError(f"{source}: no finished training to take (done.json or best.ckpt missing)")
+    mine = read_json(dst.done)
+    if mine is not None and mine.get("model_hash") == done["model_hash"] and dst.best_checkpoint.is_file() and file_hash(dst.best_checkpoint) == done["model_hash"]:
+        return mine
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for path in dst.outputs():
+        path.unlink(missing_ok=True)
+    for a, b in zip(src.outputs(), dst.outputs()):  # done.json last: a copy cut short is not taken for a finished one
+        if a.is_file():
+            partial = b.with_name(b.name + ".part")
+            shutil.copyfile(a, partial)
+            os.replace(partial, b)
+    log(f"  the model of {source} (the active learning's last round)")
+    return done
+
+
 def _device_key(device: str) -> dict:
     """The device in a stage's fingerprint (results on another device round differently); absent
     for the CPU, as in fingerprints written before studies named their device."""

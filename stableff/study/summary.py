@@ -68,12 +68,16 @@ def summarise_study(study, runs: list[dict]) -> dict:
             row["median_step_ms"] = _mean_std([1000 * r["median_step_seconds"] for r in chosen if r.get("median_step_seconds")])
             ratios = [r["median_step_seconds"] / base_steps[r["seed"]] for r in chosen if base_steps.get(r["seed"]) and r.get("median_step_seconds")]
             row["step_time_ratio"] = _mean_std(ratios)
+            costs = [r["active"] for r in chosen if r.get("active")]
+            if costs:  # shared by the seeds (one committee): the same figures in every seed's run
+                row["active"] = costs[0]
+                row["oracle_calls"] = _mean_std([costs[0]["oracle_calls"]])
             rows.append(row)
     comparisons = compare_variants(runs, conditions)
     return {
         "name": study.name, "seeds": study.seeds, "variants": study.variants, "conditions": conditions,
         "stability_plan": study.stability.model_dump(), "rows": rows, "survival": survival, "comparisons": comparisons,
-        "runs": runs, "verdicts": comparison_notes(study.variants) + verdicts(comparisons),
+        "runs": runs, "verdicts": comparison_notes(study.variants) + verdicts(comparisons) + cost_sentences(rows),
         "committee_warnings": warning_sentences(rows, conditions),
     }
 
@@ -87,6 +91,24 @@ def warning_sentences(rows: list[dict], conditions: list[str]) -> list[str]:
             w = row.get(f"committee_warnings_{condition}")
             if w is not None:
                 sentences.append(f"{row['model']}, {row['variant']}, MD {Condition.parse(condition).text} (pooled, {w['n_runs']} runs): {warnings_text(w)}.")
+    return sentences
+
+
+def cost_sentences(rows: list[dict]) -> list[str]:
+    """What each active variant cost beside the training every variant pays: oracle calls and
+    seconds, the trainings of every round, the exploration MD."""
+    sentences = []
+    for row in rows:
+        cost = row.get("active")
+        if not cost:
+            continue
+        base = next((r for r in rows if r["model"] == row["model"] and r["variant"] == "baseline"), None)
+        baseline = f"; baseline: {base['train_seconds']['mean']:.3g} s" if base and base.get("train_seconds") else ""
+        failed = f", {cost['oracle_failures']} raised and were skipped" if cost["oracle_failures"] else ""
+        sentences.append(
+            f"{row['model']}, {row['variant']}, cost: {cost['oracle_calls']} oracle calls ({cost['labelled_frames']} frames labelled{failed}; "
+            f"{cost['oracle_seconds']:.3g} s of oracle time, {cost['oracle_cpu_seconds']:.3g} s CPU), {cost['rounds']} trainings per seed "
+            f"({row['train_seconds']['mean']:.3g} s per seed in all{baseline}) and {cost['exploration_md_seconds']:.3g} s of exploration MD (wall seconds on this machine).")
     return sentences
 
 
