@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from throughput import BENCH, BENCH_S, DEFAULT_DATA, ensure_peer_venv, peer_environment  # noqa: E402
+from throughput import BENCH, BENCH_S, DEFAULT_DATA, ensure_peer_venv, measure_peer_compiled, peer_environment  # noqa: E402
 
 
 def langevin_ms_per_step(atoms, calculator, steps):
@@ -49,6 +49,7 @@ def main():
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--peer", choices=["nequip"], help="also time upstream nequip / nequip-allegro, as shipped and with stableff's allocator settings")
+    parser.add_argument("--peer-compiled", action="store_true", help="with --peer: also upstream's AOT Inductor model in its ASE calculator, and the ratio to upstream's fastest path")
     parser.add_argument("--models", default="nequip,allegro", help="comma-separated: nequip, allegro")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=3, help="alternate stableff and upstream this many times; each code's best round counts")
@@ -94,6 +95,9 @@ def main():
                     raise SystemExit(f"upstream {name} MD run failed:\n{result.stderr[-3000:]}")
                 peer = json.loads(result.stdout.strip().splitlines()[-1])
                 keep(f"upstream {name} {peer['version']} ({label})", {int(k): v for k, v in peer["ms_per_step"].items()})
+            if args.peer and args.peer_compiled:
+                peer = measure_peer_compiled(args.data, hyper, stats.mean_num_neighbors, 1, 1, 0, 0, args.threads, name, paths="aoti-md", md_steps=args.steps)
+                keep(f"upstream {name} {peer['version']} (AOT Inductor, as shipped)", {int(k): v for k, v in peer["aoti_md_ms_per_step"].items()})
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_md(atoms, calculator, MDSettings(steps=args.steps, progress=False), tmp)
         rows = list(best.items())
@@ -107,6 +111,9 @@ def main():
             print(f"ratio {row} / stableff time per step (higher = stableff faster): " + ", ".join(f"{n} atoms {theirs[n] / ours[n]:.2f}x" for n in sizes))
         measured[name] = {"ms_per_step": {row: values for row, values in rows},
                           "ratios": {row: {str(n): theirs[n] / ours[n] for n in sizes} for row, theirs in rows[1:]}}
+        if len(rows) > 1:  # upstream's fastest row at each size
+            measured[name]["fastest"] = {str(n): min(({"ratio": theirs[n] / ours[n], "path": row} for row, theirs in rows[1:]), key=lambda f: f["ratio"]) for n in sizes}
+            print("stableff / upstream's fastest: " + ", ".join(f"{n} atoms {f['ratio']:.2f}x ({f['path']})" for n, f in measured[name]["fastest"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")
 

@@ -6,7 +6,8 @@ the table and, with --write-readme, puts it into README.md between its speed-tab
     python benchmarks/speed_table.py [--write-readme] [--out benchmarks/results/speed_<date>]
 
 Ratios are upstream time / stableff time (higher = stableff faster), "as shipped" / "with
-stableff's allocator settings", each the best round of the scripts' interleaved rounds.
+stableff's allocator settings", each the best round of the scripts' interleaved rounds; and
+against upstream's fastest path (eager or compiled: benchmarks/peer_compiled.py).
 """
 
 from __future__ import annotations
@@ -45,18 +46,24 @@ def table(throughput: dict, md: dict, when: str, logs: str) -> str:
         "ratios upstream time / stableff time measured in one run (\"as shipped\" / \"with stableff's",
         "allocator settings\"; the best of the scripts' interleaved rounds); measured on this project's",
         f"2-core CPU, {when} (logs in `{logs}/`).",
-        "Upstream runs its eager path here; its compiled paths (`torch.compile` training, AOT-Inductor",
-        "models) are not yet compared:",
+        "Rows \"eager\": upstream's eager path; rows \"fastest\": against the fastest of upstream's eager and",
+        "compiled paths (`torch.compile` training, AOT Inductor models as `nequip-compile` builds them,",
+        "in its ASE calculator for MD; compile time not counted), stableff on its eager path:",
         "",
         "| | training (frames/s) | evaluation (ms) | MD 96 atoms (ms/step) | MD 768 atoms (ms/step) |",
         "|---|---|---|---|---|",
     ]
+    short = lambda path: "compiled" if "compiled" in path or "AOT" in path else "eager"
     for model, entry in throughput["models"].items():
         md_ratios = md[model]["ratios"]
         by_label = {label: next(v for row, v in md_ratios.items() if f"({label})" in row) for label in LABELS}
         cells = [" / ".join(f"{entry['ratios'][label][kind]:.2f}x" for label in LABELS) for kind in ("training", "evaluation")]
         cells += [" / ".join(f"{by_label[label][size]:.2f}x" for label in LABELS) for size in ("96", "768")]
-        lines.append(f"| {names.get(model, model)} vs {entry['upstream']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names.get(model, model)} vs {entry['upstream']}, eager (as shipped / stableff's malloc) | " + " | ".join(cells) + " |")
+        if "fastest" in entry and "fastest" in md[model]:
+            cells = [f"{entry['fastest'][kind]['ratio']:.2f}x ({short(entry['fastest'][kind]['path'])})" for kind in ("training", "evaluation")]
+            cells += [f"{md[model]['fastest'][size]['ratio']:.2f}x ({short(md[model]['fastest'][size]['path'])})" for size in ("96", "768")]
+            lines.append(f"| {names.get(model, model)} vs {entry['upstream']}, fastest | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -75,8 +82,8 @@ def main():
         if text.count(START) != 1 or text.count(END) != 1:
             raise SystemExit(f"{README}: needs exactly one '{START}' and one '{END}' around the speed table")
     begin = datetime.datetime.now(datetime.timezone.utc)
-    throughput = run("throughput.py", ["--models", "nequip,allegro", "--peer", "nequip"], out, "throughput")
-    md = run("md_throughput.py", ["--peer", "nequip", "--steps", str(args.md_steps)], out, "md_throughput")
+    throughput = run("throughput.py", ["--models", "nequip,allegro", "--peer", "nequip", "--peer-compiled"], out, "throughput")
+    md = run("md_throughput.py", ["--peer", "nequip", "--peer-compiled", "--steps", str(args.md_steps)], out, "md_throughput")
     end = datetime.datetime.now(datetime.timezone.utc)
     when = f"{begin:%Y-%m-%d %H:%M}-{end:%H:%M} UTC"
     block = table(throughput, md, when, logs)

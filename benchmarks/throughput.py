@@ -123,6 +123,22 @@ def measure_peer(data, hyper, avg_num_neighbors, batch_size, frames, train_steps
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def measure_peer_compiled(data, hyper, avg_num_neighbors, batch_size, frames, train_steps, eval_repeats, threads, model="nequip", paths="compile,aoti", md_steps=20):
+    """Upstream's compiled paths (benchmarks/peer_compiled.py, as shipped): torch.compile training,
+    AOT Inductor evaluation or MD; the AOT Inductor package is kept in build/peer_compiled between runs."""
+    python = ensure_peer_venv(with_allegro=model == "allegro")
+    hp = dict(hyper, avg_num_neighbors=avg_num_neighbors)
+    result = subprocess.run(
+        [str(python), str(ROOT / "benchmarks" / "peer_compiled.py"), "--data", str(data), "--frames", str(frames), "--batch-size", str(batch_size),
+         "--train-steps", str(train_steps), "--eval-repeats", str(eval_repeats), "--md-steps", str(md_steps), "--hyper", json.dumps(hp),
+         "--threads", str(threads), "--model", model, "--paths", paths, "--cache", str(ROOT / "build" / "peer_compiled")],
+        capture_output=True, text=True, env=peer_environment(False),
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"upstream {model} compiled run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -132,6 +148,7 @@ def main():
     parser.add_argument("--eval-repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="alternate stableff and peer this many times; the best round counts")
     parser.add_argument("--peer", choices=["nequip"], help="also measure the upstream codes (nequip, nequip-allegro) with the same hyper-parameters")
+    parser.add_argument("--peer-compiled", action="store_true", help="with --peer: also upstream's compiled paths (torch.compile training, AOT Inductor evaluation) and the ratio to upstream's fastest path")
     parser.add_argument("--models", default="nequip,allegro,gemnet_t", help="comma-separated models to measure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the rows and ratios to this JSON file (benchmarks/speed_table.py reads it)")
@@ -149,24 +166,36 @@ def main():
     best = lambda runs: {"train_frames_per_s": max(r["train_frames_per_s"] for r in runs), "ms_per_eval": min(r["ms_per_eval"] for r in runs), "num_parameters": runs[0]["num_parameters"]}
     rows, ratios, measured = [], [], {}
     for name in models:
-        ours, shipped, same = [], [], []
+        ours, shipped, same, compiled = [], [], [], []
         has_peer = args.peer and name in ("nequip", "allegro")
         for round_ in range(args.rounds):
             ours.append(measure_stableff(frames, BENCH[name], args.batch_size, args.train_steps, args.eval_repeats, name))
             if has_peer:
+                peer_args = (args.data, BENCH[name], ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps, args.eval_repeats, args.threads, name)
                 for runs, same_allocator in ((shipped, False), (same, True)):
-                    runs.append(measure_peer(args.data, BENCH[name], ours[-1]["mean_num_neighbors"], args.batch_size, args.frames, args.train_steps,
-                                             args.eval_repeats, args.threads, name, same_allocator))
+                    runs.append(measure_peer(*peer_args, same_allocator))
+                if args.peer_compiled:
+                    run = measure_peer_compiled(*peer_args, paths="compile,aoti")
+                    compiled.append({"train_frames_per_s": run["compile_train_frames_per_s"], "ms_per_eval": run["aoti_ms_per_eval"], "num_parameters": shipped[-1]["num_parameters"],
+                                     "version": run["version"], "compile_s": {k: v for k, v in run.items() if k.endswith("_s")}})
         rows.append((f"stableff {name}", best(ours)))
         if has_peer:
             upstream = "nequip" if name == "nequip" else "nequip-allegro"
             a = rows[-1][1]
-            for runs, label in ((shipped, "as shipped"), (same, "stableff's malloc")):
+            paths = [(shipped, "as shipped"), (same, "stableff's malloc")] + ([(compiled, "compiled: torch.compile training, AOT Inductor evaluation")] if compiled else [])
+            for runs, label in paths:
                 b = best(runs)
                 rows.append((f"{upstream} {runs[0]['version']} ({label})", b))
                 training, evaluation = a["train_frames_per_s"] / b["train_frames_per_s"], b["ms_per_eval"] / a["ms_per_eval"]
                 measured.setdefault(name, {"upstream": f"{upstream} {runs[0]['version']}", "ratios": {}})["ratios"][label] = {"training": training, "evaluation": evaluation}
                 ratios.append(f"{name}: stableff / {upstream} ({label}): training {training:.2f}x, evaluation {evaluation:.2f}x (higher is faster)")
+            if compiled:
+                entry = measured[name]
+                entry["compile_s"] = [c["compile_s"] for c in compiled]
+                fastest = {"training": min(entry["ratios"].items(), key=lambda kv: kv[1]["training"]), "evaluation": min(entry["ratios"].items(), key=lambda kv: kv[1]["evaluation"])}
+                entry["fastest"] = {kind: {"ratio": r[kind], "path": label} for kind, (label, r) in fastest.items()}
+                ratios.append(f"{name}: stableff / {upstream}'s fastest path: training {entry['fastest']['training']['ratio']:.2f}x ({entry['fastest']['training']['path']}), "
+                              f"evaluation {entry['fastest']['evaluation']['ratio']:.2f}x ({entry['fastest']['evaluation']['path']})")
     print(f"\n{'code':<44} {'train (frames/s)':>17} {'eval (ms/cell)':>15} {'parameters':>11}")
     for name, r in rows:
         print(f"{name:<44} {r['train_frames_per_s']:>17.2f} {r['ms_per_eval']:>15.1f} {r['num_parameters']:>11,}")

@@ -1,0 +1,152 @@
+"""Runs inside the upstream virtual environment (made by throughput.py --peer nequip): upstream's
+compiled paths, the ones its documentation recommends, timed as peer_nequip.py and
+peer_nequip_md.py time its eager ones.
+
+* training with ``compile_mode="compile"`` (upstream's CompileGraphModel: torch.compile of the
+  model with its force graph), the same step as peer_nequip.peer_train_step;
+* inference through AOT Inductor, built as ``nequip-compile --mode aotinductor --target ase`` builds
+  it (nequip.utils.aot.aot_export_model with the ASE target's fields, dynamic node and edge
+  counts, the model's metadata), loaded by ``NequIPCalculator.from_compiled_model``: ms per
+  energy+forces call of one cell, and ms per NVT Langevin step for the cell and its supercell.
+
+Prints one JSON line with the figures and the compile seconds of each path (the AOT Inductor
+package is kept in --cache, so later rounds load it; torch.compile keeps its own cache).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+from ase import units
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from peer_nequip import build_peer_model, peer_train_step
+
+
+def version(model: str) -> str:
+    from importlib.metadata import version as installed
+
+    return installed("nequip") if model == "nequip" else installed("nequip-allegro")
+
+
+def aoti_package(model, data, path: str) -> float:
+    """Export ``model`` (eval, frozen) with AOT Inductor for the ASE target, as nequip-compile does;
+    returns the seconds it took."""
+    from nequip.scripts._compile_utils import COMPILE_TARGET_DICT
+    from nequip.utils.aot import aot_export_model
+    from nequip.utils.aoti_metadata import NEQUIP_AOTI_INPUTS_KEY, NEQUIP_AOTI_OUTPUTS_KEY, serialize_aoti_keys
+    from nequip.utils.global_state import get_latest_global_state
+
+    target = COMPILE_TARGET_DICT["ase"]
+    dim = lambda name: torch.export.dynamic_shapes.Dim(name, min=2, max=torch.inf)
+    batch_map = target["batch_map_settings"]({"graph": dim("num_frames"), "node": dim("num_nodes"), "edge": dim("num_edges")})
+    metadata = dict(model.metadata)
+    metadata.update(get_latest_global_state(only_metadata_related=True))
+    metadata = {k: str(int(v)) if isinstance(v, bool) else v for k, v in metadata.items()}
+    metadata[NEQUIP_AOTI_INPUTS_KEY] = serialize_aoti_keys(target["input"])
+    metadata[NEQUIP_AOTI_OUTPUTS_KEY] = serialize_aoti_keys(target["output"])
+    t0 = time.perf_counter()
+    aot_export_model(model=model, device="cpu", input_fields=target["input"], output_fields=target["output"],
+                     data=target["data_settings"](dict(data)), batch_map=batch_map, output_path=path,
+                     inductor_configs={"aot_inductor.metadata": {k: str(v) for k, v in metadata.items()}}, seed=1)
+    return time.perf_counter() - t0
+
+
+def langevin_ms(system, calculator, steps: int) -> float:
+    system.calc = calculator
+    MaxwellBoltzmannDistribution(system, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = Langevin(system, timestep=0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(1))
+    dynamics.run(2)
+    t0 = time.perf_counter()
+    dynamics.run(steps)
+    return 1000 * (time.perf_counter() - t0) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=12)
+    parser.add_argument("--eval-repeats", type=int, default=20)
+    parser.add_argument("--md-steps", type=int, default=20)
+    parser.add_argument("--supercell", type=int, default=2)
+    parser.add_argument("--hyper", required=True, help="JSON of hyper-parameters")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--model", choices=["nequip", "allegro"], default="nequip")
+    parser.add_argument("--paths", default="compile,aoti,aoti-md", help="compile: training; aoti: evaluation of one cell; aoti-md: Langevin MD")
+    parser.add_argument("--cache", help="folder keeping the AOT Inductor packages between runs (default: a new temporary folder)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hp = json.loads(args.hyper)
+    paths = args.paths.split(",")
+
+    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
+    from nequip.integrations.ase import NequIPCalculator
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    frames = ase.io.read(args.data, index=f":{args.frames}")
+    type_names = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: ase.data.atomic_numbers[s])
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
+    data = [compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"]) for atoms in frames]
+    result = {"version": version(args.model), "torch": torch.__version__}
+
+    if "compile" in paths:
+        model = build_peer_model(args.model, hp, type_names, options={"compile_mode": "compile"})
+        batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model.train()
+        t0 = time.perf_counter()
+        peer_train_step(model, optimizer, batches[0])  # compiles
+        result["compile_train_first_step_s"] = time.perf_counter() - t0
+        for batch in batches[1:]:  # the other batch shapes, if they recompile
+            peer_train_step(model, optimizer, batch)
+        t0 = time.perf_counter()
+        for step in range(args.train_steps):
+            peer_train_step(model, optimizer, batches[step % len(batches)])
+        result["compile_train_frames_per_s"] = args.train_steps * args.batch_size / (time.perf_counter() - t0)
+
+    if "aoti" in paths or "aoti-md" in paths:
+        model = build_peer_model(args.model, hp, type_names, energy_scale=0.05).eval().requires_grad_(False)
+        # one package per model, version and hyper-parameters, kept in --cache so that later rounds load it
+        key = hashlib.sha256(json.dumps([args.model, hp, result["version"], torch.__version__], sort_keys=True).encode()).hexdigest()[:16]
+        cache = Path(args.cache or tempfile.mkdtemp())
+        cache.mkdir(parents=True, exist_ok=True)
+        path = str(cache / f"{args.model}-{key}.nequip.pt2")
+        if not Path(path).is_file():
+            result["aoti_compile_s"] = aoti_package(model, AtomicDataDict.batched_from_list([data[0]]), path + ".part.nequip.pt2")
+            os.replace(path + ".part.nequip.pt2", path)
+        if "aoti" in paths:
+            # evaluation as peer_nequip.py times the eager model: the loaded model on one prepared cell
+            from nequip.model.inference_models import load_compiled_model
+            from nequip.scripts._compile_utils import COMPILE_TARGET_DICT
+
+            target = COMPILE_TARGET_DICT["ase"]
+            compiled, _ = load_compiled_model(path, "cpu", list(target["input"]), list(target["output"]))
+            single = target["data_settings"](dict(AtomicDataDict.batched_from_list([data[0]])))
+            compiled(dict(single))
+            t0 = time.perf_counter()
+            for _ in range(args.eval_repeats):
+                compiled(dict(single))[AtomicDataDict.FORCE_KEY].sum().item()
+            result["aoti_ms_per_eval"] = 1000 * (time.perf_counter() - t0) / args.eval_repeats
+        if "aoti-md" in paths:
+            calculator = NequIPCalculator.from_compiled_model(path, device="cpu")
+            result["aoti_md_ms_per_step"] = {}
+            for repeat in (1, args.supercell):
+                system = frames[0].repeat((repeat, repeat, repeat))
+                result["aoti_md_ms_per_step"][str(len(system))] = langevin_ms(system, calculator, args.md_steps)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
