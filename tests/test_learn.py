@@ -40,7 +40,8 @@ def _config(tmp_path, copper, **changes):
         "seeds": [0, 1],
         "oracle": {"calculator": "oracles:CountingEMT", "kwargs": {"log": str(tmp_path / "calls.txt"), "fail_while": str(tmp_path / "down")}},
         "budget": 2, "rounds": 1, "per_round": 2,
-        "selection": {"method": "committee", "min_spacing_fs": 5},
+        # a toy committee: every frame counts as uncertain, and there is no upper trust level
+        "selection": {"method": "committee", "min_spacing_fs": 5, "max_disagreement": None}, "committee_threshold": "0.001",
         "exploration": {"temperatures_K": [1500], "replicas": 2, "time_ps": 0.02, "workers": 1,
                         "out_of_distribution": [{"file": str(copper), "frames": [0]}]},
         **changes,
@@ -118,7 +119,7 @@ def test_rounds_label_the_most_uncertain_frames_once_and_resume_after_a_kill(tmp
     assert "oracle calls" in printed and "OOD@1500K RMST (ps)" in printed and "log-rank against round 0" in printed
     # another selection of round 1's frames is refused while frames labelled from the old one exist
     with pytest.raises(StableFFError, match="were chosen from other runs or settings .*min_spacing_fs"):
-        run_learning(load_learn_config(_config(tmp_path, copper, selection={"method": "committee", "min_spacing_fs": 8})), out, log=lambda *_: None)
+        run_learning(load_learn_config(_config(tmp_path, copper, selection={"method": "committee", "min_spacing_fs": 8, "max_disagreement": None})), out, log=lambda *_: None)
     # another oracle setting does not mix its frames with these
     changed = load_learn_config(_config(tmp_path, copper, budget=4, rounds=2))
     changed.oracle.kwargs["asap_cutoff"] = True
@@ -223,7 +224,7 @@ def test_active_is_a_study_variant_compared_on_equal_terms_with_its_cost(tmp_pat
     raw = yaml.safe_load(_config(tmp_path, copper).read_text())
     study = {
         "name": "cu-study", "training": raw["training"], "seeds": [0, 1], "variants": ["baseline", "active"],
-        "active": {"oracle": raw["oracle"], "budget": 2, "rounds": 1, "selection": raw["selection"], "exploration": {"replicas": 1}},
+        "active": {"oracle": raw["oracle"], "budget": 2, "rounds": 1, "selection": raw["selection"], "committee_threshold": "0.001", "exploration": {"replicas": 1}},
         "stability": {**raw["exploration"], "seed": 7},
     }
     path = tmp_path / "study.yaml"
@@ -257,3 +258,37 @@ def test_active_is_a_study_variant_compared_on_equal_terms_with_its_cost(tmp_pat
     path.write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match="at least two seeds"):
         load_study_config(path)
+
+
+def test_the_committee_chooses_between_its_trust_levels_and_never_a_broken_frame(tmp_path):
+    """Frames at or after a run's failure are never chosen; by the committee, only frames whose
+    disagreement lies between the uncertainty threshold and selection.max_disagreement (so that
+    the oracle is not spent on structures that are already broken)."""
+    import ase.io
+    from ase import Atoms
+
+    from stableff.md.committee import COLUMN
+    from stableff.study.learn import LearnConfig, candidates, select, selection_window
+
+    run = tmp_path / "run"
+    run.mkdir()
+    times = [0.0, 0.005, 0.010, 0.015, 0.020, 0.025]
+    spread = [0.1, 0.5, 0.9, 2.5, 0.6, 9.0]  # the run fails at 0.025 ps
+    frames = []
+    for t in times:
+        atoms = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
+        atoms.info["time_ps"] = t
+        frames.append(atoms)
+    ase.io.write(run / "trajectory.extxyz", frames, format="extxyz")
+    (run / "thermo.csv").write_text("time_ps," + COLUMN + "\n" + "".join(f"{t},{d}\n" for t, d in zip(times, spread)))
+    replica = {"path": str(run), "failed": True, "time_to_failure_ps": 0.025, "committee": {"threshold_eV_per_A": 0.3}}
+    config = LearnConfig.model_validate({"training": {"data": {"train": "x.extxyz"}}, "oracle": {"calculator": "ase.calculators.emt:EMT"}, "budget": 4,
+                                         "committee_threshold": "3x", "selection": {"max_disagreement": "20x", "min_spacing_fs": 0},
+                                         "exploration": {"out_of_distribution": [{"file": "x.extxyz"}]}})
+    window = selection_window(config, [replica])
+    assert window == pytest.approx((0.3, 2.0))  # validation level 0.1 eV/A: 3x to 20x
+    chosen = select(candidates([replica], "committee", window), 4, 0)
+    assert [c["time_ps"] for c in chosen] == [0.010, 0.020, 0.005]  # 2.5 is above the bound, 9.0 is the failing frame, 0.1 is certain
+    assert [c["time_ps"] for c in candidates([replica], "before_failure")] == [0.020, 0.015, 0.010, 0.005, 0.0]
+    unbounded = config.model_copy(update={"selection": config.selection.model_copy(update={"max_disagreement": None})})
+    assert [c["time_ps"] for c in candidates([replica], "committee", selection_window(unbounded, [replica]))][:1] == [0.015]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from stableff.errors import ConfigError, StableFFError
 from stableff.fingerprint import differences
@@ -50,6 +50,15 @@ class LearnConfig(StrictConfig):
     exploration: StabilityPlan  # start structures, temperatures, replicas, run length of the MD of every round
     test: TestSets = TestSets()
     device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _window_in_known_units(self):
+        from stableff.md.committee import parse_threshold
+
+        if self.selection.max_disagreement is not None:
+            if parse_threshold(self.selection.max_disagreement)[0] == "multiple" and parse_threshold(self.committee_threshold)[0] == "absolute":
+                raise ValueError("selection.max_disagreement: a multiple of the validation disagreement needs committee_threshold as a multiple too (e.g. 3x); or give it in eV/A")
+        return self
 
     @field_validator("seeds")
     @classmethod
@@ -136,17 +145,19 @@ def round_config(config: LearnConfig, seed: int, train: Path, validation: Path, 
     return parse_config(raw, f"training (seed {seed})")
 
 
-def candidates(replicas: list[dict], method: str) -> list[dict]:
+def candidates(replicas: list[dict], method: str, window: tuple[float, float] = (0.0, float("inf"))) -> list[dict]:
     """The frames of the exploration MD a round may label: each trajectory frame with its run,
-    time and the committee's disagreement there (thermo.csv's row at the same time); ranked
-    (committee: highest disagreement first; before_failure: only frames of failed runs before the
-    failure, the latest first)."""
+    time and the committee's disagreement there (thermo.csv's row at the same time), never a frame
+    at or after a run's failure (a structure the monitors already call broken); ranked (committee:
+    frames whose disagreement lies in ``window`` (eV/A), the highest first; before_failure: only
+    frames of failed runs, the latest first)."""
     import csv
 
     import ase.io
 
     from stableff.md.committee import COLUMN
 
+    low, high = window
     found = []
     for r in replicas:
         folder = Path(r["path"])
@@ -158,9 +169,11 @@ def candidates(replicas: list[dict], method: str) -> list[dict]:
         for k, atoms in enumerate(ase.io.read(trajectory, ":")):
             t = round(float(atoms.info["time_ps"]), 6)
             d = spread.get(t, float("nan"))
-            if method == "before_failure" and not (r["failed"] and t < r["time_to_failure_ps"]):
+            if r["failed"] and t >= round(r["time_to_failure_ps"], 6):
                 continue
-            if not np.isfinite(d) and method == "committee":
+            if method == "before_failure" and not r["failed"]:
+                continue
+            if method == "committee" and not (np.isfinite(d) and low <= d <= high):
                 continue
             found.append({"run": str(folder), "frame": k, "time_ps": t, "disagreement_eV_per_A": d, "atoms": atoms})
     if method == "committee":
@@ -168,6 +181,25 @@ def candidates(replicas: list[dict], method: str) -> list[dict]:
     else:
         found.sort(key=lambda c: (-c["time_ps"], c["run"]))
     return found
+
+
+def selection_window(config: "LearnConfig", replicas: list[dict]) -> tuple[float, float]:
+    """The disagreement (eV/A) a frame chosen by the committee lies between: the runs' uncertainty
+    threshold, and ``selection.max_disagreement`` (absolute, or a multiple of the committee's
+    disagreement on validation data, as the threshold's own multiple)."""
+    from stableff.md.committee import parse_threshold
+
+    thresholds = {x["committee"]["threshold_eV_per_A"] for x in replicas if x.get("committee")}
+    if not thresholds:
+        return 0.0, float("inf")
+    low = min(thresholds)
+    if config.selection.max_disagreement is None:
+        return low, float("inf")
+    kind, value = parse_threshold(config.selection.max_disagreement)
+    if kind == "absolute":
+        return low, value
+    _, multiple = parse_threshold(config.committee_threshold)
+    return low, value * low / multiple  # low = multiple x the validation level
 
 
 def select(found: list[dict], count: int, min_spacing_fs: float) -> list[dict]:
@@ -244,12 +276,16 @@ def run_learning(config: LearnConfig, out_dir, log=print) -> dict:
             changed = "; ".join(differences(stored.get("fingerprint"), fingerprint)[:3])
             if path.is_file() and path.stat().st_size:
                 raise StableFFError(f"{selection_file}: the frames of round {r + 1} were chosen from other runs or settings ({changed}) and {path} holds "
-                                    "frames labelled from them: choose another --out to learn with the new settings")
+                                    "frames labelled from them: choose another --out to learn with the new settings, or move the learning's "
+                                   f"labelled/ folder from round {r + 1} on away (its frames stay labelled there)")
             log(f"  selection: inputs changed ({changed}), choosing again")
             stored = None
         if stored is None:
             summaries = [read_json(Path(x["path"]) / "summary.json") for x in replicas]
-            chosen = select(candidates(summaries, config.selection.method), count, config.selection.min_spacing_fs)
+            window = selection_window(config, summaries)
+            chosen = select(candidates(summaries, config.selection.method, window), count, config.selection.min_spacing_fs)
+            log(f"  selection: {len(chosen)} frame(s) by {config.selection.method}" +
+                (f", disagreement {window[0]:.3g}-{window[1]:.3g} eV/A" if config.selection.method == "committee" else ""))
             stored = {"fingerprint": fingerprint, "frames": [{k: c[k] for k in ("run", "frame", "time_ps", "disagreement_eV_per_A")} for c in chosen]}
             write_json_atomic(stored, selection_file)
         if not stored["frames"]:

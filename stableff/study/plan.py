@@ -78,6 +78,15 @@ class OracleConfig(StrictConfig):
 class SelectionConfig(StrictConfig):
     method: str = "committee"  # committee: the frames the committee disagrees on most; before_failure: the last frames before each failure
     min_spacing_fs: float = Field(50.0, ge=0)  # between two frames chosen from one run
+    # committee: frames above the uncertainty threshold and at most this disagreement (eV/A, or a
+    # multiple of the committee's validation disagreement, like the threshold); higher ones are
+    # broken structures rather than informative ones (the trust levels of DP-GEN); null: no bound
+    max_disagreement: str | None = "10x"
+
+    @field_validator("max_disagreement", mode="before")
+    @classmethod
+    def _valid_bound(cls, value):
+        return None if value is None else checked_threshold(value)
 
     @field_validator("method")
     @classmethod
@@ -234,9 +243,17 @@ def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
             exploration_plan(study)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"{path}: active.exploration")) from None
+        from stableff.study.learn import study_learn_config
         from stableff.study.oracle import oracle_class
 
         oracle_class(study.active.oracle)  # an oracle that cannot be imported stops here, before any training
+        for model in study.model_blocks():
+            for variant in study.variants:
+                if "active" in variant_remedies(variant):
+                    try:
+                        study_learn_config(study, model, variant)
+                    except ValidationError as exc:
+                        raise ConfigError(format_validation_error(exc, f"{path}: active")) from None
     return study
 
 
