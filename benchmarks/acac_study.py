@@ -16,12 +16,13 @@ remedies as a user would apply them, not of held-out generalisation.
                                     [--out studies/acac_study] [--results benchmarks/results/acac_study]
 
 Resumable: every stage is reused by its fingerprint. Writes OUT/study.yaml (the study run),
-runs `stableff study` on it and copies summary.json, report.md and study.yaml into --results.
+runs `stableff study` on it and copies summary.json (gzipped), report.md and study.yaml into --results.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import platform
 import shutil
 import sys
@@ -76,9 +77,11 @@ def main() -> None:
           f"torch {torch.__version__}; study {time.perf_counter() - t0:.0f} s")
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("summary.json", "report.md", "study.yaml"):
+    for name in ("report.md", "study.yaml"):
         shutil.copy(out / name, results / name)
-    print(f"written: {results}/summary.json, report.md, study.yaml")
+    with open(out / "summary.json", "rb") as source, gzip.open(results / "summary.json.gz", "wb") as target:  # every run's replicas: 1-3 MB as text
+        shutil.copyfileobj(source, target)
+    print(f"written: {results}/summary.json.gz, report.md, study.yaml")
     sys.exit(code)
 
 

@@ -323,3 +323,15 @@ def test_a_studys_seeds_watch_each_other_as_a_committee(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="stability.committee.*at least two seeds"):
         load_study_config(path)
+
+
+def test_a_metric_a_variant_leaves_unchanged_in_every_seed_is_said_to_be_identical():
+    """A prior that acts only below the training data leaves the learned model as it was: zero
+    difference in each seed is 'identical', not 'the data cannot decide'."""
+    from stableff.study.summary import verdicts
+
+    same = {"difference": 0.0, "n_seeds": 3, "low": None, "high": None, "pvalue": None, "variant_mean": 0.276, "baseline_mean": 0.276}
+    constant = dict(same, difference=0.01, variant_mean=0.286)
+    (identical, undecided) = verdicts([{"model": "nequip", "variant": "zbl", "metrics": {"corr_mean_over_layers": same, "fmae_ID_meV_per_A": constant}, "stability": {}}])
+    assert "identical in each of the 3 seeds" in identical
+    assert "no interval can be given" in undecided

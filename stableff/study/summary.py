@@ -210,6 +210,9 @@ def verdicts(comparisons: list[dict]) -> list[str]:
             else:
                 numbers = f"{result['variant_mean']:.3g} vs {result['baseline_mean']:.3g}{u}"
                 diff = result["difference"]
+            if result["low"] is None and diff == 0:
+                sentences.append(f"{who}, {text}: {numbers}, identical in each of the {result['n_seeds']} seeds: the variant does not change it.")
+                continue
             if result["low"] is None:
                 sentences.append(f"{who}, {text}: {numbers}, difference {diff:+.3g}{u} from {result['n_seeds']} seed(s): no interval can be given, the data cannot decide.")
                 continue
