@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from stableff.errors import ConfigError, StableFFError
 from stableff.fingerprint import differences
@@ -69,13 +69,9 @@ class LearnConfig(StrictConfig):
 
 
 def load_learn_config(path, overrides: list[str] | None = None) -> LearnConfig:
-    from stableff.train.config import format_validation_error, read_yaml
+    from stableff.train.config import read_validated
 
-    raw = read_yaml(path, overrides, what="active-learning configuration")
-    try:
-        config = LearnConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+    config = read_validated(path, LearnConfig, overrides, what="active-learning configuration")
     if not (config.exploration.in_distribution or config.exploration.out_of_distribution):
         raise ConfigError(f"{path}: exploration: list start structures (in_distribution or out_of_distribution)")
     if (config.training.get("data") or {}).get("train_stress"):

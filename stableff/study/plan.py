@@ -228,13 +228,9 @@ class StudyConfig(StrictConfig):
 
 
 def load_study_config(path, overrides: list[str] | None = None) -> StudyConfig:
-    from stableff.train.config import format_validation_error, read_yaml
+    from stableff.train.config import format_validation_error, read_validated
 
-    raw = read_yaml(path, overrides, what="study configuration")
-    try:
-        study = StudyConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+    study = read_validated(path, StudyConfig, overrides, what="study configuration")
     for model in study.model_blocks():
         for variant in study.variants:
             variant_config(study, model, variant, study.seeds[0], source=str(path))  # validates every combination now

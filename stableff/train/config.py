@@ -233,6 +233,15 @@ def read_yaml(path: str | Path, overrides: list[str] | None = None, what: str = 
     return apply_overrides(raw, overrides or [])
 
 
+def read_validated(path: str | Path, schema: type[BaseModel], overrides: list[str] | None = None, what: str = "configuration"):
+    """A YAML file (with ``key=value`` overrides) validated as ``schema``; every error names its key."""
+    raw = read_yaml(path, overrides, what=what)
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read a YAML config, apply overrides, validate."""
     return parse_config(read_yaml(path, overrides), str(path))
