@@ -3,11 +3,7 @@ HfO2 supercells of 96, 768, 6144 and 49,152 atoms (the 96-atom training cell rep
 times along each axis), with stableff's ASE calculator in ASE's Langevin integrator (0.5 fs,
 300 K; the time includes the neighbour list and the energy+force evaluation).
 
-    python benchmarks/scaling.py [--models nequip,nequip+recompute,allegro] [--repeats 1,2,4,8] [--json FILE]
-
-nequip+recompute is NequIP recomputing each layer in the force backward at every size instead of
-keeping its edge activations (NequIP.recompute_edges_above = 0): what NequIP does by default
-above a million edges (the 49,152-atom cell), measured at every size so that its cost is seen.
+    python benchmarks/scaling.py [--models nequip,allegro] [--repeats 1,2,4,8] [--json FILE]
 
 Every (model, size) runs in its own process, so that its peak RSS is its own: the process builds
 the model (seed 0, float32, as a loaded checkpoint), reads its RSS, takes one step to warm up and
@@ -34,17 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from throughput import BENCH, BENCH_S, DEFAULT_DATA  # noqa: E402
-
-#: the models measured: nequip+recompute is NequIP recomputing its layers in the force backward at
-#: every size (NequIP.recompute_edges_above = 0), which the default does above a million edges
-MODELS = ("nequip", "nequip+recompute", "allegro")
-
-
-def _recompute_limits() -> dict:
-    from stableff.models.nequip import NequIP
-
-    return {"nequip": NequIP.recompute_edges_above}
-
 
 #: steps timed per size (after one warm-up step): a large cell's step is long and steady
 DEFAULT_STEPS = {96: 20, 768: 20, 6144: 5, 49152: 2}
@@ -81,14 +66,11 @@ def child(args) -> None:
     frame = read_frames(args.data, index=0)[0]
     stats = compute_statistics([frame], BENCH_S["r_max"])
     torch.manual_seed(0)
-    name, _, mode = args.model.partition("+")
-    model = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **BENCH[name])
-    if mode == "recompute":  # every size recomputes its layers in the force backward (the default does above a million edges)
-        model.network.recompute_edges_above = 0
+    model = build_model(args.model, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **BENCH[args.model])
     atoms = frame.to_atoms()
     atoms.calc = None
     atoms = atoms.repeat((args.repeat,) * 3)
-    edges = int(neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, BENCH[name]["r_max"])[0].shape[0])
+    edges = int(neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, BENCH[args.model]["r_max"])[0].shape[0])
     atoms.calc = StableFFCalculator(model.eval().requires_grad_(False))
     MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = Langevin(atoms, timestep=0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(1))
@@ -137,7 +119,7 @@ def machine(threads: int) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--models", default="nequip,nequip+recompute,allegro", help="comma-separated: " + ", ".join(MODELS))
+    parser.add_argument("--models", default="nequip,allegro", help="comma-separated: nequip, allegro")
     parser.add_argument("--repeats", default="1,2,4,8", help="supercell repeats along each axis (1 = 96 atoms, 8 = 49,152)")
     parser.add_argument("--steps", type=int, help="timed steps for every size (default: 20, 20, 5, 2 for 96, 768, 6144, 49,152 atoms)")
     parser.add_argument("--rounds", type=int, default=3, help="run every size this many times (sizes interleaved); the median ms/step counts")
@@ -155,13 +137,12 @@ def main():
         child(args)
         return
     repeats = [int(r) for r in args.repeats.split(",")]
-    recompute_limits = _recompute_limits()
     print(f"MD cost against size: bench-S models on HfO2 supercells of {args.data}, ASE Langevin 0.5 fs\n"
           f"machine: {machine(args.threads)}\nversions: {versions()}", flush=True)
     rows = []
     for name in args.models.split(","):
-        if name not in MODELS:
-            raise SystemExit(f"--models: '{name}' is not one of {', '.join(MODELS)}")
+        if name not in ("nequip", "allegro"):
+            raise SystemExit(f"--models: '{name}' is not one of nequip, allegro")
         for repeat in repeats:
             rows.append({"model": name, "atoms": 96 * repeat**3, "repeat": repeat, "runs": []})
     # rounds outermost, so that drift of the machine's speed hits every size alike; the median counts
@@ -175,12 +156,6 @@ def main():
                 largest = measured[-1]["runs"][-1]
                 per_atom = (largest["peak_rss_mib"] - largest["rss_before_mib"]) / largest["atoms"]
                 projected = largest["rss_before_mib"] + per_atom * atoms
-                limit = recompute_limits.get(name)
-                if limit is not None and largest["edges"] * atoms / largest["atoms"] > limit:  # not what the smaller size measured
-                    row["skipped"] = (f"about {largest['edges'] * atoms / largest['atoms']:,.0f} edges: above {limit:,} the model recomputes its layers "
-                                      f"in the force backward, which the {largest['atoms']:,}-atom run did not: see the nequip+recompute rows")
-                    print(f"  {name} {atoms} atoms: skipped: {row['skipped']}", flush=True)
-                    continue
                 if projected > 0.9 * available_mib():
                     row["skipped"] = (f"projected peak {projected / 1024:.1f} GiB ({1024 * per_atom:.0f} KiB per atom, as measured at "
                                       f"{largest['atoms']:,} atoms) > 90 % of the {available_mib() / 1024:.1f} GiB available")

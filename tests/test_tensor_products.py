@@ -264,37 +264,3 @@ def test_constants_are_exact_in_a_model_built_in_float32_and_cast(name):
     e3nn_cast = [b for n, b in cast.named_buffers() if "_w3j_" in n]
     e3nn_exact = [b for n, b in exact.named_buffers() if "_w3j_" in n]
     assert any(not torch.equal(a, b) for a, b in zip(e3nn_cast, e3nn_exact))
-
-
-def test_nequip_recomputing_its_layers_in_the_force_backward_changes_no_bit():
-    """Above recompute_edges_above edges, frozen-weight inference keeps only each layer's inputs and
-    forms its edge activations again in the backward (the memory of very large cells): energies,
-    forces and stress are bit-identical to keeping them; training never recomputes."""
-    from ase import Atoms
-
-    from stableff.data.graph import collate, frame_to_graph
-    from stableff.data.io import frame_from_atoms
-
-    torch.manual_seed(5)
-    model = build_model("nequip", type_numbers=[1, 8, 72], avg_num_neighbors=5.0, num_layers=3, num_features=6, num_bessels=4, radial_mlp_width=8)
-    positions = torch.rand(9, 3, generator=torch.Generator().manual_seed(1)).numpy() * 4.0
-    frame = frame_from_atoms(Atoms("Hf2O4H3", positions=positions, cell=[4.5, 4.6, 4.4], pbc=True))
-    frame.energy = frame.forces = frame.stress = None
-    batch = collate([frame_to_graph(frame, model.type_numbers, model.r_max, torch.float32)])
-    network = model.network
-    model.requires_grad_(False)
-    kept = model(batch, compute_forces=True, compute_stress=True)
-    network.recompute_edges_above = 0
-    calls = []
-    original = torch.utils.checkpoint.checkpoint
-    torch.utils.checkpoint.checkpoint = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        again = model(batch, compute_forces=True, compute_stress=True)
-        assert len(calls) == len(network.layers)
-        for key in ("energy", "forces", "stress"):
-            assert torch.equal(again[key], kept[key]), key
-        model.requires_grad_(True)(batch, compute_forces=True, create_graph=True)
-        assert len(calls) == len(network.layers)  # not while training
-    finally:
-        torch.utils.checkpoint.checkpoint = original
-        del network.recompute_edges_above

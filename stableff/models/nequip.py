@@ -13,7 +13,6 @@ is the layer's ``edge_features`` (computed only when asked).
 from __future__ import annotations
 
 import torch
-import torch.utils.checkpoint
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
@@ -226,18 +225,6 @@ class NequIP(EnergyNetwork):
         self.edge_feature_scalar_counts = [layer.invariant_view.num_scalars for layer in layers]
         self.readout = o3.Linear(irreps, o3.Irreps("1x0e"))
 
-    #: above this many edges, inference (frozen weights) recomputes each layer in the force backward
-    #: instead of keeping its edge activations (~19 KiB per edge for bench-S, ~7 KiB with it: a
-    #: million edges, ~25,000 atoms of HfO2 at r_max 5 A, is where the kept activations stop
-    #: fitting 24 GiB); costs one more forward pass of the layers (benchmarks/scaling.py). None:
-    #: never; 0: always
-    recompute_edges_above: int | None = 1_000_000
-
-    def recomputes(self, num_edges: int) -> bool:
-        limit = self.recompute_edges_above
-        return (limit is not None and num_edges > limit and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and weights_frozen([p for layer in self.layers for p in layer.parameters()]))
-
     def atomic_energies(self, batch, edge_vectors, edge_lengths, edge_states):
         species = batch[keys.SPECIES]
         onehot = torch.nn.functional.one_hot(species, self.num_species).to(edge_vectors.dtype)
@@ -246,13 +233,8 @@ class NequIP(EnergyNetwork):
         features = self.embedding(onehot)
         feature_edges = self.feature_edge_count(batch) if edge_states else None
         states = []
-        recompute = self.recomputes(edge_lengths.shape[0])
         for layer in self.layers:
-            arguments = (features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors, feature_edges)
-            if recompute:  # keep only the layer's inputs; its edge activations are formed again in the backward
-                features, edge_features = torch.utils.checkpoint.checkpoint(layer, *arguments, use_reentrant=False)
-            else:
-                features, edge_features = layer(*arguments)
+            features, edge_features = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors, feature_edges)
             states.append(edge_features)
         energies = self.readout(features).squeeze(-1)
         return energies, (states if edge_states else None)
