@@ -177,7 +177,7 @@ def main():
                 if args.peer_compiled:
                     run = measure_peer_compiled(*peer_args, paths="compile,aoti")
                     compiled.append({"train_frames_per_s": run["compile_train_frames_per_s"], "ms_per_eval": run["aoti_ms_per_eval"], "num_parameters": shipped[-1]["num_parameters"],
-                                     "version": run["version"], "compile_s": {k: v for k, v in run.items() if k.endswith("_s")}})
+                                     "version": run["version"], "compile_s": {k: v for k, v in run.items() if k.endswith("_s") and not k.endswith("per_s")}})
         rows.append((f"stableff {name}", best(ours)))
         if has_peer:
             upstream = "nequip" if name == "nequip" else "nequip-allegro"
