@@ -11,6 +11,9 @@ peer_nequip_md.py time its eager ones.
 
 Prints one JSON line with the figures and the compile seconds of each path (the AOT Inductor
 package is kept in --cache, so later rounds load it; torch.compile keeps its own cache).
+--compile-threads sets the threads while compiling: Inductor writes its CPU kernels for that count,
+and on this 2-core CPU Allegro compiled with 1 thread runs several times faster (with 2 threads)
+than compiled with 2 (throughput.py and md_throughput.py time both and keep the faster).
 """
 
 import argparse
@@ -82,12 +85,15 @@ def main():
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--model", choices=["nequip", "allegro"], default="nequip")
     parser.add_argument("--paths", default="compile,aoti,aoti-md", help="compile: training; aoti: evaluation of one cell; aoti-md: Langevin MD")
+    parser.add_argument("--compile-threads", type=int, help="threads while compiling (default: --threads); the kernels follow it, the run uses --threads")
     parser.add_argument("--cache", help="folder keeping the AOT Inductor packages between runs (default: a new temporary folder)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = json.loads(args.hyper)
     paths = args.paths.split(",")
+    compile_threads = args.compile_threads or torch.get_num_threads()
+    result_threads = {"threads": torch.get_num_threads(), "compile_threads": compile_threads}
 
     from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
@@ -99,15 +105,20 @@ def main():
     type_names = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: ase.data.atomic_numbers[s])
     mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
     data = [compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"]) for atoms in frames]
-    result = {"version": version(args.model), "torch": torch.__version__}
+    result = {"version": version(args.model), "torch": torch.__version__, **result_threads}
 
     if "compile" in paths:
         model = build_peer_model(args.model, hp, type_names, options={"compile_mode": "compile"})
         batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         model.train()
+        runtime_threads = torch.get_num_threads()
+        torch.set_num_threads(compile_threads)  # Inductor writes its CPU kernels for this thread count
         t0 = time.perf_counter()
-        peer_train_step(model, optimizer, batches[0])  # compiles
+        try:
+            peer_train_step(model, optimizer, batches[0])  # compiles
+        finally:
+            torch.set_num_threads(runtime_threads)
         result["compile_train_first_step_s"] = time.perf_counter() - t0
         for batch in batches[1:]:  # the other batch shapes, if they recompile
             peer_train_step(model, optimizer, batch)
@@ -118,13 +129,18 @@ def main():
 
     if "aoti" in paths or "aoti-md" in paths:
         model = build_peer_model(args.model, hp, type_names, energy_scale=0.05).eval().requires_grad_(False)
-        # one package per model, version and hyper-parameters, kept in --cache so that later rounds load it
-        key = hashlib.sha256(json.dumps([args.model, hp, result["version"], torch.__version__], sort_keys=True).encode()).hexdigest()[:16]
         cache = Path(args.cache or tempfile.mkdtemp())
         cache.mkdir(parents=True, exist_ok=True)
+        runtime_threads = torch.get_num_threads()
+        # one package per model, version, hyper-parameters and compile threads, kept in --cache for later rounds
+        key = hashlib.sha256(json.dumps([args.model, hp, result["version"], torch.__version__, compile_threads], sort_keys=True).encode()).hexdigest()[:16]
         path = str(cache / f"{args.model}-{key}.nequip.pt2")
         if not Path(path).is_file():
-            result["aoti_compile_s"] = aoti_package(model, AtomicDataDict.batched_from_list([data[0]]), path + ".part.nequip.pt2")
+            torch.set_num_threads(compile_threads)
+            try:
+                result["aoti_compile_s"] = aoti_package(model, AtomicDataDict.batched_from_list([data[0]]), path + ".part.nequip.pt2")
+            finally:
+                torch.set_num_threads(runtime_threads)
             os.replace(path + ".part.nequip.pt2", path)
         if "aoti" in paths:
             # evaluation as peer_nequip.py times the eager model: the loaded model on one prepared cell
