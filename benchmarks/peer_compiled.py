@@ -25,11 +25,8 @@ import time
 from pathlib import Path
 
 import ase.io
-import numpy as np
 import torch
-from ase import units
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from md_throughput import langevin_ms_per_step  # plain ASE and numpy: usable in the peer environment
 from peer_nequip import build_peer_model, peer_train_step
 
 
@@ -60,16 +57,6 @@ def aoti_package(model, data, path: str) -> float:
                      data=target["data_settings"](dict(data)), batch_map=batch_map, output_path=path,
                      inductor_configs={"aot_inductor.metadata": {k: str(v) for k, v in metadata.items()}}, seed=1)
     return time.perf_counter() - t0
-
-
-def langevin_ms(system, calculator, steps: int) -> float:
-    system.calc = calculator
-    MaxwellBoltzmannDistribution(system, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = Langevin(system, timestep=0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs, rng=np.random.default_rng(1))
-    dynamics.run(2)
-    t0 = time.perf_counter()
-    dynamics.run(steps)
-    return 1000 * (time.perf_counter() - t0) / steps
 
 
 def main():
@@ -160,7 +147,7 @@ def main():
             result["aoti_md_ms_per_step"] = {}
             for repeat in (1, args.supercell):
                 system = frames[0].repeat((repeat, repeat, repeat))
-                result["aoti_md_ms_per_step"][str(len(system))] = langevin_ms(system, calculator, args.md_steps)
+                result["aoti_md_ms_per_step"][str(len(system))] = langevin_ms_per_step(system, calculator, args.md_steps)
     print(json.dumps(result))
 
 
