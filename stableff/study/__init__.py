@@ -72,6 +72,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 learning = learned.get((model_name, variant))
                 # the active variant is judged by the failure thresholds of its starting data, as every other variant
                 thresholds_from = learn_folder(out_dir, model_name, variant) / "round_0" / f"seed_{seed}" / "best.ckpt" if learning else None
+                cost = learning_cost(learning, seed) if learning else None  # what this seed's model cost to learn
                 model_path = files.best_checkpoint
                 members = [study_run(out_dir, model_name, variant, s).best_checkpoint for s in study.seeds if s != seed] if plan.committee is not None else None
                 device = study.device
@@ -86,7 +87,7 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                     "accuracy": accuracy, "correlation": correlation, "stability": stability, "holes": probe["holes"],
                     "in_situ_holes": probe.get("in_situ_holes", {}), "in_situ_starts": len(probe.get("in_situ", {})),
                     "structure": {k: v for k, v in (structure or {}).items() if k in ("condition", "n_frames", "comparison")} or None,
-                    **({"active": learning_cost(learning, seed), "train_seconds": learning_cost(learning, seed)["train_seconds_all_rounds"]} if learning else {}),
+                    **({"active": cost, "train_seconds": cost["train_seconds_all_rounds"]} if cost else {}),
                 })
     summary = summarise_study(study, runs)
     write_json_atomic(summary, study_summary(out_dir))
