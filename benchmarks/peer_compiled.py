@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import ase.io
 import torch
 from md_throughput import langevin_ms_per_step  # plain ASE and numpy: usable in the peer environment
-from peer_nequip import build_peer_model, peer_train_step
+from peer_nequip import build_peer_model, peer_data, peer_train_step
 
 
 def version(model: str) -> str:
@@ -82,16 +81,10 @@ def main():
     compile_threads = args.compile_threads or torch.get_num_threads()
     result_threads = {"threads": torch.get_num_threads(), "compile_threads": compile_threads}
 
-    from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
-    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
+    from nequip.data import AtomicDataDict
     from nequip.integrations.ase import NequIPCalculator
-    from nequip.utils.global_state import set_global_state
 
-    set_global_state()
-    frames = ase.io.read(args.data, index=f":{args.frames}")
-    type_names = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: ase.data.atomic_numbers[s])
-    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
-    data = [compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"]) for atoms in frames]
+    frames, type_names, data = peer_data(args.data, args.frames, hp["r_max"])
     result = {"version": version(args.model), "torch": torch.__version__, **result_threads}
 
     if "compile" in paths:

@@ -59,6 +59,21 @@ def peer_train_step(model, optimizer, batch) -> None:
     optimizer.step()
 
 
+def peer_data(path: str, count: int, r_max: float):
+    """Upstream's global state set (it requires it before building a model), and the first
+    ``count`` frames of ``path``: the ASE frames, their type names (by atomic number) and upstream's
+    data dicts with neighbour lists."""
+    from nequip.data import compute_neighborlist_, from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
+    from nequip.utils.global_state import set_global_state
+
+    set_global_state()
+    frames = ase.io.read(path, index=f":{count}")
+    type_names = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: ase.data.atomic_numbers[s])
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
+    return frames, type_names, [compute_neighborlist_(mapper(from_ase(atoms)), r_max) for atoms in frames]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
@@ -74,19 +89,9 @@ def main():
         torch.set_num_threads(args.threads)
     hp = json.loads(args.hyper)
 
-    from nequip.data import AtomicDataDict, from_ase, compute_neighborlist_
-    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper
-    from nequip.utils.global_state import set_global_state
+    from nequip.data import AtomicDataDict
 
-    set_global_state()  # upstream requires this before building a model
-
-    frames = ase.io.read(args.data, index=f":{args.frames}")
-    type_names = sorted({s for a in frames for s in a.get_chemical_symbols()}, key=lambda s: ase.data.atomic_numbers[s])
-    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names)
-    data = []
-    for atoms in frames:
-        d = compute_neighborlist_(mapper(from_ase(atoms)), hp["r_max"])
-        data.append(d)
+    frames, type_names, data = peer_data(args.data, args.frames, hp["r_max"])
     model = build_peer_model(args.model, hp, type_names)
     batches = [AtomicDataDict.batched_from_list(data[k : k + args.batch_size]) for k in range(0, len(data), args.batch_size)]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
