@@ -3,6 +3,11 @@ evaluation of bench-S models on the 96-atom HfO2 cell and its 2x2x2 supercell (7
 the one-time compile time, in one run with the two paths alternating.
 
     python benchmarks/compile_speed.py [--models nequip allegro] [--repeats 10] [--rounds 3] [--device cpu]
+                                       [--kernel-threads 1]
+
+``--kernel-threads``: threads of inductor's generated CPU kernels (stableff's default 1; 0: the
+process's threads, inductor's own default). Inductor fixes them at compile time, and on a 2-core
+CPU kernels compiled for 2 threads made the compiled path 2.3x slower than eager (Allegro).
 
 Each evaluation is what MD needs per step: neighbour list excluded, energy and forces by autograd.
 Float32 weights, random initialisation (speed does not depend on the values).
@@ -31,19 +36,24 @@ def main():
     parser.add_argument("--repeats", type=int, default=10, help="evaluations per size, path and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--kernel-threads", type=int, help="threads of the generated CPU kernels (default: stableff's; 0: all)")
     args = parser.parse_args()
 
     from stableff.data import keys
     from stableff.data.graph import collate, frame_to_graph, to_device
     from stableff.data.io import frame_from_atoms, read_frames
-    from stableff.models.compiled import compile_inference
+    from stableff.models.compiled import KERNEL_THREADS, compile_inference
     from stableff.data.stats import compute_statistics
     from stableff.models import build_model
+    from stableff.runtime import tune_allocator
+
+    tune_allocator()  # as the command line runs
 
     frame = read_frames(args.data, index=0)[0]
     atoms = frame.to_atoms()
     atoms.calc = None
     device = torch.device(args.device)
+    kernel_threads = KERNEL_THREADS if args.kernel_threads is None else (args.kernel_threads or None)
     rows = []
     for name in args.models:
         hyper = BENCH[name]
@@ -61,7 +71,7 @@ def main():
             out = model(batch, compute_forces=True, compute_stress=False)
             return out[keys.FORCES].sum().item()  # waits for the device
 
-        compile_inference(paths["compiled"])
+        compile_inference(paths["compiled"], kernel_threads=kernel_threads)
         start = time.perf_counter()
         for batch in batches.values():  # both sizes: the dynamic-shape graph is built once
             evaluate(paths["compiled"], batch)
@@ -82,7 +92,8 @@ def main():
         median = {k: statistics.median(v) for k, v in times.items()}
         rows.append((name, compile_s, compiled_ok, median, sorted(batches)))
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
-    print(f"bench-S models, float32, energy + forces of one HfO2 cell; {where}; median of {args.rounds} x {args.repeats} evaluations")
+    print(f"bench-S models, float32, energy + forces of one HfO2 cell; {where}; compiled CPU kernels on {kernel_threads or 'all'} thread(s); "
+          f"median of {args.rounds} x {args.repeats} evaluations; torch {torch.__version__}")
     for name, compile_s, ok, median, sizes in rows:
         status = f"compiled in {compile_s:.1f} s" if ok else "compilation FAILED, eager fallback"
         print(f"\n{name} ({status})")

@@ -3,17 +3,20 @@
 nequip's ASE calculator (NequIPCalculator, for nequip and nequip-allegro models) for a model with
 the same hyper-parameters, in the same run, with the ratios.
 
-    python benchmarks/md_throughput.py [--peer nequip] [--steps 20] [--rounds 3]
+    python benchmarks/md_throughput.py [--peer nequip] [--steps 20] [--rounds 3] [--compile]
 
 Both run the same ASE Langevin integrator (0.5 fs, 300 K); the time includes neighbour lists and
 the energy+force evaluation. The codes alternate for --rounds rounds and each one's best round
 counts. A further row times stableff's full `run_md` loop (failure monitors, thermo and
-trajectory writing every 10 steps) on the small cell.
+trajectory writing every 10 steps) on the small cell. With --compile stableff also runs its
+compiled path (torch.compile, as `--compile` runs it; compiled before the timed steps), and the
+faster of its two paths counts at each size.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -52,6 +55,7 @@ def main():
     parser.add_argument("--peer-compiled", action="store_true", help="with --peer: also upstream's AOT Inductor model in its ASE calculator, and the ratio to upstream's fastest path")
     parser.add_argument("--models", default="nequip,allegro", help="comma-separated: nequip, allegro")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--compile", action="store_true", help="also stableff's compiled path; the faster of eager and compiled counts at each size")
     parser.add_argument("--rounds", type=int, default=3, help="alternate stableff and upstream this many times; each code's best round counts")
     parser.add_argument("--json", help="also write the times and ratios to this JSON file (benchmarks/speed_table.py reads it)")
     args = parser.parse_args()
@@ -64,6 +68,7 @@ def main():
     from stableff.md.engines.ase import run_md
     from stableff.md.settings import MDSettings
     from stableff.models import build_model
+    from stableff.models.compiled import compile_inference
     from stableff.runtime import tune_allocator
 
     tuned = tune_allocator()
@@ -78,6 +83,11 @@ def main():
         torch.manual_seed(0)
         model = build_model(name, type_numbers=stats.type_numbers, avg_num_neighbors=stats.mean_num_neighbors, energy_scale=0.05, **hyper)
         calculator = StableFFCalculator(model.eval().requires_grad_(False))  # as a loaded checkpoint
+        ours_labels = [f"stableff {name} (ASE Langevin)"]
+        calculators = {ours_labels[0]: calculator}
+        if args.compile:
+            ours_labels.append(f"stableff {name} (ASE Langevin, compiled)")
+            calculators[ours_labels[1]] = StableFFCalculator(compile_inference(copy.deepcopy(model)))
         hp = dict(hyper, avg_num_neighbors=stats.mean_num_neighbors)
         python = ensure_peer_venv(with_allegro=name == "allegro") if args.peer else None
         best: dict[str, dict[int, float]] = {}
@@ -86,7 +96,8 @@ def main():
             best[label] = {n: min(v, best.get(label, {}).get(n, float("inf"))) for n, v in values.items()}
 
         for _ in range(args.rounds):  # alternated, so that drift of the machine's speed hits both codes
-            keep(f"stableff {name} (ASE Langevin)", {len(s): langevin_ms_per_step(s, calculator, args.steps) for s in (atoms.repeat((r, r, r)) for r in (1, 2))})
+            for label, calc in calculators.items():
+                keep(label, {len(s): langevin_ms_per_step(s, calc, args.steps) for s in (atoms.repeat((r, r, r)) for r in (1, 2))})
             for same_allocator, label in (((False, "as shipped"), (True, "stableff's malloc")) if args.peer else ()):
                 result = subprocess.run([str(python), str(ROOT / "benchmarks" / "peer_nequip_md.py"), "--data", args.data, "--steps", str(args.steps),
                                          "--hyper", json.dumps(hp), "--threads", str(args.threads), "--model", name],
@@ -100,20 +111,27 @@ def main():
                 keep(f"upstream {name} {peer['version']} (AOT Inductor, as shipped)", {int(k): v for k, v in peer["aoti_md_ms_per_step"].items()})
         with tempfile.TemporaryDirectory() as tmp:
             summary = run_md(atoms, calculator, MDSettings(steps=args.steps, progress=False), tmp)
-        rows = list(best.items())
-        ours = rows[0][1]
+        ours_rows = [(label, best[label]) for label in ours_labels]
+        rows = [(row, values) for row, values in best.items() if row not in ours_labels]  # upstream's
+        ours = best[ours_labels[0]]  # eager: the "eager" ratios compare eager with eager
         sizes = sorted(ours)
+        # stableff's fastest figure at each size: the faster of its paths (eager, and compiled with --compile)
+        fastest_label = {n: min(ours_labels, key=lambda label: best[label][n]) for n in sizes}
+        fastest = {n: best[fastest_label[n]][n] for n in sizes}
         print(f"\n{'code':<48}" + "".join(f"{f'{n} atoms (ms/step)':>22}" for n in sizes))
-        for row, values in rows:
+        for row, values in ours_rows + rows:
             print(f"{row:<48}" + "".join(f"{values[n]:>22.1f}" for n in sizes))
         print(f"{'stableff run_md (monitors + files)':<48}{summary['ms_per_step']:>22.1f}{'':>22}")
-        for row, theirs in rows[1:]:
-            print(f"ratio {row} / stableff time per step (higher = stableff faster): " + ", ".join(f"{n} atoms {theirs[n] / ours[n]:.2f}x" for n in sizes))
-        measured[name] = {"ms_per_step": {row: values for row, values in rows},
-                          "ratios": {row: {str(n): theirs[n] / ours[n] for n in sizes} for row, theirs in rows[1:]}}
-        if len(rows) > 1:  # upstream's fastest row at each size
-            measured[name]["fastest"] = {str(n): min(({"ratio": theirs[n] / ours[n], "path": row} for row, theirs in rows[1:]), key=lambda f: f["ratio"]) for n in sizes}
-            print("stableff / upstream's fastest: " + ", ".join(f"{n} atoms {f['ratio']:.2f}x ({f['path']})" for n, f in measured[name]["fastest"].items()))
+        for row, theirs in rows:
+            print(f"ratio {row} / stableff eager time per step (higher = stableff faster): " + ", ".join(f"{n} atoms {theirs[n] / ours[n]:.2f}x" for n in sizes))
+        measured[name] = {"ms_per_step": {row: values for row, values in ours_rows + rows},
+                          "stableff_path": {str(n): "compiled" if "compiled" in fastest_label[n] else "eager" for n in sizes},
+                          "ratios": {row: {str(n): theirs[n] / ours[n] for n in sizes} for row, theirs in rows}}
+        if rows:  # upstream's fastest row at each size against stableff's fastest path
+            measured[name]["fastest"] = {str(n): min(({"ratio": theirs[n] / fastest[n], "path": row, "stableff_path": measured[name]["stableff_path"][str(n)]}
+                                                      for row, theirs in rows), key=lambda f: f["ratio"]) for n in sizes}
+            print("stableff's fastest / upstream's fastest: " + ", ".join(f"{n} atoms {f['ratio']:.2f}x (upstream {f['path']}; stableff {f['stableff_path']})"
+                                                                      for n, f in measured[name]["fastest"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")
 

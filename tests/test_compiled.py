@@ -65,3 +65,16 @@ def test_a_failing_compiler_falls_back_to_eager_with_one_warning(acac_frames, mo
         second = evaluate(model, acac_frames[:2])
     for out in (first, second):
         np.testing.assert_allclose(out[keys.FORCES].numpy(), eager[keys.FORCES].numpy(), rtol=0, atol=0)
+
+
+def test_generated_cpu_kernels_run_on_the_configured_threads(monkeypatch):
+    # inductor fixes its kernels' thread count when it compiles; one thread is the measured default
+    from stableff.models import compiled as compiled_module
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: seen.append(kwargs.get("options")) or function)
+    compile_inference(make_model("nequip"))
+    compile_inference(make_model("nequip"), kernel_threads=None)
+    compile_inference(make_model("nequip"), kernel_threads=4)
+    assert seen == [{"cpp.threads": compiled_module.KERNEL_THREADS}, None, {"cpp.threads": 4}]
+    assert compiled_module.KERNEL_THREADS == 1

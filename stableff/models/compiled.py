@@ -7,6 +7,13 @@ forces stay eager. The first call compiles and reports its time (logger ``stable
 stderr by the command line); if compilation or the compiled code fails on this platform, one
 warning is given and the model runs eager from then on. Training (forces differentiated again for
 the force loss, which compiled graphs do not support) and edge-feature evaluation always run eager.
+
+Inductor writes its CPU kernels for a thread count fixed at compile time (``cpp.threads``; by
+default the threads of the process). Kernels of a few thousand edges are too small to share: on
+this project's 2-core CPU, with 2 threads at run time, bench-S Allegro compiled for 2 threads took
+24.8 ms per 96-atom evaluation against 9.8 ms compiled for 1 (NequIP 29.2 against 13.9 ms), and
+the eager path 10.4 and 17.3 ms (benchmarks/compile_speed.py). So the generated kernels run on one
+thread (``KERNEL_THREADS``); the matrix products they call still use every thread.
 """
 
 from __future__ import annotations
@@ -17,18 +24,22 @@ import warnings
 
 log = logging.getLogger("stableff")
 
+KERNEL_THREADS = 1  # threads of inductor's generated CPU kernels (None: the process's threads, inductor's default)
+
 
 class CompiledEnergy:
     """The compiled energy of one network and the state of its compilation (pending, ready, failed)."""
 
-    def __init__(self, network):
+    def __init__(self, network, kernel_threads: int | None = KERNEL_THREADS):
         import torch
         import torch._dynamo
 
         self.name = network.model_name
         # Python floats of the model (cutoffs, exponents) as constants: as symbols they hit
         # inductor lowering errors (torch 2.13, KeyError 'unbacked_bindings')
-        self.function = torch._dynamo.config.patch(specialize_float=True)(torch.compile(network.atomic_energies, dynamic=True))
+        options = None if kernel_threads is None else {"cpp.threads": int(kernel_threads)}
+        self.function = torch._dynamo.config.patch(specialize_float=True)(torch.compile(network.atomic_energies, dynamic=True, options=options))
+        self.kernel_threads = kernel_threads
         self.state = "pending"
         self.compile_seconds: float | None = None
 
@@ -53,15 +64,16 @@ class CompiledEnergy:
             return forward(eager)
         self.state = "ready"
         self.compile_seconds = time.perf_counter() - start
-        log.info("compiled %s (torch.compile, dynamic shapes) in %.1f s", self.name, self.compile_seconds)
+        log.info("compiled %s (torch.compile, dynamic shapes, CPU kernels on %s thread(s)) in %.1f s", self.name, self.kernel_threads or "all", self.compile_seconds)
         return out
 
 
-def compile_inference(model, enabled: bool = True):
+def compile_inference(model, enabled: bool = True, kernel_threads: int | None = KERNEL_THREADS):
     """Evaluate ``model``'s energies and forces outside training through torch.compile (or stop
-    doing so: ``enabled=False``); returns the model."""
+    doing so: ``enabled=False``); ``kernel_threads``: threads of the generated CPU kernels (None:
+    all the process's threads); returns the model."""
     if enabled and model.compiled_energy is None:
-        model.compiled_energy = CompiledEnergy(model.network)
+        model.compiled_energy = CompiledEnergy(model.network, kernel_threads)
     elif not enabled:
         model.compiled_energy = None
     return model
