@@ -130,7 +130,7 @@ def main():
         if rows:  # upstream's fastest row at each size against stableff's fastest path
             measured[name]["fastest"] = {str(n): min(({"ratio": theirs[n] / fastest[n], "path": row, "stableff_path": measured[name]["stableff_path"][str(n)]}
                                                       for row, theirs in rows), key=lambda f: f["ratio"]) for n in sizes}
-            print("stableff's fastest / upstream's fastest: " + ", ".join(f"{n} atoms {f['ratio']:.2f}x (upstream {f['path']}; stableff {f['stableff_path']})"
+            print("stableff's fastest / upstream's fastest: " + ", ".join(f"{n} atoms {f['ratio']:.2f}x ({f['path']}; stableff {f['stableff_path']})"
                                                                       for n, f in measured[name]["fastest"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(measured, indent=1) + "\n")
