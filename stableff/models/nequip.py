@@ -58,7 +58,17 @@ def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
 
 
 class InteractionLayer(nn.Module):
-    """One NequIP convolution + gate. Returns new node features and the invariant edge messages."""
+    """One NequIP convolution + gate. Returns new node features and the invariant edge messages.
+
+    Memory: a layer's edge work (radial MLP, product, their gradients for the forces) peaks at
+    ~18 KiB per edge in float32, so at inference on structures of more than ``chunk_above`` edges
+    (~11,000 atoms of a dense solid at 5 A) the messages are summed ``edge_chunk`` edges at a time,
+    each chunk recomputed in the force backward (torch.utils.checkpoint) instead of kept: the peak
+    is one chunk's, for one more forward pass of the edge work. Training, tracing (the TorchScript
+    export) and torch.compile always take the one-pass path."""
+
+    chunk_above = 1 << 19
+    edge_chunk = 1 << 17
 
     def __init__(self, irreps_in, irreps_target, irreps_edge, num_species, num_basis, radial_hidden, resnet):
         super().__init__()
@@ -116,17 +126,19 @@ class InteractionLayer(nn.Module):
         With frozen weights (inference) the node-side linear maps run as matrices read off e3nn's
         modules once (``inference_matrices``); while training, through e3nn's modules."""
         centre, neighbour = edge_index
-        weights = self.radial(edge_radial)
         frozen = weights_frozen(self.node_weights())
         if frozen:
             mix, aggregate, self_connection = self.inference_matrices(inv_sqrt_neighbors)
             mixed = node_features @ mix
         else:
             mixed = self.linear_1(node_features)
-        messages = self.channel_tp(mixed, neighbour, edge_sh, weights)
-        if feature_edges is None:
-            summed, features = scatter_sum(messages, centre, node_features.shape[0]), None
+        num_edges = centre.shape[0]
+        if frozen and feature_edges is None and num_edges > self.chunk_above and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            summed, features = self.summed_in_chunks(mixed, edge_sh, edge_radial, centre, neighbour), None
+        elif feature_edges is None:
+            summed, features = self.summed_messages(mixed, edge_sh, edge_radial, centre, neighbour), None
         else:
+            messages = self.channel_tp(mixed, neighbour, edge_sh, self.radial(edge_radial))
             summed, features = scatter_sum_and_view(messages, centre, node_features.shape[0], self.invariant_view, feature_edges)
         if frozen:
             num_nodes, num_species = node_onehot.shape
@@ -139,6 +151,22 @@ class InteractionLayer(nn.Module):
         if self.resnet:
             updated = updated + node_features
         return updated, features
+
+    def summed_messages(self, mixed, edge_sh, edge_radial, centre, neighbour) -> torch.Tensor:
+        """The messages of these edges summed on their centres: [N, D * U]."""
+        return scatter_sum(self.channel_tp(mixed, neighbour, edge_sh, self.radial(edge_radial)), centre, mixed.shape[0])
+
+    def summed_in_chunks(self, mixed, edge_sh, edge_radial, centre, neighbour) -> torch.Tensor:
+        """``summed_messages`` ``edge_chunk`` edges at a time, each chunk recomputed in the backward."""
+        from torch.utils.checkpoint import checkpoint
+
+        summed = None
+        for start in range(0, centre.shape[0], self.edge_chunk):
+            part = slice(start, start + self.edge_chunk)
+            args = (mixed, edge_sh[part], edge_radial[part], centre[part], neighbour[part])
+            chunk = checkpoint(self.summed_messages, *args, use_reentrant=False) if torch.is_grad_enabled() else self.summed_messages(*args)
+            summed = chunk if summed is None else summed + chunk
+        return summed
 
     def node_weights(self) -> list[torch.Tensor]:
         return [*self.linear_1.parameters(), *self.linear_2.parameters(), *self.self_connection.parameters()]

@@ -131,7 +131,7 @@ class StabilityPlan(StrictConfig):
     out_of_distribution: list[StartStructures] = []
     workers: int | None = Field(None, ge=1)  # processes (default: one per core)
     engine: str = DEFAULT_ENGINE  # batched | ase | lammps
-    compile: bool = False  # MD through torch.compile (slower on CPU today: benchmarks/compile_speed.py)
+    compile: bool = False  # MD through torch.compile (NequIP 1.28x eager on 2 CPU cores, after a 20-40 s compile: benchmarks/compile_speed.py)
     ranks: int = Field(1, ge=1)  # MPI ranks of each replica (engine: lammps)
     committee: CommitteePlan | None = None  # `committee: true` or {threshold: ...}: the variant's seeds warn of failures
 
