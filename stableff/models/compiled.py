@@ -11,9 +11,10 @@ the force loss, which compiled graphs do not support) and edge-feature evaluatio
 Inductor writes its CPU kernels for a thread count fixed at compile time (``cpp.threads``; by
 default the threads of the process). Kernels of a few thousand edges are too small to share: on
 this project's 2-core CPU, with 2 threads at run time, bench-S Allegro compiled for 2 threads took
-24.8 ms per 96-atom evaluation against 9.8 ms compiled for 1 (NequIP 29.2 against 13.9 ms), and
-the eager path 10.4 and 17.3 ms (benchmarks/compile_speed.py). So the generated kernels run on one
-thread (``KERNEL_THREADS``); the matrix products they call still use every thread.
+23.7 ms per 96-atom evaluation against 7.5 ms compiled for 1 (NequIP 28.1 against 12.0 ms), and
+the eager path 8.1-9.3 and 15.5-16.8 ms (benchmarks/compile_speed.py; benchmarks/results/
+compile_speed). So the generated kernels run on one thread (``KERNEL_THREADS``); the matrix
+products they call still use every thread.
 """
 
 from __future__ import annotations
