@@ -138,8 +138,7 @@ class InteractionLayer(nn.Module):
         elif feature_edges is None:
             summed, features = self.summed_messages(mixed, edge_sh, edge_radial, centre, neighbour), None
         else:
-            messages = self.channel_tp(mixed, neighbour, edge_sh, self.radial(edge_radial))
-            summed, features = scatter_sum_and_view(messages, centre, node_features.shape[0], self.invariant_view, feature_edges)
+            summed, features = scatter_sum_and_view(self.messages(mixed, edge_sh, edge_radial, neighbour), centre, node_features.shape[0], self.invariant_view, feature_edges)
         if frozen:
             num_nodes, num_species = node_onehot.shape
             per_species = (node_features @ self_connection).view(num_nodes, num_species, -1)
@@ -152,9 +151,13 @@ class InteractionLayer(nn.Module):
             updated = updated + node_features
         return updated, features
 
+    def messages(self, mixed, edge_sh, edge_radial, neighbour) -> torch.Tensor:
+        """The messages of these edges: [E, D * U] (component-major)."""
+        return self.channel_tp(mixed, neighbour, edge_sh, self.radial(edge_radial))
+
     def summed_messages(self, mixed, edge_sh, edge_radial, centre, neighbour) -> torch.Tensor:
         """The messages of these edges summed on their centres: [N, D * U]."""
-        return scatter_sum(self.channel_tp(mixed, neighbour, edge_sh, self.radial(edge_radial)), centre, mixed.shape[0])
+        return scatter_sum(self.messages(mixed, edge_sh, edge_radial, neighbour), centre, mixed.shape[0])
 
     def summed_in_chunks(self, mixed, edge_sh, edge_radial, centre, neighbour) -> torch.Tensor:
         """``summed_messages`` ``edge_chunk`` edges at a time, each chunk recomputed in the backward."""
