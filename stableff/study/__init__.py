@@ -18,6 +18,7 @@ from stableff.data.io import read_frames
 from stableff.io import write_json_atomic
 from stableff.models import DEFAULT_MODEL
 from stableff.layout import learn_folder, study_summary, study_run
+from stableff.study.inert_prior import sibling_variant, train_without_prior
 from stableff.study.learn import learning_cost, run_learning, study_learn_config
 from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config, variant_remedies
 from stableff.study.stages import accuracy_stage, adopt_training, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
@@ -52,7 +53,14 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
         if (model_name, variant) in learned:
             final = learned[model_name, variant]["rounds"][-1]["round"]
             return adopt_training(learn_folder(out_dir, model_name, variant) / f"round_{final}" / f"seed_{seed}", run_dir, log)
-        return train_stage(variant_config(study, model, variant, seed), run_dir, log)
+        config = variant_config(study, model, variant, seed)
+        sibling = sibling_variant(variant, study.variants)
+        if sibling is not None and (model_name, sibling) not in learned:  # a prior training never sees: the sibling's weights
+            sibling_dir = study_run(out_dir, model_name, sibling, seed).folder
+            done = train_without_prior(config, variant_config(study, model, sibling, seed), sibling_dir, run_dir, log)
+            if done is not None:
+                return done
+        return train_stage(config, run_dir, log)
 
     if plan.committee is not None:  # every seed's model first: each run is watched by the other seeds of its variant
         for model in study.model_blocks():
