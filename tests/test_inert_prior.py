@@ -53,6 +53,9 @@ def test_a_prior_the_data_never_reaches_gives_the_weights_training_with_it_gives
     said.clear()
     assert train_without_prior(with_zbl(0.5), parse_config(RAW), tmp_path / "baseline", tmp_path / "zbl", said.append)["model_hash"] == done["model_hash"]
     assert (tmp_path / "zbl" / "best.ckpt").stat().st_mtime_ns == before and any("reused" in line for line in said)
+    # a folder that holds a training of this config with the prior, from scratch, keeps it
+    kept = train_without_prior(with_zbl(0.5), parse_config(RAW), tmp_path / "baseline", tmp_path / "scratch", said.append)
+    assert kept["model_hash"] == scratch["model_hash"] and "weights_of" not in kept
 
 
 def test_a_prior_that_reaches_the_data_is_trained_with(tmp_path):

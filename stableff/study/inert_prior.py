@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from stableff.fingerprint import differences, file_hash
-from stableff.io import save_torch_atomic, write_json_atomic, write_text_atomic
+from stableff.io import read_json, save_torch_atomic, write_json_atomic, write_text_atomic
 from stableff.layout import StudyRun
 from stableff.study.plan import variant_remedies
 
@@ -94,8 +94,13 @@ def train_without_prior(config, sibling_config, sibling_dir: Path, run_dir: Path
         return None
     if _differences_beyond_the_prior(config, sibling_config):
         return None
-    sibling_done = train_stage(sibling_config, sibling_dir, log)
     outputs, source = StudyRun(run_dir), StudyRun(sibling_dir)
+    trained = read_json(outputs.done)  # a training of this very config, with the prior, made before: kept
+    if trained is not None and not differences(trained.get("fingerprint"), training_fingerprint(config)) \
+            and outputs.best_checkpoint.is_file() and trained.get("model_hash") == file_hash(outputs.best_checkpoint):
+        log("  trained before (reused)")
+        return trained
+    sibling_done = train_stage(sibling_config, sibling_dir, log)
     fingerprint = {**training_fingerprint(config), "weights_of": sibling_done["model_hash"]}
     done = _reuse(outputs.done, fingerprint, "trained model", log)
     if done is not None and outputs.best_checkpoint.is_file() and done.get("model_hash") == file_hash(outputs.best_checkpoint):
