@@ -85,6 +85,8 @@ def main():
     parser.add_argument("--start-frames", type=int, default=1, help="start cells per composition")
     parser.add_argument("--variants", nargs="+", help="e.g. baseline decorrelated zbl decorrelated+zbl")
     parser.add_argument("--ood-test-frames", type=int, help="use only the first N frames of ood_Hf32O60 for OOD accuracy")
+    parser.add_argument("--trainings", help="keep the trainings in this folder and take them from it when their inputs are the same "
+                        "(e.g. benchmarks/results/hfo2_full_nequip/trainings, committed: a fresh checkout trains nothing again)")
     parser.add_argument("--results", help="also copy summary.json and report.md into this folder (e.g. benchmarks/results/hfo2)")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -125,7 +127,7 @@ def main():
         raw["stability"]["time_ps"] = args.time_ps
     study = StudyConfig.model_validate(raw)
     (out / "study.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    summary = run_study(study, out)
+    summary = run_study(study, out, trainings=Path(args.trainings) if args.trainings else None)
     html_path, _ = write_study_report(summary, out)
     print(terminal_table(summary))
     for sentence in summary["verdicts"]:

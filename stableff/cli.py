@@ -533,12 +533,12 @@ def _print_uncertainty(summary: dict) -> None:
         print(f"never uncertain: largest force disagreement {peak}, below {summary['committee']['threshold_eV_per_A']:.4f} eV/A")
 
 
-def _run_study_and_report(study, out: Path) -> dict:
+def _run_study_and_report(study, out: Path, trainings: Path | None = None) -> dict:
     from stableff.report.render import holes_text, terminal_table, write_study_report
     from stableff.study import run_study
 
     t0 = time.perf_counter()
-    summary = run_study(study, out)
+    summary = run_study(study, out, trainings=trainings)
     html_path, md_path = write_study_report(summary, out)
     print()
     print(f"Summary (mean ± std over seeds {summary['seeds']}, or pooled over every run of all seeds where the row says so; ID/OOD = in/out of distribution; SI = stability index; median t_fail = Kaplan-Meier median [95 % CI]; RMST = restricted mean survival time):")
@@ -568,7 +568,7 @@ def cmd_study(args) -> int:
     out = check_output_dir(Path(args.out) if args.out else Path("studies") / Path(args.config).stem)
     _lock_output(out, "study")
     mark_output_folder(out, "study")
-    _run_study_and_report(study, out)
+    _run_study_and_report(study, out, Path(args.trainings) if args.trainings else None)
     return 0
 
 
@@ -776,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="variants of a model (baseline and remedies: decorrelated, sam, zbl and their combinations) over training seeds: accuracy, correlation, MD stability and structure, compared with survival statistics, with a report")
     p.add_argument("config", help="study YAML (example: stableff/configs/demo_study_acac.yaml, the demo's)")
     p.add_argument("--out", help="output folder (default studies/<config name>); finished steps are reused")
+    p.add_argument("--trainings", metavar="DIR", help="keep every finished training in DIR too, and take a training kept there instead of training again when its inputs are the same (a folder to commit or copy: the trainings outlive the output folder)")
     p.add_argument("overrides", nargs="*", help="overrides such as seeds=[0] stability.replicas=2")
     p.set_defaults(func=cmd_study)
 

@@ -18,17 +18,20 @@ from stableff.data.io import read_frames
 from stableff.io import write_json_atomic
 from stableff.models import DEFAULT_MODEL
 from stableff.layout import learn_folder, study_summary, study_run
+from stableff.study.archive import keep_training, restore_training
 from stableff.study.inert_prior import sibling_variant, train_without_prior
 from stableff.study.learn import learning_cost, run_learning, study_learn_config
 from stableff.study.plan import StabilityPlan, StudyConfig, load_study_config, start_structures, variant_config, variant_remedies
-from stableff.study.stages import accuracy_stage, adopt_training, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage
+from stableff.study.stages import accuracy_stage, adopt_training, correlation_stage, probe_stage, stability_stage, structure_stage, train_stage, training_fingerprint
 from stableff.study.summary import comparison_notes, summarise_study
 
 __all__ = ["StudyConfig", "StabilityPlan", "load_study_config", "run_study", "variant_config"]
 
 
-def run_study(study: StudyConfig, out_dir, log=print) -> dict:
-    """Run (or resume) every stage of the study; write and return summary.json's content."""
+def run_study(study: StudyConfig, out_dir, log=print, trainings=None) -> dict:
+    """Run (or resume) every stage of the study; write and return summary.json's content. With
+    ``trainings`` (a folder, :mod:`stableff.study.archive`), trainings kept there with the same inputs
+    are taken instead of trained again, and every training finished is kept there."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = study.stability
@@ -48,7 +51,23 @@ def run_study(study: StudyConfig, out_dir, log=print) -> dict:
                 log(f"[{model_name} / {variant}: active learning, {study.active.budget} oracle calls over at most {study.active.rounds} round(s)]")
                 learned[model_name, variant] = run_learning(study_learn_config(study, model, variant), learn_folder(out_dir, model_name, variant), log)
 
+    if trainings is not None:  # before any training: a zbl variant may train its sibling first
+        for model in study.model_blocks():
+            model_name = model.get("name", DEFAULT_MODEL)
+            for variant in study.variants:
+                for seed in study.seeds:
+                    if (model_name, variant) not in learned:
+                        restore_training(training_fingerprint(variant_config(study, model, variant, seed)),
+                                         study_run(trainings, model_name, variant, seed).folder,
+                                         study_run(out_dir, model_name, variant, seed).folder, log)
+
     def train(model, model_name, variant, seed):
+        done = trained_model(model, model_name, variant, seed)
+        if trainings is not None and (model_name, variant) not in learned:
+            keep_training(done, study_run(out_dir, model_name, variant, seed).folder, study_run(trainings, model_name, variant, seed).folder, log)
+        return done
+
+    def trained_model(model, model_name, variant, seed):
         run_dir = study_run(out_dir, model_name, variant, seed).folder
         if (model_name, variant) in learned:
             final = learned[model_name, variant]["rounds"][-1]["round"]
