@@ -56,6 +56,14 @@ def save_torch_atomic(obj, path: str | Path) -> None:
     _write_atomic(path, lambda handle: handle.write(buffer.getbuffer()), "wb")
 
 
+def copy_file_atomic(source: str | Path, path: str | Path) -> None:
+    """A copy of the file ``source`` written to ``path`` atomically."""
+    import shutil
+
+    with open(source, "rb") as original:
+        _write_atomic(path, lambda handle: shutil.copyfileobj(original, handle), "wb")
+
+
 def read_json(path: str | Path):
     """The JSON content of ``path``, or None when the file does not exist."""
     path = Path(path)

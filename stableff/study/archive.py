@@ -16,12 +16,10 @@ made again from their sources, the first in seconds.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from stableff.fingerprint import differences, file_hash
-from stableff.io import read_json
+from stableff.io import copy_file_atomic, read_json
 from stableff.layout import TrainingRun
 
 #: what a kept training holds, done.json last
@@ -42,9 +40,7 @@ def _copy(source: Path, target: Path) -> None:
     TrainingRun(target).done.unlink(missing_ok=True)
     for name in KEPT_FILES:
         if (source / name).is_file():
-            partial = target / f"{name}.part"
-            shutil.copyfile(source / name, partial)
-            os.replace(partial, target / name)
+            copy_file_atomic(source / name, target / name)
 
 
 def restore_training(fingerprint: dict, kept: Path, run_dir: Path, log=print) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from stableff.data.io import content_hashes
 from stableff.fingerprint import RESULT_FORMAT, differences, file_hash
-from stableff.io import read_json, write_json_atomic
+from stableff.io import copy_file_atomic, read_json, write_json_atomic
 from stableff.layout import TRAJECTORY_FILE, StudyRun
 from stableff.study.conditions import KINDS, Condition, sorted_conditions
 
@@ -91,9 +91,6 @@ def adopt_training(source: Path, run_dir: Path, log=print) -> dict:
     """A model trained in another folder (the last round of the active variant's learning) as this
     run folder's training: its files copied when this folder does not hold that very model (the
     later stages, keyed by the model's hash, then recompute). Returns its done.json."""
-    import os
-    import shutil
-
     from stableff.errors import StableFFError
 
     src, dst = StudyRun(source), StudyRun(run_dir)
@@ -108,9 +105,7 @@ def adopt_training(source: Path, run_dir: Path, log=print) -> dict:
         path.unlink(missing_ok=True)
     for a, b in zip(src.outputs(), dst.outputs()):  # done.json last: a copy cut short is not taken for a finished one
         if a.is_file():
-            partial = b.with_name(b.name + ".part")
-            shutil.copyfile(a, partial)
-            os.replace(partial, b)
+            copy_file_atomic(a, b)
     log(f"  the model of {source} (the active learning's last round)")
     return done
 
