@@ -74,3 +74,22 @@ def test_a_study_in_a_fresh_folder_trains_nothing_that_was_kept(tmp_path):
         a, b = (tmp_path / out / "nequip" / variant / "seed_0" / "best.ckpt" for out in ("a", "b"))
         assert file_hash(a) == file_hash(b), variant
     assert [r["accuracy"] for r in first["runs"]] == [r["accuracy"] for r in second["runs"]]
+
+
+def test_a_kept_training_lends_its_weights_to_the_zbl_variant_in_a_fresh_folder(tmp_path):
+    """A kept training has no last.ckpt; the data-placed prior's variant still takes its weights."""
+    from stableff.models.saved import load_checkpoint
+    from stableff.study.inert_prior import train_without_prior
+
+    said = []
+    config = parse_config(TRAINING)
+    done = train_stage(config, tmp_path / "first", said.append)
+    keep_training(done, tmp_path / "first", tmp_path / "kept", said.append)
+    assert restore_training(training_fingerprint(config), tmp_path / "kept", tmp_path / "fresh" / "baseline", said.append)
+    raw = copy.deepcopy(TRAINING)
+    raw["model"]["zbl"] = {"switch": "data", "factor": 0.5}
+    said.clear()
+    adopted = train_without_prior(parse_config(raw), config, tmp_path / "fresh" / "baseline", tmp_path / "fresh" / "zbl", said.append)
+    assert adopted is not None and adopted["fingerprint"]["weights_of"] == done["model_hash"] and "  training ..." not in said
+    assert not (tmp_path / "fresh" / "zbl" / "last.ckpt").exists()
+    assert load_checkpoint(tmp_path / "fresh" / "zbl" / "best.ckpt")["hyperparameters"]["zbl"] is True

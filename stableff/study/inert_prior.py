@@ -125,7 +125,8 @@ def train_without_prior(config, sibling_config, sibling_dir: Path, run_dir: Path
     write_json_atomic({"fingerprint": fingerprint}, outputs.started)  # a plain training never resumes from these files
     changed = {"hyperparameters": model.hyperparameters, "config": config_to_dict(config)}
     save_torch_atomic({**best, **changed}, outputs.best_checkpoint)
-    save_torch_atomic({**load_checkpoint(source.last_checkpoint), **changed}, outputs.last_checkpoint)
+    if source.last_checkpoint.is_file():  # absent from a training restored from a kept copy (study --trainings)
+        save_torch_atomic({**load_checkpoint(source.last_checkpoint), **changed}, outputs.last_checkpoint)
     write_text_atomic(source.metrics.read_text(), outputs.metrics)
     write_text_atomic(yaml.safe_dump(config_to_dict(config), sort_keys=False), outputs.config)
     done = {
