@@ -83,6 +83,31 @@ def test_fused_loss_equals_the_definition_written_with_autograd():
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
 
 
+def test_several_layers_in_one_node_equal_the_definition_layer_by_layer():
+    """Several layers in the one loss node, of different widths, one on other edges, with channels
+    correlated across layers (which must not count): the weighted loss, every corr_l and every
+    gradient equal the definition written per layer with autograd."""
+    generator = torch.Generator().manual_seed(7)
+    widths, counts, weights = [5, 11, 3, 7], [300, 300, 300, 120], [1.0, 0.5, 2.0, 0.25]
+    layers = [torch.randn(n, d, generator=generator, dtype=torch.float64) for n, d in zip(counts, widths)]
+    layers[1][:, 4] = 0.8 * layers[1][:, 0] + 2.0  # correlated channels within a layer
+    layers[2][:, 0] = layers[0][:, 0]  # and across layers, which the block mask must ignore
+    layers = [x.requires_grad_(True) for x in layers]
+    expected_loss, expected_measures = 0.0, []
+    for x, w in zip(layers, weights):
+        z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8)
+        r = (z.T @ z / x.shape[0])[~torch.eye(x.shape[1], dtype=torch.bool)]
+        expected_loss = expected_loss + w * r.pow(2).mean()
+        expected_measures.append(float(r.detach().abs().mean()))
+    loss, measures = correlation_loss(layers, layer_weights=weights)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-12)
+    assert measures == pytest.approx(expected_measures, rel=1e-10)
+    for got, expected in zip(torch.autograd.grad(loss, layers), torch.autograd.grad(expected_loss, layers)):
+        torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
+    small = [torch.randn(30, d, generator=generator, dtype=torch.float64, requires_grad=True) for d in (3, 4)]
+    assert torch.autograd.gradcheck(lambda a, b: correlation_loss([a, b, a[:20]], layer_weights=[1.0, 0.5, 2.0])[0], tuple(small))
+
+
 @pytest.mark.parametrize(
     "shifted, nearly_constant, gradient_tolerance",
     [(5.0, False, 1e-4), (30.0, False, 1e-4), (5.0, True, 1e-3)],
