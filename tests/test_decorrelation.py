@@ -91,7 +91,7 @@ def test_several_layers_in_one_node_equal_the_definition_layer_by_layer():
     widths, counts, weights = [5, 11, 3, 7], [300, 300, 300, 120], [1.0, 0.5, 2.0, 0.25]
     layers = [torch.randn(n, d, generator=generator, dtype=torch.float64) for n, d in zip(counts, widths)]
     layers[1][:, 4] = 0.8 * layers[1][:, 0] + 2.0  # correlated channels within a layer
-    layers[2][:, 0] = layers[0][:, 0]  # and across layers, which the block mask must ignore
+    layers[2][:, 0] = layers[0][:, 0]  # and across layers, which must not count
     layers = [x.requires_grad_(True) for x in layers]
     expected_loss, expected_measures = 0.0, []
     for x, w in zip(layers, weights):
