@@ -62,6 +62,13 @@ def test_correlation_loss_value_and_gradient_on_features_with_known_correlation(
     small = torch.randn(40, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda f: correlation_loss([f, 2 * f + 1], layer_weights=[1.0, 0.5], layers=[0, 1])[0], (small,))
 
+def off_diagonal_correlations_by_definition(x):
+    """R_ij, i != j, built step by step from the definition (standardised columns, Z^T Z / E), in
+    autograd: the reference the one-node loss is checked against."""
+    z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8)
+    return (z.T @ z / x.shape[0])[~torch.eye(x.shape[1], dtype=torch.bool)]
+
+
 def test_fused_loss_equals_the_definition_written_with_autograd():
     """The one-node loss (hand-written backward) against R built step by step from the definition
     and differentiated by autograd: values, corr_l and gradients, with a constant channel too."""
@@ -71,13 +78,11 @@ def test_fused_loss_equals_the_definition_written_with_autograd():
     x[:, 5] = 1.25  # zero variance: eps keeps R finite
     x[:, 8] = 40.0 * x[:, 8] + 100.0
     x.requires_grad_(True)
-    z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8)
-    r = z.T @ z / x.shape[0]
-    mask = ~torch.eye(9, dtype=torch.bool)
-    reference = r[mask].pow(2).mean()
+    r = off_diagonal_correlations_by_definition(x)
+    reference = r.pow(2).mean()
     loss, measure = correlation_terms(x)
     torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
-    assert measure == pytest.approx(float(r[mask].detach().abs().mean()), rel=1e-10)
+    assert measure == pytest.approx(float(r.detach().abs().mean()), rel=1e-10)
     (expected,) = torch.autograd.grad(reference, x)
     (got,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-12)
@@ -95,8 +100,7 @@ def test_several_layers_in_one_node_equal_the_definition_layer_by_layer():
     layers = [x.requires_grad_(True) for x in layers]
     expected_loss, expected_measures = 0.0, []
     for x, w in zip(layers, weights):
-        z = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8)
-        r = (z.T @ z / x.shape[0])[~torch.eye(x.shape[1], dtype=torch.bool)]
+        r = off_diagonal_correlations_by_definition(x)
         expected_loss = expected_loss + w * r.pow(2).mean()
         expected_measures.append(float(r.detach().abs().mean()))
     loss, measures = correlation_loss(layers, layer_weights=weights)
