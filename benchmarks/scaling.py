@@ -8,7 +8,9 @@ times along each axis), with stableff's ASE calculator in ASE's Langevin integra
 Every (model, size) runs in its own process, so that its peak RSS is its own: the process builds
 the model (seed 0, float32, as a loaded checkpoint), reads its RSS, takes one step to warm up and
 then times --steps steps (fewer for the large cells: at least 2), --rounds times with the sizes
-interleaved (the median counts). A size whose projected peak (the memory per atom measured on the
+interleaved (the median counts). NequIP above 524,288 edges sums its messages in chunks and keeps
+as many for the force backward as its memory budget holds (the rest are recomputed); the log says
+how many. A size whose projected peak (the memory per atom measured on the
 next smaller one) exceeds 90 % of the available memory is skipped and said, except where NequIP
 sums its messages in chunks of edges and the smaller size did not (the projection does not apply). Printed per size:
 ms/step, us per atom-step, that cost against the 768-atom cell's (target: the largest within 1.2x), peak
@@ -80,8 +82,11 @@ def child(args) -> None:
     t0 = time.perf_counter()
     dynamics.run(args.steps)
     ms = 1000 * (time.perf_counter() - t0) / args.steps
+    kept = getattr(model.network, "last_kept_edge_work", None)  # NequIP summing in chunks: how many the backward kept
     print(json.dumps({"model": args.model, "atoms": len(atoms), "edges": edges, "steps": args.steps, "ms_per_step": ms,
-                      "rss_before_mib": before, "peak_rss_mib": peak_rss_mib()}))
+                      "rss_before_mib": before, "peak_rss_mib": peak_rss_mib(),
+                      "chunks_kept": kept.kept_chunks if kept else None, "chunks_recomputed": kept.recomputed_chunks if kept else None,
+                      "kept_limit_mib": kept.limit / 2**20 if kept else None}))
 
 
 def available_mib() -> float:
@@ -182,8 +187,10 @@ def main():
                 continue
             run = json.loads(result.stdout.strip().splitlines()[-1])
             row["runs"].append(run)
-            print(f"  round {round_ + 1}: {name} {atoms} atoms: {run['ms_per_step']:.1f} ms/step, peak RSS {run['peak_rss_mib']:.0f} MiB "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            chunks = (f", chunks per step kept {run['chunks_kept']} / recomputed {run['chunks_recomputed']} "
+                      f"(budget {run['kept_limit_mib'] / 1024:.1f} GiB)") if run.get("chunks_kept") is not None else ""
+            print(f"  round {round_ + 1}: {name} {atoms} atoms: {run['ms_per_step']:.1f} ms/step, peak RSS {run['peak_rss_mib']:.0f} MiB"
+                  f"{chunks} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for row in rows:
         if row["runs"]:
             runs = row["runs"]

@@ -19,6 +19,7 @@ from torch import nn
 
 from stableff.data import keys
 from stableff.models.base import EnergyNetwork
+from stableff.models.edge_memory import KeptEdgeWork, kept_edge_work
 from stableff.models.invariants import InvariantChannels, scatter_sum_and_view
 from stableff.models.radial import RadialEmbedding
 from stableff.models.frozen import cached_while_frozen, linear_map_matrix, weights_frozen
@@ -62,10 +63,11 @@ class InteractionLayer(nn.Module):
 
     Memory: a layer's edge work (radial MLP, product, their gradients for the forces) peaks at
     ~18 KiB per edge in float32, so at inference on structures of more than ``chunk_above`` edges
-    (~11,000 atoms of a dense solid at 5 A) the messages are summed ``edge_chunk`` edges at a time,
-    each chunk recomputed in the force backward (torch.utils.checkpoint) instead of kept: the peak
-    is one chunk's, for one more forward pass of the edge work. Training, tracing (the TorchScript
-    export) and torch.compile always take the one-pass path."""
+    (~11,000 atoms of a dense solid at 5 A) the messages are summed ``edge_chunk`` edges at a time.
+    The force backward keeps the saved tensors of as many chunks as the evaluation's memory budget
+    holds (``models/edge_memory.py``) and recomputes the others (torch.utils.checkpoint): the peak
+    is the kept chunks' and one chunk's backward, for one more forward pass of the recomputed edge
+    work. Training, tracing (the TorchScript export) and torch.compile always take the one-pass path."""
 
     chunk_above = 1 << 19
     edge_chunk = 1 << 17
@@ -119,9 +121,12 @@ class InteractionLayer(nn.Module):
                 self.gate_runs.append([offset, mul, ir.dim])
             offset += mul
 
-    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float, feature_edges: int | None = None):
+    def forward(self, node_features, node_onehot, edge_sh, edge_radial, edge_index, inv_sqrt_neighbors: float, feature_edges: int | None = None,
+                kept: KeptEdgeWork | None = None):
         """New node features, and with ``feature_edges`` the invariant view of the messages (the
-        layer's edge features) on the first ``feature_edges`` edges (None otherwise).
+        layer's edge features) on the first ``feature_edges`` edges (None otherwise). ``kept``: the
+        evaluation's budget for kept chunks, where the messages are summed in chunks (None: every
+        chunk is recomputed in the backward).
 
         With frozen weights (inference) the node-side linear maps run as matrices read off e3nn's
         modules once (``inference_matrices``); while training, through e3nn's modules."""
@@ -134,7 +139,7 @@ class InteractionLayer(nn.Module):
             mixed = self.linear_1(node_features)
         num_edges = centre.shape[0]
         if frozen and feature_edges is None and num_edges > self.chunk_above and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            summed, features = self.summed_in_chunks(mixed, edge_sh, edge_radial, centre, neighbour), None
+            summed, features = self.summed_in_chunks(mixed, edge_sh, edge_radial, centre, neighbour, kept), None
         elif feature_edges is None:
             summed, features = self.summed_messages(mixed, edge_sh, edge_radial, centre, neighbour), None
         else:
@@ -159,15 +164,25 @@ class InteractionLayer(nn.Module):
         """The messages of these edges summed on their centres: [N, D * U]."""
         return scatter_sum(self.messages(mixed, edge_sh, edge_radial, neighbour), centre, mixed.shape[0])
 
-    def summed_in_chunks(self, mixed, edge_sh, edge_radial, centre, neighbour) -> torch.Tensor:
-        """``summed_messages`` ``edge_chunk`` edges at a time, each chunk recomputed in the backward."""
+    def summed_in_chunks(self, mixed, edge_sh, edge_radial, centre, neighbour, kept: KeptEdgeWork | None = None) -> torch.Tensor:
+        """``summed_messages`` ``edge_chunk`` edges at a time; with gradients, each chunk kept for the
+        backward while ``kept`` admits it, recomputed there otherwise."""
         from torch.utils.checkpoint import checkpoint
 
-        summed = None
+        summed, bytes_per_edge = None, None
         for start in range(0, centre.shape[0], self.edge_chunk):
             part = slice(start, start + self.edge_chunk)
             args = (mixed, edge_sh[part], edge_radial[part], centre[part], neighbour[part])
-            chunk = checkpoint(self.summed_messages, *args, use_reentrant=False) if torch.is_grad_enabled() else self.summed_messages(*args)
+            num_edges = args[3].shape[0]
+            if not torch.is_grad_enabled():
+                chunk = self.summed_messages(*args)
+            elif kept is not None and kept.admits(num_edges, bytes_per_edge):
+                chunk, saved = kept.run(self.summed_messages, args, num_edges)
+                bytes_per_edge = saved / num_edges if bytes_per_edge is None else max(bytes_per_edge, saved / num_edges)
+            else:
+                chunk = checkpoint(self.summed_messages, *args, use_reentrant=False)
+                if kept is not None:
+                    kept.recomputed_chunks += 1
             summed = chunk if summed is None else summed + chunk
         return summed
 
@@ -263,9 +278,14 @@ class NequIP(EnergyNetwork):
         edge_radial, _ = self.radial(edge_lengths)
         features = self.embedding(onehot)
         feature_edges = self.feature_edge_count(batch) if edge_states else None
+        edge_index = batch[keys.EDGE_INDEX]
+        kept = None
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and edge_index.shape[1] > InteractionLayer.chunk_above and torch.is_grad_enabled():
+            kept = kept_edge_work(self, edge_index.device)
+            self.last_kept_edge_work = kept  # how many chunks were kept and recomputed (benchmarks read it)
         states = []
         for layer in self.layers:
-            features, edge_features = layer(features, onehot, edge_sh, edge_radial, batch[keys.EDGE_INDEX], self.inv_sqrt_neighbors, feature_edges)
+            features, edge_features = layer(features, onehot, edge_sh, edge_radial, edge_index, self.inv_sqrt_neighbors, feature_edges, kept)
             states.append(edge_features)
         energies = self.readout(features).squeeze(-1)
         return energies, (states if edge_states else None)
