@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's upper limit for this setting on 64-bit systems
@@ -66,3 +68,11 @@ def usable_device(value: str) -> str:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"'{value}' is not available here ({torch.cuda.device_count()} CUDA device(s): cuda:0..)")
     return value
+
+
+def cache_folder() -> Path:
+    """Where stableff keeps what it builds (the LAMMPS plugin, native autograd nodes, exported
+    models): $STABLEFF_CACHE, or stableff/ in the user's cache folder."""
+    if os.environ.get("STABLEFF_CACHE"):
+        return Path(os.environ["STABLEFF_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stableff"

@@ -16,6 +16,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from stableff.data import keys
+from stableff.models.native import native_ops
 
 EPS = 1e-8
 
@@ -109,7 +110,12 @@ def weighted_correlation_terms(features: list[torch.Tensor], weights: list[float
     measures = [float("nan")] * len(features)
     if not defined:
         return features[0].new_zeros(()), measures
-    loss, values = _WeightedOffDiagonalSquares.apply(tuple(float(weights[k]) for k in defined), EPS, *(features[k] for k in defined))
+    chosen_weights, chosen = [float(weights[k]) for k in defined], [features[k] for k in defined]
+    ops = native_ops()  # the same node in C++ where it is built (models/native.py), the same numbers
+    if ops is not None:
+        loss, values = ops.weighted_off_diagonal_squares(chosen_weights, EPS, chosen)
+    else:
+        loss, values = _WeightedOffDiagonalSquares.apply(tuple(chosen_weights), EPS, *chosen)
     for k, value in zip(defined, values.tolist()):
         measures[k] = value
     return loss, measures

