@@ -83,8 +83,6 @@ def scatter_sum_and_view(src: torch.Tensor, index: torch.Tensor, dim_size: int, 
     where it is built (``models/native.py``: the same operations), by the Python one otherwise."""
     ops = native_ops()
     if ops is not None:
-        if view.native_runs is None:
-            view.native_runs = flat_runs(view)
         summed, invariants = ops.scatter_sum_and_view(src, index, dim_size, view.native_runs, view.num_scalars, view.num_vector_channels, count)
         return summed, invariants
     return _ScatterSumAndLeadingView.apply(src, index, dim_size, view, count)
@@ -109,7 +107,6 @@ class InvariantChannels(nn.Module):
         #: (first input column, columns, view shape of the run (components on axis -2; None for
         #: scalars), first output column, output columns) of every run of same-l blocks
         self.runs: list[tuple] = []
-        self.native_runs: list[int] | None = None  # the runs flattened for the native node, on first use
         start, scalar_at, norm_at = 0, 0, self.num_scalars
         for mul, ir in irreps:
             size = mul * ir.dim
@@ -130,6 +127,7 @@ class InvariantChannels(nn.Module):
                     self.runs.append((start, size, shape, norm_at, mul))
                 norm_at += mul
             start += size
+        self.native_runs = flat_runs(self)  # the same runs as the flat list the native node reads
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The view by plain differentiable operations (the definition; ``scatter_sum_and_view``
