@@ -1,6 +1,7 @@
 """The native (C++) decorrelation nodes: built in the test environment, and the same numbers as the
-Python nodes to the bit, in the loss, the corr_l measures and every gradient of a training step
-(the force loss's second derivatives through the scatter included)."""
+Python nodes up to rounding (their element-wise work is loops, the Python nodes' aten operations,
+which fuse some multiply-adds), in the loss, the corr_l measures and every gradient of a training
+step (the force loss's second derivatives through the scatter included)."""
 
 import pytest
 import torch
@@ -36,8 +37,14 @@ def test_the_native_nodes_build_here():
     assert native.native_ops() is not None, "the native nodes must build where make test runs (a C++ compiler and the installed torch): see the warning"
 
 
+def close(a, b, dtype) -> bool:
+    """Equal up to rounding: a few ulps of the values' scale in ``dtype``."""
+    scale = float(b.detach().abs().max()) if b.numel() else 0.0
+    return torch.allclose(a, b, rtol=0.0, atol=8 * torch.finfo(dtype).eps * max(scale, 1e-30))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_native_loss_node_equals_the_python_one_to_the_bit(dtype, python_nodes):
+def test_native_loss_node_equals_the_python_one(dtype, python_nodes):
     torch.manual_seed(0)
     features = [torch.randn(300, d, dtype=dtype).mul_(torch.rand(d, dtype=dtype) + 0.1).add_(3.0).requires_grad_(True) for d in (5, 9, 5, 1)]
     weights = [1.0, 0.3, 2.0, 1.0]  # a layer of one channel adds nothing
@@ -46,11 +53,12 @@ def test_native_loss_node_equals_the_python_one_to_the_bit(dtype, python_nodes):
     with python_nodes():
         expected, expected_measures = weighted_correlation_terms(features, weights)
         expected_grads = torch.autograd.grad(expected, features[:3])
-    assert torch.equal(loss, expected) and measures[:3] == expected_measures[:3] and measures[3] != measures[3]
-    assert all(torch.equal(g, e) for g, e in zip(grads, expected_grads))
+    assert close(loss, expected, dtype) and measures[3] != measures[3]
+    assert all(close(torch.tensor(m), torch.tensor(e), dtype) for m, e in zip(measures[:3], expected_measures[:3]))
+    assert all(close(g, e, dtype) for g, e in zip(grads, expected_grads))
 
 
-def test_a_training_step_is_the_same_to_the_bit_with_either_node(acac_frames, python_nodes):
+def test_a_training_step_is_the_same_with_either_node(acac_frames, python_nodes):
     model = make_model("nequip").train()
     batch = collate([frame_to_graph(f, model.type_numbers, model.r_max, torch.float64) for f in acac_frames[:3]])
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -64,8 +72,9 @@ def test_a_training_step_is_the_same_to_the_bit_with_either_node(acac_frames, py
     loss, measures, grads = step()
     with python_nodes():
         expected, expected_measures, expected_grads = step()
-    assert torch.equal(loss, expected) and measures == expected_measures
-    assert all((g is None and e is None) or torch.equal(g, e) for g, e in zip(grads, expected_grads))
+    assert close(loss, expected, torch.float64)
+    assert all(close(torch.tensor(m), torch.tensor(e), torch.float64) for m, e in zip(measures, expected_measures))
+    assert all((g is None and e is None) or close(g, e, torch.float64) for g, e in zip(grads, expected_grads))
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
 
 

@@ -215,8 +215,9 @@ def test_invariant_view_equals_per_channel_norms_with_its_gradient(component_maj
     assert torch.autograd.gradcheck(view, (x,))
 
 
+@pytest.mark.parametrize("component_major", [True, False])
 @pytest.mark.parametrize("count", [3, 12])
-def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count):
+def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count, component_major):
     """The fused sum-and-invariant-view NequIP uses for its edge features: same values and first
     derivatives as scatter_sum plus InvariantChannels of src[:count]; the sum's second derivatives
     too (the force loss differentiates forces again); the view refuses a second derivative."""
@@ -224,7 +225,7 @@ def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count)
     from stableff.models.invariants import scatter_sum_and_view
 
     irreps = o3.Irreps("2x0e+2x1o+2x1e+2x2e")
-    view = InvariantChannels(irreps, component_major=True)
+    view = InvariantChannels(irreps, component_major=component_major)
     generator = torch.Generator().manual_seed(4)
     src = torch.randn(12, irreps.dim, dtype=torch.float64, generator=generator, requires_grad=True)
     index = torch.randint(0, 4, (12,), generator=generator)

@@ -2,11 +2,14 @@
 
 On a small molecule every operation of the decorrelation loss is tiny, and the Python of its two
 custom autograd nodes (the messages' scatter with the invariant view, and the loss of all layers)
-was about 0.8 ms of a ~20 ms training step of the demo's acetylacetone NequIP. ``native_ops.cpp``
-holds the same nodes in C++: the same operations in the same order, so the same results to the
-bit. It is compiled once with the machine's C++ compiler against the installed torch
+was about 0.8 ms of a ~20 ms training step of the demo's acetylacetone NequIP, and the dozens of
+small aten operations of the invariant view and of the loss's [d, d] work most of the rest.
+``native_ops.cpp`` holds the same nodes in C++, that element-wise work as loops over CPU tensors
+(the matrix products, scatter and gathers stay aten's): the same numbers up to rounding (aten
+fuses some multiply-adds the loops do not; tests/test_native.py). It is compiled once with the machine's C++ compiler against the installed torch
 (torch.utils.cpp_extension, ~40 s), cached in stableff's cache folder by the source's and torch's
-versions. Where it cannot be built (no compiler), or with STABLEFF_NATIVE=0, the Python nodes run.
+versions. Where it cannot be built (no compiler), with STABLEFF_NATIVE=0, or on other devices, the Python
+nodes run.
 """
 
 from __future__ import annotations
