@@ -84,8 +84,8 @@ def main():
         times = {(label, n): [] for label in paths for n in batches}
         for _ in range(args.rounds):
             for n, batch in batches.items():
-                for label, model in paths.items():
-                    for _ in range(args.repeats):
+                for _ in range(args.repeats):  # the paths alternate call by call: drift hits them alike
+                    for label, model in paths.items():
                         t0 = time.perf_counter()
                         evaluate(model, batch)
                         times[(label, n)].append(1000 * (time.perf_counter() - t0))
