@@ -6,10 +6,10 @@ was about 0.8 ms of a ~20 ms training step of the demo's acetylacetone NequIP, a
 small aten operations of the invariant view and of the loss's [d, d] work most of the rest.
 ``native_ops.cpp`` holds the same nodes in C++, that element-wise work as loops over CPU tensors
 (the matrix products, scatter and gathers stay aten's): the same numbers up to rounding (aten
-fuses some multiply-adds the loops do not; tests/test_native.py). It is compiled once with the machine's C++ compiler against the installed torch
-(torch.utils.cpp_extension, ~40 s), cached in stableff's cache folder by the source's and torch's
-versions. Where it cannot be built (no compiler), with STABLEFF_NATIVE=0, or on other devices, the Python
-nodes run.
+fuses some multiply-adds the loops do not; tests/test_native.py). It is compiled once with the
+machine's C++ compiler against the installed torch (torch.utils.cpp_extension, ~40 s), cached in
+stableff's cache folder by the source's and torch's versions. Where it cannot be built (no
+compiler), with STABLEFF_NATIVE=0, or on other devices, the Python nodes run.
 """
 
 from __future__ import annotations
