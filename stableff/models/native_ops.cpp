@@ -101,7 +101,6 @@ struct ScatterSumAndView : public torch::autograd::Function<ScatterSumAndView> {
     ctx->save_for_backward({src, index, invariants});
     ctx->saved_data["runs"] = runs;
     ctx->saved_data["ns"] = num_scalars;
-    ctx->saved_data["nv"] = num_vec;
     ctx->saved_data["count"] = count;
     return {summed, invariants};
   }
