@@ -112,7 +112,7 @@ def weighted_correlation_terms(features: list[torch.Tensor], weights: list[float
         return features[0].new_zeros(()), measures
     chosen_weights, chosen = [float(weights[k]) for k in defined], [features[k] for k in defined]
     # the same node in C++ where it is built (models/native.py: loops over CPU tensors), the same numbers up to rounding
-    ops = native_ops() if chosen[0].device.type == "cpu" else None
+    ops = native_ops(chosen[0].device)
     if ops is not None:
         loss, values = ops.weighted_off_diagonal_squares(chosen_weights, EPS, chosen)
     else:

@@ -82,7 +82,7 @@ def scatter_sum_and_view(src: torch.Tensor, index: torch.Tensor, dim_size: int, 
     (an edge model's invariant edge features on the leading, sampled, edges); by the native node
     where it is built (``models/native.py``: loops over CPU tensors, the same numbers up to rounding),
     by the Python one otherwise (and on other devices)."""
-    ops = native_ops() if src.device.type == "cpu" else None
+    ops = native_ops(src.device)
     if ops is not None:
         summed, invariants = ops.scatter_sum_and_view(src, index, dim_size, view.native_runs, view.num_scalars, view.num_vector_channels, count)
         return summed, invariants

@@ -34,9 +34,12 @@ def build_key() -> str:
     return digest[:16]
 
 
-def native_ops():
-    """The built module (``scatter_sum_and_view``, ``weighted_off_diagonal_squares``), or None where
-    it is switched off or cannot be built (said once, with the reason)."""
+def native_ops(device: torch.device | str = "cpu"):
+    """The built module (``scatter_sum_and_view``, ``weighted_off_diagonal_squares``) for tensors on
+    ``device``, or None where it does not apply (its loops take CPU tensors), is switched off or
+    cannot be built (said once, with the reason)."""
+    if torch.device(device).type != "cpu":
+        return None
     if "module" in _state:
         return _state["module"]
     module = None
