@@ -41,7 +41,7 @@ def exported_model(model_path: str, dtype: str | None = None) -> Path:
     """The TorchScript export of a checkpoint (in its own dtype unless given), made once per checkpoint
     content and exporting code in the cache folder of :mod:`stableff.md.lammps`."""
     from stableff.fingerprint import file_hash
-    from stableff.md.lammps import cache_folder
+    from stableff.runtime import cache_folder
     from stableff.models import export
     from stableff.models.saved import load_checkpoint
 

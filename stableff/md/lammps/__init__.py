@@ -19,7 +19,7 @@ import sysconfig
 from pathlib import Path
 
 from stableff.errors import StableFFError
-from stableff.runtime import cache_folder  # noqa: F401 - also read from here (md.engines.lammps)
+from stableff.runtime import cache_folder
 
 #: the C++ sources and CMakeLists.txt of the plugin
 PLUGIN_SOURCES = Path(__file__).parent / "plugin"
