@@ -248,6 +248,35 @@ def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count,
         torch.autograd.grad(both(src)[1].sum(), src, create_graph=True)
 
 
+def test_a_large_scatter_sum_keeps_only_its_index_for_the_backward():
+    """Above SAVED_INDEX_ONLY_ABOVE elements scatter_sum's backward holds the index, not the source
+    (autograd's own index_add_ node holds both), with the same values and first and second
+    derivatives to the bit as the plain operation."""
+    from stableff.models import scatter
+
+    generator = torch.Generator().manual_seed(5)
+    rows = scatter.SAVED_INDEX_ONLY_ABOVE // 16 + 1
+    base = torch.randn(rows, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    index = torch.randint(0, 50, (rows,), generator=generator)
+    weights = torch.randn(50, 16, dtype=torch.float64, generator=generator)
+
+    def derivatives(function):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+            summed = function(base.pow(3), index, 50)
+        first = torch.autograd.grad((summed.pow(2) * weights).sum(), base, create_graph=True)[0]
+        second = torch.autograd.grad(first.pow(2).sum(), base)[0]
+        return summed, first, second, saved
+
+    def plain(src, index, dim_size):
+        return src.new_zeros((dim_size, src.shape[1])).index_add_(0, index, src)
+
+    ours, reference = derivatives(scatter.scatter_sum), derivatives(plain)
+    for a, b in zip(ours[:3], reference[:3]):
+        assert torch.equal(a, b)
+    assert (rows, 16) in reference[3] and ours[3].count((rows, 16)) == reference[3].count((rows, 16)) - 1  # pow's input stays
+
+
 @pytest.mark.parametrize("name", ["nequip", "allegro"])
 def test_constants_are_exact_in_a_model_built_in_float32_and_cast(name):
     """The products' constants (Wigner 3j symbols times path weights) of a model built in float32 and

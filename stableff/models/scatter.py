@@ -4,8 +4,37 @@ from __future__ import annotations
 
 import torch
 
+#: sources of at least this many elements go through ``_ScatterSum`` (below that, its Python
+#: call costs more than the memory it saves)
+SAVED_INDEX_ONLY_ABOVE = 1 << 16
+
+
+class _ScatterSum(torch.autograd.Function):
+    """``index_add_`` into zeros whose backward keeps only the index. Autograd's own node for
+    ``index_add_`` also saves the source (its formula reads the source's shape), which for a layer's
+    messages is the largest per-edge tensor of the pass: [E, D * U] held until the backward. The
+    gradient is the same ``index_select`` autograd runs, and it is differentiable again (training's
+    force loss)."""
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        return src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.index_select(0, index), None, None
+
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
-    """Sum rows of ``src`` into ``dim_size`` bins given by ``index`` (first dimension)."""
+    """Sum rows of ``src`` into ``dim_size`` bins given by ``index`` (first dimension).
+
+    Large differentiable sources take ``_ScatterSum`` (same numbers, less memory held for the
+    backward); tracing (the TorchScript export) and torch.compile see the plain operation."""
+    if (src.requires_grad and src.numel() >= SAVED_INDEX_ONLY_ABOVE and torch.is_grad_enabled()
+            and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
+        return _ScatterSum.apply(src, index, dim_size)
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
     return out.index_add_(0, index, src)
+
