@@ -162,7 +162,7 @@ class InteractionLayer(nn.Module):
 
     def summed_messages(self, mixed, edge_sh, edge_radial, centre, neighbour) -> torch.Tensor:
         """The messages of these edges summed on their centres: [N, D * U]."""
-        return scatter_sum(self.messages(mixed, edge_sh, edge_radial, neighbour), centre, mixed.shape[0])
+        return scatter_sum(self.messages(mixed, edge_sh, edge_radial, neighbour), centre, mixed.shape[0], index_only=not self.training)
 
     def summed_in_chunks(self, mixed, edge_sh, edge_radial, centre, neighbour, kept: KeptEdgeWork | None = None) -> torch.Tensor:
         """``summed_messages`` ``edge_chunk`` edges at a time; with gradients, each chunk kept for the

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-#: sources of at least this many elements go through ``_ScatterSum`` (below that, its Python
-#: call costs more than the memory it saves)
-SAVED_INDEX_ONLY_ABOVE = 1 << 16
+#: sources of at least this many elements (8 MiB of float32) go through ``_ScatterSum`` where the
+#: caller allows it: below that the memory it saves does not matter
+SAVED_INDEX_ONLY_ABOVE = 1 << 21
 
 
 class _ScatterSum(torch.autograd.Function):
@@ -27,14 +27,15 @@ class _ScatterSum(torch.autograd.Function):
         return grad.index_select(0, index), None, None
 
 
-def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int, index_only: bool = False) -> torch.Tensor:
     """Sum rows of ``src`` into ``dim_size`` bins given by ``index`` (first dimension).
 
-    Large differentiable sources take ``_ScatterSum`` (same numbers, less memory held for the
-    backward); tracing (the TorchScript export) and torch.compile see the plain operation."""
-    if (src.requires_grad and src.numel() >= SAVED_INDEX_ONLY_ABOVE and torch.is_grad_enabled()
+    ``index_only``: a large differentiable source takes ``_ScatterSum`` (the same numbers; its
+    backward holds the index, not the source). For inference: in training, where the force loss
+    differentiates the backward again, its Python node cost NequIP's step ~1 % (docs/benchmarks.md).
+    Tracing (the TorchScript export) and torch.compile see the plain operation."""
+    if (index_only and src.requires_grad and src.numel() >= SAVED_INDEX_ONLY_ABOVE and torch.is_grad_enabled()
             and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
         return _ScatterSum.apply(src, index, dim_size)
     out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
     return out.index_add_(0, index, src)
-
