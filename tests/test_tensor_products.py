@@ -249,9 +249,9 @@ def test_scatter_sum_and_view_equals_a_sum_and_a_view_of_the_leading_rows(count,
 
 
 def test_a_large_scatter_sum_keeps_only_its_index_for_the_backward():
-    """Above SAVED_INDEX_ONLY_ABOVE elements scatter_sum(index_only=True)'s backward holds the index, not the source
-    (autograd's own index_add_ node holds both), with the same values and first and second
-    derivatives to the bit as the plain operation."""
+    """Above SAVED_INDEX_ONLY_ABOVE elements the backward of scatter_sum(index_only=True) holds the
+    index, not the source (autograd's own index_add_ node holds both), with the same values and
+    first and second derivatives to the bit as the plain operation."""
     from stableff.models import scatter
 
     generator = torch.Generator().manual_seed(5)

@@ -9,6 +9,10 @@ import torch
 SAVED_INDEX_ONLY_ABOVE = 1 << 21
 
 
+def _summed(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    return src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+
+
 class _ScatterSum(torch.autograd.Function):
     """``index_add_`` into zeros whose backward keeps only the index. Autograd's own node for
     ``index_add_`` also saves the source (its formula reads the source's shape), which for a layer's
@@ -19,7 +23,7 @@ class _ScatterSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
         ctx.save_for_backward(index)
-        return src.new_zeros((dim_size,) + tuple(src.shape[1:])).index_add_(0, index, src)
+        return _summed(src, index, dim_size)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -37,5 +41,4 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int, index_onl
     if (index_only and src.requires_grad and src.numel() >= SAVED_INDEX_ONLY_ABOVE and torch.is_grad_enabled()
             and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
         return _ScatterSum.apply(src, index, dim_size)
-    out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
-    return out.index_add_(0, index, src)
+    return _summed(src, index, dim_size)
