@@ -39,6 +39,6 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int, index_onl
     differentiates the backward again, its Python node cost NequIP's step ~1 % (docs/benchmarks.md).
     Tracing (the TorchScript export) and torch.compile see the plain operation."""
     if (index_only and src.requires_grad and src.numel() >= SAVED_INDEX_ONLY_ABOVE and torch.is_grad_enabled()
-            and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())):
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())):
         return _ScatterSum.apply(src, index, dim_size)
     return _summed(src, index, dim_size)
